@@ -1,0 +1,200 @@
+//! `store`: the admin tool for a strata store (list, inspect, tag, remove, gc, fsck, du).
+
+mod cli;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use strata_store::{GcOptions, ImageRef, Store, default_root};
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let root = cli.root.unwrap_or_else(default_root);
+    let open_rw = || Store::open(&root).with_context(|| format!("open store {}", root.display()));
+    let open_ro = || Store::open_read_only(&root).with_context(|| format!("open store {}", root.display()));
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Ls { json } => {
+            let store = open_ro()?;
+            let rows = store.images()?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &rows)?;
+                writeln!(out)?;
+            } else {
+                let table: Vec<[String; 5]> = rows
+                    .iter()
+                    .map(|r| {
+                        let id = r.id.strip_prefix("sha256:").unwrap_or(&r.id);
+                        [
+                            r.repository.clone(),
+                            r.tag.clone(),
+                            id.chars().take(12).collect(),
+                            human_created(&r.created),
+                            human_size(r.size),
+                        ]
+                    })
+                    .collect();
+                print_table(&mut out, ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], &table)?;
+            }
+        }
+        Command::Inspect { target } => {
+            let store = open_ro()?;
+            let v = store.inspect(&target)?;
+            serde_json::to_writer_pretty(&mut out, &v)?;
+            writeln!(out)?;
+        }
+        Command::Tag { src, dst } => {
+            let store = open_rw()?;
+            let resolved = store.resolve(&src)?;
+            let manifest = resolved.manifest.with_context(|| format!("{src} names no manifest"))?;
+            let dst_ref = ImageRef::parse(&dst)?;
+            if dst_ref.digest.is_some() {
+                bail!("cannot tag with a digest reference: {dst}");
+            }
+            store.tag(&dst_ref, &manifest)?;
+        }
+        Command::Rm { target } => {
+            let store = open_rw()?;
+            for line in store.remove(&target)? {
+                writeln!(out, "{line}")?;
+            }
+        }
+        Command::Gc { grace, dry_run } => {
+            let store = open_rw()?;
+            let report = store.gc(&GcOptions { grace, dry_run, ..GcOptions::default() })?;
+            writeln!(
+                out,
+                "{}removed {} blobs ({}), {} layers, {} pooled files, {} partial ingests; expired {} leases; kept {} blobs",
+                if dry_run { "would have " } else { "" },
+                report.blobs_removed,
+                human_size(report.bytes_removed),
+                report.layers_removed,
+                report.pool_files_removed,
+                report.partials_removed,
+                report.leases_expired,
+                report.blobs_kept,
+            )?;
+        }
+        Command::Fsck { repair, json } => {
+            let store = if repair { open_rw()? } else { open_ro()? };
+            let report = store.fsck(repair)?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &report)?;
+                writeln!(out)?;
+            } else {
+                for f in &report.faults {
+                    writeln!(out, "{f}")?;
+                }
+                writeln!(
+                    out,
+                    "checked {} blobs ({}), {} manifests, {} layers: {} faults, {} repaired",
+                    report.blobs_checked,
+                    human_size(report.bytes_hashed),
+                    report.manifests_checked,
+                    report.layers_checked,
+                    report.faults.len(),
+                    report.faults.len() - report.unrepaired(),
+                )?;
+            }
+            if report.unrepaired() > 0 {
+                out.flush()?;
+                bail!("fsck found {} unrepaired faults", report.unrepaired());
+            }
+        }
+        Command::Du { json } => {
+            let store = open_ro()?;
+            let u = store.usage()?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &u)?;
+                writeln!(out)?;
+            } else {
+                writeln!(out, "blobs:   {:>8}  {:>10}  ({} on disk)", u.blobs, human_size(u.blob_bytes), human_size(u.blob_disk_bytes))?;
+                writeln!(
+                    out,
+                    "layers:  {:>8}  {:>10}  ({} on disk, {} shared between layers)",
+                    u.layers,
+                    human_size(u.layer_apparent_bytes),
+                    human_size(u.layer_disk_bytes),
+                    human_size(u.layer_shared_bytes)
+                )?;
+                writeln!(out, "images:  {:>8}\nmanifests: {:>6}\ntags:    {:>8}", u.images, u.manifests, u.tags)?;
+                writeln!(out, "total on disk: {}", human_size(u.blob_disk_bytes + u.layer_disk_bytes))?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table<const N: usize>(out: &mut impl Write, head: [&str; N], rows: &[[String; N]]) -> Result<()> {
+    let mut widths = head.map(str::len);
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == N {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}   "));
+            }
+        }
+        s
+    };
+    writeln!(out, "{}", line(head.to_vec()))?;
+    for r in rows {
+        writeln!(out, "{}", line(r.iter().map(String::as_str).collect()))?;
+    }
+    Ok(())
+}
+
+/// Sizes as docker prints them (SI units, three significant digits).
+fn human_size(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < UNITS.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 { format!("{n}B") } else { format!("{:.3}", v).trim_end_matches('0').trim_end_matches('.').to_string() + UNITS[i] }
+}
+
+/// `2 days ago`, from an RFC 3339 timestamp.
+fn human_created(created: &str) -> String {
+    let Ok(t) = chrono::DateTime::parse_from_rfc3339(created) else { return "N/A".into() };
+    let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds().max(0);
+    let (n, unit) = match secs {
+        s if s < 60 => (s, "second"),
+        s if s < 3600 => (s / 60, "minute"),
+        s if s < 86400 => (s / 3600, "hour"),
+        s if s < 86400 * 14 => (s / 86400, "day"),
+        s if s < 86400 * 60 => (s / (86400 * 7), "week"),
+        s if s < 86400 * 365 * 2 => (s / (86400 * 30), "month"),
+        s => (s / (86400 * 365), "year"),
+    };
+    format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
+}

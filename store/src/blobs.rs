@@ -1,0 +1,632 @@
+//! The blob store: immutable files under `blobs/sha256/<hex>`, written only by an ingest.
+//!
+//! An ingest streams into `ingest/<key>.partial` while hashing, holds an exclusive `flock`
+//! on `ingest/<key>.lock` so that one process (or thread) at a time writes a given key,
+//! checks size and digest, fsyncs, renames into place and fsyncs the directory. A blob is
+//! therefore either absent or complete; a killed ingest leaves a partial file that the
+//! next ingest of the same key resumes from its length.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::digest::{Digest, Hasher};
+
+const COPY_BUF: usize = 1 << 20;
+
+/// Errors from the blob store.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("blob {0} not found")]
+    NotFound(Digest),
+    #[error("digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("size mismatch for {digest}: expected {expected} bytes, got {actual}")]
+    SizeMismatch { digest: Digest, expected: u64, actual: u64 },
+    #[error("blob exceeds the size limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("invalid ingest key {0:?}")]
+    InvalidKey(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl BlobError {
+    fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> BlobError {
+        let context = context.into();
+        move |source| BlobError::Io { context, source }
+    }
+}
+
+type Result<T, E = BlobError> = std::result::Result<T, E>;
+
+/// What an ingest writes: a blob of known digest (resumable, deduplicated), or an upload
+/// session whose digest is only known at the end (a registry upload).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum IngestKey {
+    Digest(Digest),
+    Upload(String),
+}
+
+impl IngestKey {
+    fn file_stem(&self) -> Result<String> {
+        match self {
+            IngestKey::Digest(d) => Ok(format!("sha256-{}", d.hex())),
+            IngestKey::Upload(id) => {
+                let ok = !id.is_empty()
+                    && id.len() <= 128
+                    && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                if ok {
+                    Ok(format!("upload-{id}"))
+                } else {
+                    Err(BlobError::InvalidKey(id.clone()))
+                }
+            }
+        }
+    }
+}
+
+/// A blob store rooted at a store directory.
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    blobs: PathBuf,
+    ingest: PathBuf,
+}
+
+/// The outcome of committing an ingest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    pub digest: Digest,
+    pub size: u64,
+    /// False when the blob was already present and nothing was written.
+    pub written: bool,
+}
+
+impl BlobStore {
+    /// Opens (creating if needed) the blob directories under `root`.
+    pub fn open(root: &Path) -> Result<BlobStore> {
+        let blobs = root.join("blobs").join("sha256");
+        let ingest = root.join("ingest");
+        for dir in [&blobs, &ingest] {
+            fs_err::create_dir_all(dir).map_err(BlobError::io("create blob directories"))?;
+        }
+        Ok(BlobStore { blobs, ingest })
+    }
+
+    /// The blob store of an existing root, creating nothing (read-only views).
+    pub fn open_existing(root: &Path) -> BlobStore {
+        BlobStore { blobs: root.join("blobs").join("sha256"), ingest: root.join("ingest") }
+    }
+
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        self.blobs.join(digest.hex())
+    }
+
+    pub fn ingest_dir(&self) -> &Path {
+        &self.ingest
+    }
+
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.path(digest).is_file()
+    }
+
+    /// Size of a stored blob, or `None` if absent.
+    pub fn size(&self, digest: &Digest) -> Result<Option<u64>> {
+        match std::fs::metadata(self.path(digest)) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(BlobError::io(format!("stat blob {digest}"))(e)),
+        }
+    }
+
+    /// Opens a stored blob for reading.
+    pub fn open_blob(&self, digest: &Digest) -> Result<File> {
+        match File::open(self.path(digest)) {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(BlobError::NotFound(*digest)),
+            Err(e) => Err(BlobError::io(format!("open blob {digest}"))(e)),
+        }
+    }
+
+    /// Reads a whole blob; only for small blobs (manifests, configs) — checks `limit`.
+    pub fn read_small(&self, digest: &Digest, limit: u64) -> Result<Vec<u8>> {
+        let f = self.open_blob(digest)?;
+        let len = f.metadata().map_err(BlobError::io("stat blob"))?.len();
+        if len > limit {
+            return Err(BlobError::TooLarge { limit });
+        }
+        let mut out = Vec::with_capacity(len as usize);
+        f.take(limit + 1)
+            .read_to_end(&mut out)
+            .map_err(BlobError::io(format!("read blob {digest}")))?;
+        Ok(out)
+    }
+
+    /// Begins (or resumes) an ingest. Blocks while another process or thread holds the
+    /// same key. For a digest key, returns `None` when the blob is already stored.
+    pub fn begin(&self, key: IngestKey) -> Result<Option<Ingest>> {
+        let stem = key.file_stem()?;
+        let lock_path = self.ingest.join(format!("{stem}.lock"));
+        let lock = lock_file(&lock_path)?;
+        if let IngestKey::Digest(d) = &key
+            && self.contains(d)
+        {
+            // Unlinking under the lock is safe (see `lock_file`).
+            let _ = std::fs::remove_file(&lock_path);
+            return Ok(None);
+        }
+        let partial_path = self.ingest.join(format!("{stem}.partial"));
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&partial_path)
+            .map_err(BlobError::io(format!("open {}", partial_path.display())))?;
+        // Rebuild the hash state from what an earlier, interrupted ingest wrote.
+        let mut hasher = Hasher::new();
+        let mut buf = vec![0u8; COPY_BUF];
+        loop {
+            let n = file.read(&mut buf).map_err(BlobError::io("read partial ingest"))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        file.seek(SeekFrom::End(0)).map_err(BlobError::io("seek partial ingest"))?;
+        Ok(Some(Ingest {
+            store: self.clone(),
+            key,
+            partial_path,
+            file,
+            hasher,
+            _lock: lock,
+        }))
+    }
+
+    /// Ingests a blob of known digest from `reader` (which starts at byte 0). Resumes an
+    /// interrupted ingest by skipping the bytes already written. Returns without reading
+    /// when the blob is already stored.
+    pub fn put_verified(
+        &self,
+        expected: &Digest,
+        expected_size: Option<u64>,
+        mut reader: impl Read,
+    ) -> Result<Committed> {
+        let Some(mut ingest) = self.begin(IngestKey::Digest(*expected))? else {
+            let size = self.size(expected)?.ok_or(BlobError::NotFound(*expected))?;
+            return Ok(Committed { digest: *expected, size, written: false });
+        };
+        let offset = ingest.offset();
+        if offset > 0 {
+            let skipped = io::copy(&mut (&mut reader).take(offset), &mut io::sink())
+                .map_err(BlobError::io("skip resumed bytes"))?;
+            if skipped < offset {
+                ingest.discard()?;
+                return Err(BlobError::SizeMismatch {
+                    digest: *expected,
+                    expected: offset,
+                    actual: skipped,
+                });
+            }
+        }
+        ingest.copy_from(reader, expected_size)?;
+        ingest.commit(expected, expected_size)
+    }
+
+    /// Ingests bytes whose digest is computed here (generated content such as a manifest
+    /// written by `save` or `commit`).
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<Committed> {
+        let digest = Digest::of(bytes);
+        self.put_verified(&digest, Some(bytes.len() as u64), bytes)
+    }
+
+    /// Removes a blob (GC and fsck repair only).
+    pub fn remove(&self, digest: &Digest) -> Result<bool> {
+        match std::fs::remove_file(self.path(digest)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(BlobError::io(format!("remove blob {digest}"))(e)),
+        }
+    }
+
+    /// Moves a blob out of the store into `dir` (fsck `--repair`).
+    pub fn quarantine(&self, digest: &Digest, dir: &Path) -> Result<PathBuf> {
+        fs_err::create_dir_all(dir).map_err(BlobError::io("create quarantine directory"))?;
+        let dest = dir.join(digest.hex());
+        fs_err::rename(self.path(digest), &dest).map_err(BlobError::io("quarantine blob"))?;
+        Ok(dest)
+    }
+
+    /// Every stored blob with its size and modification time. Stray files are skipped.
+    pub fn list(&self) -> Result<Vec<BlobEntry>> {
+        let mut out = Vec::new();
+        let dir = fs_err::read_dir(&self.blobs).map_err(BlobError::io("list blobs"))?;
+        for entry in dir {
+            let entry = entry.map_err(BlobError::io("list blobs"))?;
+            let Some(digest) = entry.file_name().to_str().and_then(|n| Digest::from_hex(n).ok())
+            else {
+                continue;
+            };
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(BlobError::io("stat blob")(e)),
+            };
+            out.push(BlobEntry {
+                digest,
+                size: meta.len(),
+                modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                blocks: meta.blocks() * 512,
+            });
+        }
+        out.sort_by_key(|e| e.digest);
+        Ok(out)
+    }
+
+    /// Partial ingests and upload sessions: `(file stem, size, modified)`.
+    pub fn list_partials(&self) -> Result<Vec<(String, u64, SystemTime)>> {
+        let mut out = Vec::new();
+        for entry in fs_err::read_dir(&self.ingest).map_err(BlobError::io("list ingests"))? {
+            let entry = entry.map_err(BlobError::io("list ingests"))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(stem) = name.strip_suffix(".partial")
+                && let Ok(meta) = entry.metadata()
+            {
+                out.push((
+                    stem.to_string(),
+                    meta.len(),
+                    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a partial ingest if no one holds it (expired uploads, GC).
+    pub fn remove_partial(&self, stem: &str) -> Result<bool> {
+        let lock_path = self.ingest.join(format!("{stem}.lock"));
+        let Some(lock) = try_lock_file(&lock_path)? else {
+            return Ok(false);
+        };
+        let removed = std::fs::remove_file(self.ingest.join(format!("{stem}.partial"))).is_ok();
+        let _ = std::fs::remove_file(&lock_path);
+        drop(lock);
+        Ok(removed)
+    }
+}
+
+/// Content written to the ingest area and hashed, not yet visible as a blob. Dropping it
+/// removes the file; [`BlobStore::commit_staged`] makes it a blob.
+pub struct Staged {
+    file: Option<tempfile::NamedTempFile>,
+    pub digest: Digest,
+    pub size: u64,
+}
+
+impl std::fmt::Debug for Staged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staged").field("digest", &self.digest).field("size", &self.size).finish()
+    }
+}
+
+impl Staged {
+    /// Reopens the staged content for reading.
+    pub fn reopen(&self) -> Result<File> {
+        match &self.file {
+            Some(f) => f.reopen().map_err(BlobError::io("reopen staged content")),
+            None => Err(BlobError::NotFound(self.digest)),
+        }
+    }
+}
+
+impl BlobStore {
+    /// Streams `reader` into the ingest area while hashing it; nothing becomes visible.
+    /// Used when the digest is only known (or trusted) after reading, e.g. archive entries.
+    pub fn stage(&self, mut reader: impl Read, limit: Option<u64>) -> Result<Staged> {
+        let mut file = tempfile::Builder::new()
+            .prefix("stage-")
+            .suffix(".partial")
+            .tempfile_in(&self.ingest)
+            .map_err(BlobError::io("create staging file"))?;
+        let mut hasher = Hasher::new();
+        let mut buf = vec![0u8; COPY_BUF];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(BlobError::io("read blob source")(e)),
+            };
+            if let Some(limit) = limit
+                && hasher.len() + n as u64 > limit
+            {
+                return Err(BlobError::TooLarge { limit });
+            }
+            file.write_all(&buf[..n]).map_err(BlobError::io("write staging file"))?;
+            hasher.update(&buf[..n]);
+        }
+        let size = hasher.len();
+        Ok(Staged { file: Some(file), digest: hasher.finish(), size })
+    }
+
+    /// Makes staged content a blob (durably), unless that blob already exists.
+    pub fn commit_staged(&self, staged: &mut Staged) -> Result<Committed> {
+        let stem = IngestKey::Digest(staged.digest).file_stem()?;
+        let lock_path = self.ingest.join(format!("{stem}.lock"));
+        let _lock = lock_file(&lock_path)?;
+        let done = |written| Committed { digest: staged.digest, size: staged.size, written };
+        if self.contains(&staged.digest) {
+            let _ = std::fs::remove_file(&lock_path);
+            return Ok(done(false));
+        }
+        let Some(file) = staged.file.take() else {
+            return Err(BlobError::NotFound(staged.digest));
+        };
+        file.as_file().sync_all().map_err(BlobError::io("fsync staged blob"))?;
+        file.persist(self.path(&staged.digest))
+            .map_err(|e| BlobError::io("commit staged blob")(e.error))?;
+        sync_dir(&self.blobs)?;
+        let _ = std::fs::remove_file(&lock_path);
+        Ok(done(true))
+    }
+}
+
+/// One stored blob, as listed.
+#[derive(Debug, Clone)]
+pub struct BlobEntry {
+    pub digest: Digest,
+    pub size: u64,
+    pub modified: SystemTime,
+    /// Bytes allocated on disk.
+    pub blocks: u64,
+}
+
+/// An ingest in progress. Dropping it without `commit` keeps the partial file for a later
+/// resume; `discard` removes it.
+pub struct Ingest {
+    store: BlobStore,
+    key: IngestKey,
+    partial_path: PathBuf,
+    file: File,
+    hasher: Hasher,
+    _lock: LockedFile,
+}
+
+impl std::fmt::Debug for Ingest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingest").field("key", &self.key).field("offset", &self.offset()).finish()
+    }
+}
+
+impl Ingest {
+    /// Bytes already written (the resume offset).
+    pub fn offset(&self) -> u64 {
+        self.hasher.len()
+    }
+
+    pub fn key(&self) -> &IngestKey {
+        &self.key
+    }
+
+    /// Appends bytes.
+    pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
+        self.file.write_all(bytes).map_err(BlobError::io("write ingest"))?;
+        self.hasher.update(bytes);
+        Ok(())
+    }
+
+    /// Appends everything from `reader`; stops with `TooLarge` past `limit` total bytes.
+    pub fn copy_from(&mut self, mut reader: impl Read, limit: Option<u64>) -> Result<u64> {
+        let mut buf = vec![0u8; COPY_BUF];
+        let mut total = 0u64;
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(BlobError::io("read blob source")(e)),
+            };
+            if let Some(limit) = limit
+                && self.offset() + n as u64 > limit
+            {
+                // More bytes than declared: the source is not the blob we were promised.
+                return Err(BlobError::TooLarge { limit });
+            }
+            self.write_all(&buf[..n])?;
+            total += n as u64;
+        }
+        Ok(total)
+    }
+
+    /// Checks size and digest, makes the blob durable and visible. On mismatch the partial
+    /// data is discarded and nothing becomes visible.
+    pub fn commit(mut self, expected: &Digest, expected_size: Option<u64>) -> Result<Committed> {
+        let size = self.offset();
+        let actual = self.hasher.clone().finish();
+        if let Some(expected_size) = expected_size
+            && size != expected_size
+        {
+            self.discard_in_place();
+            return Err(BlobError::SizeMismatch { digest: *expected, expected: expected_size, actual: size });
+        }
+        if actual != *expected {
+            self.discard_in_place();
+            return Err(BlobError::DigestMismatch { expected: *expected, actual });
+        }
+        let dest = self.store.path(expected);
+        if dest.is_file() {
+            // Another writer under a different key (an upload) committed the same content.
+            self.discard_in_place();
+            return Ok(Committed { digest: actual, size, written: false });
+        }
+        self.file.sync_all().map_err(BlobError::io("fsync ingest"))?;
+        fs_err::rename(&self.partial_path, &dest).map_err(BlobError::io("commit blob"))?;
+        sync_dir(&self.store.blobs)?;
+        self.remove_lock_file();
+        Ok(Committed { digest: actual, size, written: true })
+    }
+
+    /// Drops the partial data.
+    pub fn discard(mut self) -> Result<()> {
+        self.discard_in_place();
+        Ok(())
+    }
+
+    fn discard_in_place(&mut self) {
+        let _ = std::fs::remove_file(&self.partial_path);
+        self.remove_lock_file();
+    }
+
+    fn remove_lock_file(&self) {
+        // Waiters that already opened this lock file re-check its inode after locking
+        // (see `lock_file`), so unlinking while we hold the lock is safe.
+        if let Ok(stem) = self.key.file_stem() {
+            let _ = std::fs::remove_file(self.store.ingest.join(format!("{stem}.lock")));
+        }
+    }
+}
+
+/// Fsyncs a directory so a rename in it survives a crash.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(BlobError::io(format!("fsync {}", dir.display())))
+}
+
+/// An open file holding an exclusive `flock`; released on drop.
+#[derive(Debug)]
+pub(crate) struct LockedFile {
+    _file: File,
+}
+
+/// Takes an exclusive lock on `path`, blocking (in the kernel, not polling) until free.
+/// The lock file may be unlinked by its holder: after locking, check that the path still
+/// names the file we locked, and retry otherwise.
+pub(crate) fn lock_file(path: &Path) -> Result<LockedFile> {
+    loop {
+        let file = open_lock(path)?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| BlobError::io(format!("lock {}", path.display()))(e.into()))?;
+        if same_file(&file, path) {
+            return Ok(LockedFile { _file: file });
+        }
+    }
+}
+
+/// Like `lock_file` but returns `None` instead of waiting.
+pub(crate) fn try_lock_file(path: &Path) -> Result<Option<LockedFile>> {
+    loop {
+        let file = open_lock(path)?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
+            Err(e) => return Err(BlobError::io(format!("lock {}", path.display()))(e.into())),
+        }
+        if same_file(&file, path) {
+            return Ok(Some(LockedFile { _file: file }));
+        }
+    }
+}
+
+fn open_lock(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(BlobError::io(format!("open lock {}", path.display())))
+}
+
+fn same_file(file: &File, path: &Path) -> bool {
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingest_verifies_and_dedups() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let data = b"some layer bytes".repeat(1000);
+        let d = Digest::of(&data);
+        let c = store.put_verified(&d, Some(data.len() as u64), &data[..]).unwrap();
+        assert!(c.written);
+        let again = store.put_verified(&d, Some(data.len() as u64), &data[..]).unwrap();
+        assert!(!again.written);
+        assert_eq!(std::fs::read(store.path(&d)).unwrap(), data);
+        // Nothing left in the ingest dir.
+        assert_eq!(std::fs::read_dir(store.ingest_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn mismatch_leaves_nothing_visible() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let wrong = Digest::of(b"other");
+        let err = store.put_verified(&wrong, None, &b"data"[..]).unwrap_err();
+        assert!(matches!(err, BlobError::DigestMismatch { .. }), "{err}");
+        assert!(!store.contains(&wrong));
+        let err = store.put_verified(&Digest::of(b"data"), Some(3), &b"data"[..]).unwrap_err();
+        assert!(matches!(err, BlobError::TooLarge { .. }), "{err}");
+        assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn interrupted_ingest_resumes_from_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let d = Digest::of(&data);
+        {
+            let mut ing = store.begin(IngestKey::Digest(d)).unwrap().unwrap();
+            ing.write_all(&data[..1_234_567]).unwrap();
+            // dropped without commit: as if the process died
+        }
+        let ing = store.begin(IngestKey::Digest(d)).unwrap().unwrap();
+        assert_eq!(ing.offset(), 1_234_567);
+        drop(ing);
+        // A reader that fails if asked for the first bytes again would still work: the
+        // resumed ingest skips them; here we count what is actually written.
+        let c = store.put_verified(&d, Some(data.len() as u64), &data[..]).unwrap();
+        assert!(c.written);
+        assert_eq!(std::fs::read(store.path(&d)).unwrap(), data);
+    }
+
+    #[test]
+    fn concurrent_writers_of_one_digest_end_with_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..2_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        let d = Digest::of(&data);
+        let written: usize = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| store.put_verified(&d, None, &data[..]).unwrap().written))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap() as usize).sum()
+        });
+        assert_eq!(written, 1);
+        assert_eq!(store.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn refuses_hostile_upload_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        for bad in ["../x", "", "a/b", "a.b"] {
+            assert!(store.begin(IngestKey::Upload(bad.into())).is_err(), "{bad}");
+        }
+    }
+}

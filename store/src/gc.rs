@@ -1,0 +1,228 @@
+//! Garbage collection and disk usage: mark from tags, manifests, images, containers and
+//! leases; sweep unreferenced blobs and layers older than a grace period.
+//!
+//! Safe while the store is being written: blobs committed after the GC started, blobs a
+//! manifest starts referencing during the GC (see [`Store::note_referenced`]), leased
+//! content and partial ingests are never swept.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+use crate::digest::Digest;
+use crate::index::IdKind;
+use crate::layers::chain_id;
+use crate::meta::{Cf, ImageRecord, LayerRecord, LeaseRecord, ManifestRecord};
+use crate::store::{Store, StoreError, now};
+
+/// How a GC runs.
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// Unreferenced content younger than this is kept.
+    pub grace: Duration,
+    /// Partial ingests (abandoned uploads) untouched for this long are removed.
+    pub partial_expiry: Duration,
+    /// Report what would go, remove nothing.
+    pub dry_run: bool,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions { grace: Duration::from_secs(3600), partial_expiry: Duration::from_secs(24 * 3600), dry_run: false }
+    }
+}
+
+/// What a GC removed (or would remove, for a dry run).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GcReport {
+    pub blobs_removed: u64,
+    pub bytes_removed: u64,
+    pub layers_removed: u64,
+    pub pool_files_removed: u64,
+    pub leases_expired: u64,
+    pub partials_removed: u64,
+    pub blobs_kept: u64,
+}
+
+/// Disk usage of a store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    pub blobs: u64,
+    pub blob_bytes: u64,
+    pub blob_disk_bytes: u64,
+    pub layers: u64,
+    /// Bytes of files in unpacked layers, counted once per layer.
+    pub layer_apparent_bytes: u64,
+    /// Bytes on disk for unpacked layers, each shared inode counted once.
+    pub layer_disk_bytes: u64,
+    /// What file sharing across layers saves.
+    pub layer_shared_bytes: u64,
+    pub images: u64,
+    pub manifests: u64,
+    pub tags: u64,
+}
+
+impl Store {
+    /// Marks `digests` as referenced for any GC running now (called by `add_manifest`
+    /// before it checks that they exist).
+    pub(crate) fn note_referenced(&self, digests: impl IntoIterator<Item = Digest>) {
+        let mut guard = self.gc_refs().lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(set) = guard.as_mut() {
+            set.extend(digests);
+        }
+    }
+
+    /// Runs a garbage collection.
+    pub fn gc(&self, opts: &GcOptions) -> Result<GcReport, StoreError> {
+        let started = SystemTime::now();
+        *self.gc_refs().lock().unwrap_or_else(|p| p.into_inner()) = Some(HashSet::new());
+        let result = self.gc_inner(opts, started);
+        *self.gc_refs().lock().unwrap_or_else(|p| p.into_inner()) = None;
+        result
+    }
+
+    fn gc_inner(&self, opts: &GcOptions, started: SystemTime) -> Result<GcReport, StoreError> {
+        let mut report = GcReport::default();
+        let meta = self.meta();
+        let mut blobs: HashSet<Digest> = HashSet::new();
+        let mut layers: HashSet<Digest> = HashSet::new();
+        let mark_chain = |diff_ids: &[Digest], layers: &mut HashSet<Digest>| {
+            let mut parent: Option<Digest> = None;
+            for d in diff_ids {
+                let c = chain_id(parent.as_ref(), d);
+                layers.insert(c);
+                parent = Some(c);
+            }
+        };
+
+        // Mark. Every manifest record is a root (manifests leave by `rm` or a registry
+        // DELETE); tags point at manifests; images and containers keep their layers.
+        for (key, m) in meta.scan::<ManifestRecord>(Cf::Manifests)? {
+            if let Ok(d) = key.parse() {
+                blobs.insert(d);
+            }
+            blobs.extend(m.config);
+            blobs.extend(m.layers.iter().copied());
+            blobs.extend(m.children.iter().copied());
+        }
+        for (key, image) in meta.scan::<ImageRecord>(Cf::Images)? {
+            if let Ok(d) = key.parse() {
+                blobs.insert(d);
+            }
+            mark_chain(&image.diff_ids, &mut layers);
+        }
+        for (_, c) in meta.scan::<serde_json::Value>(Cf::Containers)? {
+            for field in ["image", "config"] {
+                if let Some(d) = c.get(field).and_then(|v| v.as_str()).and_then(|s| s.parse().ok()) {
+                    blobs.insert(d);
+                }
+            }
+            if let Some(chains) = c.get("layers").and_then(|v| v.as_array()) {
+                layers.extend(chains.iter().filter_map(|v| v.as_str()?.parse().ok()));
+            }
+        }
+        let now_s = now();
+        for (key, lease) in meta.scan::<LeaseRecord>(Cf::Leases)? {
+            if lease.expires < now_s {
+                report.leases_expired += 1;
+                if !opts.dry_run {
+                    meta.delete(Cf::Leases, &key)?;
+                }
+            } else {
+                blobs.extend(lease.digests.iter().copied());
+            }
+        }
+        // Sweep blobs.
+        let mut swept = HashSet::new();
+        let cutoff = started.checked_sub(opts.grace).unwrap_or(SystemTime::UNIX_EPOCH);
+        for entry in self.blobs().list()? {
+            if blobs.contains(&entry.digest) || entry.modified > cutoff {
+                report.blobs_kept += 1;
+                continue;
+            }
+            // Re-check under the lock `add_manifest` takes: a manifest stored during this
+            // GC may have started referencing the blob.
+            let guard = self.gc_refs().lock().unwrap_or_else(|p| p.into_inner());
+            if guard.as_ref().is_some_and(|s| s.contains(&entry.digest)) {
+                report.blobs_kept += 1;
+                continue;
+            }
+            report.blobs_removed += 1;
+            report.bytes_removed += entry.size;
+            if !opts.dry_run {
+                self.blobs().remove(&entry.digest)?;
+                meta.delete(Cf::Blobs, &entry.digest.to_string())?;
+                swept.insert(entry.digest);
+            }
+            drop(guard);
+        }
+        if !swept.is_empty() {
+            let mut batch = meta.batch();
+            for link in meta.keys(Cf::RepoLinks, "")? {
+                let digest = link.rsplit_once('@').and_then(|(_, d)| d.parse::<Digest>().ok());
+                if digest.is_some_and(|d| swept.contains(&d)) {
+                    batch.delete(Cf::RepoLinks, &link);
+                }
+            }
+            meta.write(batch)?;
+        }
+
+        // Sweep layers.
+        let cutoff_s = now_s - opts.grace.as_secs() as i64;
+        for chain in self.layers().list()? {
+            if layers.contains(&chain) {
+                continue;
+            }
+            let key = chain.to_string();
+            let stored = meta.get::<LayerRecord>(Cf::Layers, &key)?.map_or(0, |l| l.stored);
+            if stored > cutoff_s {
+                continue;
+            }
+            report.layers_removed += 1;
+            if !opts.dry_run {
+                self.layers().remove(&chain)?;
+                meta.delete(Cf::Layers, &key)?;
+                self.index_remove(&chain, IdKind::Layer);
+            }
+        }
+        for (key, _) in meta.scan::<LayerRecord>(Cf::Layers)? {
+            if let Ok(chain) = key.parse::<Digest>()
+                && !self.layers().is_unpacked(&chain)
+                && !opts.dry_run
+            {
+                meta.delete(Cf::Layers, &key)?;
+                self.index_remove(&chain, IdKind::Layer);
+            }
+        }
+        if !opts.dry_run {
+            report.pool_files_removed = self.layers().gc_pool()?;
+        }
+
+        // Abandoned partial ingests.
+        let partial_cutoff = started.checked_sub(opts.partial_expiry).unwrap_or(SystemTime::UNIX_EPOCH);
+        for (stem, _, modified) in self.blobs().list_partials()? {
+            if modified < partial_cutoff && (opts.dry_run || self.blobs().remove_partial(&stem)?) {
+                report.partials_removed += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Disk usage.
+    pub fn usage(&self) -> Result<Usage, StoreError> {
+        let mut u = Usage::default();
+        for b in self.blobs().list()? {
+            u.blobs += 1;
+            u.blob_bytes += b.size;
+            u.blob_disk_bytes += b.blocks;
+        }
+        let l = self.layers().du()?;
+        u.layers = l.layers;
+        u.layer_apparent_bytes = l.apparent_bytes;
+        u.layer_disk_bytes = l.actual_bytes;
+        u.layer_shared_bytes = l.shared_bytes;
+        u.images = self.meta().keys(Cf::Images, "")?.len() as u64;
+        u.manifests = self.meta().keys(Cf::Manifests, "")?.len() as u64;
+        u.tags = self.meta().keys(Cf::Tags, "")?.len() as u64;
+        Ok(u)
+    }
+}

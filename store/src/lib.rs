@@ -1,0 +1,36 @@
+//! strata's store: content-addressed blobs, RocksDB metadata, the radix ID index,
+//! unpacked layers, GC, fsck and image archives. Knows nothing of HTTP.
+
+mod archive;
+mod blobs;
+mod digest;
+mod fsck;
+mod gc;
+mod index;
+mod layers;
+mod manifest;
+mod meta;
+mod pool;
+mod reference;
+mod store;
+mod unpack;
+
+pub use archive::{ArchiveError, LoadOptions, LoadReport, LoadedImage, SaveReport, load, save};
+pub use blobs::{BlobEntry, BlobError, BlobStore, Committed, Ingest, IngestKey, Staged};
+pub use digest::{Digest, DigestError, Hasher, HashingReader, HashingWriter};
+pub use fsck::{Fault, FsckReport};
+pub use gc::{GcOptions, GcReport, Usage};
+pub use index::{IdIndex, IdKind, IndexError};
+pub use layers::{LayerError, LayerStore, chain_id};
+pub use manifest::{
+    Config, DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_LIST, DOCKER_MANIFEST, MAX_MANIFEST_BYTES, Manifest,
+    ManifestError, OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD, OCI_MANIFEST, Platform, Ref,
+    is_manifest_media_type,
+};
+pub use meta::{
+    BlobRecord, Cf, ImageRecord, LayerRecord, LeaseRecord, ManifestRecord, Meta, MetaError, SCHEMA_VERSION, TagRecord,
+};
+pub use pool::{InFlight, PoolError, Role};
+pub use reference::{ImageRef, ReferenceError, familiar_name, split_tag_key};
+pub use store::{ImageSummary, Resolved, Store, StoreError, default_root};
+pub use unpack::{Compression, UnpackError, UnpackOptions, UnpackReport, unpack_layer};
