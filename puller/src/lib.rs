@@ -1,1 +1,6 @@
-//! placeholder
+//! strata's puller: moves images between the store and the outside world — image
+//! archives (docker-save and OCI) today; registries (fetch, push) over HTTP.
+
+mod archive;
+
+pub use archive::{ArchiveFormat, PullerError, load_file, save_file};

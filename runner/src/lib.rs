@@ -1,1 +1,2 @@
-//! placeholder
+//! strata's runner: rootfs assembly from unpacked layers and container processes
+//! (namespaces, cgroups). The process model lands with the runner issue.

@@ -36,6 +36,9 @@ pub struct FsckReport {
     pub manifests_checked: u64,
     pub layers_checked: u64,
     pub faults: Vec<Fault>,
+    /// Not faults: leftovers of interrupted work that `gc` reclaims (blobs no record
+    /// names yet, complete layers no record names yet).
+    pub notes: Vec<Fault>,
 }
 
 impl FsckReport {
@@ -85,10 +88,17 @@ impl Store {
                     fault(&mut r, "blob record", key, format!("records {} bytes, file has {}", rec.size, entry.size), repair);
                 }
                 None => {
+                    // An ingest that died between its rename and its record: valid
+                    // content nothing refers to yet.
                     if repair {
                         meta.put(Cf::Blobs, &key, &BlobRecord { size: entry.size, stored: now() })?;
                     }
-                    fault(&mut r, "unrecorded blob", key, "blob file has no metadata record".into(), repair);
+                    r.notes.push(Fault {
+                        kind: "unrecorded blob",
+                        subject: key,
+                        detail: "blob file has no metadata record".into(),
+                        repaired: repair,
+                    });
                 }
             }
         }
@@ -188,10 +198,14 @@ impl Store {
         }
         for chain in self.layers().list()? {
             if !recorded.contains(chain.to_string().as_str()) {
-                if repair {
-                    self.layers().remove(&chain)?;
-                }
-                fault(&mut r, "unrecorded layer", chain.to_string(), "unpacked but not recorded".into(), repair);
+                // Complete (layers are renamed into place whole) but its record was never
+                // written: a crash between the two. GC removes it.
+                r.notes.push(Fault {
+                    kind: "unrecorded layer",
+                    subject: chain.to_string(),
+                    detail: "unpacked but not recorded".into(),
+                    repaired: false,
+                });
             }
         }
         Ok(r)

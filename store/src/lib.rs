@@ -12,6 +12,7 @@ mod manifest;
 mod meta;
 mod pool;
 mod reference;
+mod registry;
 mod store;
 mod unpack;
 
@@ -21,7 +22,7 @@ pub use digest::{Digest, DigestError, Hasher, HashingReader, HashingWriter};
 pub use fsck::{Fault, FsckReport};
 pub use gc::{GcOptions, GcReport, Usage};
 pub use index::{IdIndex, IdKind, IndexError};
-pub use layers::{LayerError, LayerStore, chain_id};
+pub use layers::{LayerError, LayerStore, LayerUsage, chain_id};
 pub use manifest::{
     Config, DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_LIST, DOCKER_MANIFEST, MAX_MANIFEST_BYTES, Manifest,
     ManifestError, OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD, OCI_MANIFEST, Platform, Ref,
@@ -32,5 +33,8 @@ pub use meta::{
 };
 pub use pool::{InFlight, PoolError, Role};
 pub use reference::{ImageRef, ReferenceError, familiar_name, split_tag_key};
+pub use registry::{Referrer, UploadRecord, repo_tag_key};
 pub use store::{ImageSummary, Resolved, Store, StoreError, default_root};
-pub use unpack::{Compression, UnpackError, UnpackOptions, UnpackReport, unpack_layer};
+pub use unpack::{
+    Compression, DEFAULT_DEDUP_MIN_SIZE, UnpackError, UnpackOptions, UnpackReport, unpack_layer,
+};

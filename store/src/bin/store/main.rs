@@ -106,6 +106,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 for f in &report.faults {
                     writeln!(out, "{f}")?;
                 }
+                for n in &report.notes {
+                    writeln!(out, "note: {n} (gc reclaims it)")?;
+                }
                 writeln!(
                     out,
                     "checked {} blobs ({}), {} manifests, {} layers: {} faults, {} repaired",

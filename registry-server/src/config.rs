@@ -1,0 +1,306 @@
+//! The server's typed configuration, and its TOML file form (keys mirror the flags:
+//! `listen`, `root`, `[auth] htpasswd`, `[tls] cert`/`key`, …).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Errors reading a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parse config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// Everything the server needs to run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The store root.
+    pub root: PathBuf,
+    pub listen: SocketAddr,
+    /// The registry host name tags are stored under (`<registry_name>/<repo>:<tag>`), as
+    /// clients name this registry. Defaults to the listen address.
+    pub registry_name: Option<String>,
+    /// Whether DELETE of manifests, tags and blobs is allowed.
+    pub delete_enabled: bool,
+    pub log: LogConfig,
+    pub limits: Limits,
+    pub uploads: UploadConfig,
+    pub gc: GcConfig,
+    pub tls: Option<TlsConfig>,
+    pub auth: Option<AuthConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: strata_store::default_root(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
+            registry_name: None,
+            delete_enabled: true,
+            log: LogConfig::default(),
+            limits: Limits::default(),
+            uploads: UploadConfig::default(),
+            gc: GcConfig::default(),
+            tls: None,
+            auth: None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML configuration file; missing keys take their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_path_buf(), message },
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.message().to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.limits.max_manifest_bytes == 0 || self.limits.max_manifest_bytes > strata_store::MAX_MANIFEST_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "limits.max_manifest_bytes must be between 1 and {}",
+                strata_store::MAX_MANIFEST_BYTES
+            )));
+        }
+        if let Some(auth) = &self.auth {
+            for rule in &auth.access {
+                glob::Pattern::new(&rule.repositories).map_err(|e| {
+                    ConfigError::Invalid(format!("auth.access repositories {:?}: {e}", rule.repositories))
+                })?;
+                for a in &rule.actions {
+                    if !matches!(a.as_str(), "pull" | "push" | "delete" | "*") {
+                        return Err(ConfigError::Invalid(format!("auth.access: unknown action {a:?}")));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The registry name tags are stored under.
+    pub fn registry_name(&self) -> String {
+        self.registry_name.clone().unwrap_or_else(|| self.listen.to_string())
+    }
+}
+
+/// Request logging.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// One JSON object per line instead of text.
+    pub json: bool,
+    /// A `tracing` filter, e.g. `info` or `strata_registry=debug` (`RUST_LOG` overrides).
+    pub level: Option<String>,
+}
+
+/// Limits against abuse and slow clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_manifest_bytes: u64,
+    /// Largest blob accepted (bytes); none by default.
+    pub max_blob_bytes: Option<u64>,
+    pub max_name_len: usize,
+    /// Upload sessions open at once; more get `TOOMANYREQUESTS`.
+    pub max_upload_sessions: usize,
+    /// Largest page of tags or repositories.
+    pub max_page: usize,
+    /// A request body that sends nothing for this long is abandoned.
+    #[serde(with = "secs")]
+    pub body_idle_timeout: Duration,
+    /// A client must send its request headers within this.
+    #[serde(with = "secs")]
+    pub header_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_manifest_bytes: strata_store::MAX_MANIFEST_BYTES,
+            max_blob_bytes: None,
+            max_name_len: 255,
+            max_upload_sessions: 1024,
+            max_page: 10_000,
+            body_idle_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Upload sessions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadConfig {
+    /// An upload untouched for this long is abandoned and cleaned.
+    #[serde(with = "secs")]
+    pub expiry: Duration,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        UploadConfig { expiry: Duration::from_secs(24 * 3600) }
+    }
+}
+
+/// Online garbage collection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcConfig {
+    /// Run a GC this often (seconds); never when absent.
+    #[serde(with = "opt_secs")]
+    pub interval: Option<Duration>,
+    /// Unreferenced content younger than this is kept.
+    #[serde(with = "secs")]
+    pub grace: Duration,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig { interval: None, grace: Duration::from_secs(3600) }
+    }
+}
+
+/// TLS from PEM files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Authentication and authorisation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// An htpasswd file of bcrypt (`$2y$`) entries.
+    pub htpasswd: Option<PathBuf>,
+    /// Issue bearer tokens at `/token` (the Docker token flow) instead of asking for
+    /// basic credentials on every request.
+    pub token: bool,
+    pub realm: Option<String>,
+    pub service: String,
+    /// HMAC key for tokens; random per start when absent.
+    pub secret: Option<String>,
+    #[serde(with = "secs")]
+    pub token_ttl: Duration,
+    /// Anyone may pull without credentials.
+    pub anonymous_pull: bool,
+    /// Group name → members.
+    pub groups: std::collections::BTreeMap<String, Vec<String>>,
+    /// Access rules; when empty, every authenticated user may do everything.
+    pub access: Vec<AccessRule>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            htpasswd: None,
+            token: false,
+            realm: None,
+            service: "strata-registry".into(),
+            secret: None,
+            token_ttl: Duration::from_secs(300),
+            anonymous_pull: false,
+            groups: Default::default(),
+            access: Vec::new(),
+        }
+    }
+}
+
+/// Who may do what on which repositories.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRule {
+    /// A glob over repository names, e.g. `team/*` or `*`.
+    pub repositories: String,
+    /// User names; `*` is any authenticated user.
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// `pull`, `push`, `delete` or `*`.
+    pub actions: Vec<String>,
+}
+
+mod secs {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_secs(u64::deserialize(d)?))
+    }
+}
+
+mod opt_secs {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.filter(|s| *s > 0).map(Duration::from_secs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_file() {
+        let c = Config::from_toml(
+            r#"
+            listen = "127.0.0.1:5999"
+            root = "/tmp/x"
+            registry_name = "reg.example:5999"
+            [limits]
+            max_upload_sessions = 8
+            body_idle_timeout = 5
+            [gc]
+            interval = 600
+            [tls]
+            cert = "c.pem"
+            key = "k.pem"
+            [auth]
+            htpasswd = "users"
+            token = true
+            anonymous_pull = true
+            [auth.groups]
+            dev = ["alice"]
+            [[auth.access]]
+            repositories = "team/*"
+            groups = ["dev"]
+            actions = ["pull", "push"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 5999);
+        assert_eq!(c.registry_name(), "reg.example:5999");
+        assert_eq!(c.limits.max_upload_sessions, 8);
+        assert_eq!(c.gc.interval, Some(Duration::from_secs(600)));
+        assert!(c.auth.unwrap().token);
+        assert!(Config::from_toml("nope = 1").is_err());
+        assert!(Config::from_toml("[[auth.access]]\nrepositories = \"*\"\nactions = [\"fly\"]").is_err());
+    }
+}

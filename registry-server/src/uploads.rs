@@ -1,0 +1,335 @@
+//! Blob upload sessions. A session is a record in the store's `uploads` family plus the
+//! resumable ingest `upload-<id>`: both survive a restart, so a chunked upload resumes
+//! where the last accepted chunk ended. While the server runs, the open ingest (file and
+//! hash state) stays in memory, so a chunk is hashed once however many requests it took.
+//! Request bodies stream through a bounded channel to a blocking writer: no blob is ever
+//! held whole in memory.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
+use strata_store::{Committed, Digest, Ingest, IngestKey, Store, UploadRecord};
+use tokio::sync::OwnedMutexGuard;
+
+use crate::error::{ApiError, ApiResult};
+use crate::metrics::Metrics;
+
+const WRITE_BATCH: usize = 1 << 20;
+
+/// One session's in-memory state.
+#[derive(Debug)]
+pub struct Slot {
+    pub id: String,
+    pub repository: String,
+    ingest: Option<Ingest>,
+    /// Set once the session is finished or cancelled; a waiter that then gets the lock
+    /// must treat the session as unknown.
+    closed: bool,
+}
+
+/// The open upload sessions.
+pub struct Uploads {
+    store: Arc<Store>,
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    max_sessions: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Uploads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Uploads").field("open", &self.open()).finish()
+    }
+}
+
+/// A locked session: one request at a time works on an upload.
+pub type Locked = OwnedMutexGuard<Slot>;
+
+fn new_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    hex::encode(bytes)
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+impl Uploads {
+    pub fn new(store: Arc<Store>, max_sessions: usize, metrics: Arc<Metrics>) -> Uploads {
+        Uploads { store, slots: Mutex::new(HashMap::new()), max_sessions, metrics }
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<Slot>>>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sessions open in this process.
+    pub fn open(&self) -> usize {
+        self.slots().len()
+    }
+
+    /// Starts a session for `repository`, locked for the caller.
+    pub async fn create(&self, repository: &str) -> ApiResult<Locked> {
+        if self.open() >= self.max_sessions {
+            return Err(ApiError::too_many("too many upload sessions in progress"));
+        }
+        let id = new_id();
+        let record = UploadRecord { repository: repository.to_string(), started: now(), updated: now() };
+        let store = self.store.clone();
+        let rid = id.clone();
+        tokio::task::spawn_blocking(move || store.put_upload(&rid, &record)).await??;
+        let slot = Arc::new(tokio::sync::Mutex::new(Slot {
+            id: id.clone(),
+            repository: repository.to_string(),
+            ingest: None,
+            closed: false,
+        }));
+        let guard = slot.clone().lock_owned().await;
+        self.slots().insert(id, slot);
+        self.metrics.set_uploads(self.open());
+        Ok(guard)
+    }
+
+    /// Locks an existing session of `repository` (recovering it from the store after a
+    /// restart).
+    pub async fn lock(&self, repository: &str, id: &str) -> ApiResult<Locked> {
+        let existing = self.slots().get(id).cloned();
+        let slot = match existing {
+            Some(s) => s,
+            None => {
+                let store = self.store.clone();
+                let rid = id.to_string();
+                if id.is_empty()
+                    || id.len() > 128
+                    || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    return Err(ApiError::upload_unknown());
+                }
+                let record = tokio::task::spawn_blocking(move || store.get_upload(&rid)).await??;
+                let Some(record) = record else { return Err(ApiError::upload_unknown()) };
+                let slot = Arc::new(tokio::sync::Mutex::new(Slot {
+                    id: id.to_string(),
+                    repository: record.repository,
+                    ingest: None,
+                    closed: false,
+                }));
+                let mut slots = self.slots();
+                let s = slots.entry(id.to_string()).or_insert(slot).clone();
+                drop(slots);
+                self.metrics.set_uploads(self.open());
+                s
+            }
+        };
+        let guard = slot.lock_owned().await;
+        if guard.closed || guard.repository != repository {
+            return Err(ApiError::upload_unknown());
+        }
+        Ok(guard)
+    }
+
+    /// Opens (or resumes) the session's ingest if needed.
+    async fn ingest(&self, slot: &mut Locked) -> ApiResult<Ingest> {
+        if let Some(i) = slot.ingest.take() {
+            return Ok(i);
+        }
+        let store = self.store.clone();
+        let key = IngestKey::Upload(slot.id.clone());
+        let ingest = tokio::task::spawn_blocking(move || store.blobs().begin(key)).await??;
+        ingest.ok_or_else(|| ApiError::internal("upload ingest unexpectedly complete"))
+    }
+
+    /// Bytes received so far.
+    pub async fn offset(&self, slot: &mut Locked) -> ApiResult<u64> {
+        let ingest = self.ingest(slot).await?;
+        let off = ingest.offset();
+        slot.ingest = Some(ingest);
+        Ok(off)
+    }
+
+    /// Appends a request body; returns the new offset.
+    pub async fn append(
+        &self,
+        slot: &mut Locked,
+        body: Body,
+        idle: Duration,
+        limit: Option<u64>,
+    ) -> ApiResult<u64> {
+        let ingest = self.ingest(slot).await?;
+        let (ingest, result) = write_body(ingest, body, idle, limit, self.metrics.clone()).await;
+        let off = ingest.as_ref().map(Ingest::offset);
+        slot.ingest = ingest;
+        result.and_then(|_| off.ok_or_else(|| ApiError::internal("upload writer lost its ingest")))
+    }
+
+    /// Verifies and commits the upload as blob `digest`, ending the session either way
+    /// when the content was wrong.
+    pub async fn finish(&self, mut slot: Locked, digest: Digest) -> ApiResult<Committed> {
+        let ingest = self.ingest(&mut slot).await?;
+        let store = self.store.clone();
+        let repo = slot.repository.clone();
+        let id = slot.id.clone();
+        let result = tokio::task::spawn_blocking(move || -> ApiResult<Committed> {
+            let committed = ingest.commit(&digest, None);
+            // Commit discards the data on mismatch: the session ends either way.
+            let _ = store.delete_upload(&id);
+            let committed = committed?;
+            store.record_uploaded_blob(&repo, &committed.digest, committed.size)?;
+            Ok(committed)
+        })
+        .await?;
+        self.close(slot);
+        result
+    }
+
+    /// Cancels the session and drops its data.
+    pub async fn cancel(&self, mut slot: Locked) -> ApiResult<()> {
+        let ingest = self.ingest(&mut slot).await?;
+        let store = self.store.clone();
+        let id = slot.id.clone();
+        tokio::task::spawn_blocking(move || -> ApiResult<()> {
+            ingest.discard()?;
+            store.delete_upload(&id)?;
+            Ok(())
+        })
+        .await??;
+        self.close(slot);
+        Ok(())
+    }
+
+    fn close(&self, mut slot: Locked) {
+        slot.closed = true;
+        self.slots().remove(&slot.id);
+        self.metrics.set_uploads(self.open());
+    }
+
+    /// Removes sessions untouched for `expiry` (their data and record). Returns how many.
+    pub fn expire(&self, expiry: Duration) -> Result<usize, strata_store::StoreError> {
+        let cutoff = now() - expiry.as_secs() as i64;
+        let partials: HashMap<String, SystemTime> = self
+            .store
+            .blobs()
+            .list_partials()?
+            .into_iter()
+            .filter_map(|(stem, _, m)| Some((stem.strip_prefix("upload-")?.to_string(), m)))
+            .collect();
+        let mut removed = 0;
+        for (id, record) in self.store.uploads()? {
+            let touched = partials
+                .get(&id)
+                .and_then(|m| m.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map_or(record.updated, |d| (d.as_secs() as i64).max(record.updated));
+            if touched >= cutoff {
+                continue;
+            }
+            // Skip sessions a request is working on right now.
+            let slot = self.slots().get(&id).cloned();
+            let guard = match &slot {
+                Some(s) => match s.clone().try_lock_owned() {
+                    Ok(g) => Some(g),
+                    Err(_) => continue,
+                },
+                None => None,
+            };
+            if let Some(mut g) = guard {
+                g.closed = true;
+                if let Some(i) = g.ingest.take() {
+                    let _ = i.discard();
+                }
+                self.slots().remove(&id);
+            }
+            self.store.blobs().remove_partial(&format!("upload-{id}"))?;
+            self.store.delete_upload(&id)?;
+            removed += 1;
+        }
+        // Partials of sessions that have no record (a crash between the two writes).
+        for (id, modified) in partials {
+            let old = modified.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64) < cutoff;
+            if old && self.store.get_upload(&id)?.is_none() && self.store.blobs().remove_partial(&format!("upload-{id}"))? {
+                removed += 1;
+            }
+        }
+        self.metrics.set_uploads(self.open());
+        Ok(removed)
+    }
+}
+
+/// Streams `body` into `ingest` on a blocking thread. Always hands the ingest back (its
+/// offset then says what was kept).
+async fn write_body(
+    ingest: Ingest,
+    body: Body,
+    idle: Duration,
+    limit: Option<u64>,
+    metrics: Arc<Metrics>,
+) -> (Option<Ingest>, ApiResult<()>) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut ingest = ingest;
+        let mut buf = BytesMut::with_capacity(WRITE_BATCH);
+        let mut result: ApiResult<()> = Ok(());
+        let mut flush = |ingest: &mut Ingest, buf: &mut BytesMut| -> ApiResult<()> {
+            if !buf.is_empty() {
+                ingest.write_all(buf)?;
+                buf.clear();
+            }
+            Ok(())
+        };
+        while let Some(chunk) = rx.blocking_recv() {
+            if let Some(limit) = limit
+                && ingest.offset() + (buf.len() + chunk.len()) as u64 > limit
+            {
+                result = Err(ApiError::size_invalid(format!("blob exceeds the limit of {limit} bytes")));
+                break;
+            }
+            if buf.len() + chunk.len() > WRITE_BATCH {
+                if let Err(e) = flush(&mut ingest, &mut buf) {
+                    result = Err(e);
+                    break;
+                }
+            }
+            if chunk.len() >= WRITE_BATCH {
+                if let Err(e) = ingest.write_all(&chunk) {
+                    result = Err(e.into());
+                    break;
+                }
+            } else {
+                buf.extend_from_slice(&chunk);
+            }
+        }
+        if result.is_ok() {
+            result = flush(&mut ingest, &mut buf);
+        }
+        (ingest, result)
+    });
+    let mut body = body.into_data_stream();
+    let mut read_result: ApiResult<()> = Ok(());
+    loop {
+        let next = match tokio::time::timeout(idle, futures::StreamExt::next(&mut body)).await {
+            Ok(n) => n,
+            Err(_) => {
+                read_result = Err(ApiError::upload_invalid("client sent no data for too long"));
+                break;
+            }
+        };
+        match next {
+            None => break,
+            Some(Ok(chunk)) => {
+                metrics.add_bytes_in(chunk.len() as u64);
+                if tx.send(chunk).await.is_err() {
+                    break; // the writer stopped: its result says why
+                }
+            }
+            Some(Err(e)) => {
+                read_result = Err(ApiError::upload_invalid(format!("reading request body: {e}")));
+                break;
+            }
+        }
+    }
+    drop(tx);
+    match writer.await {
+        Ok((ingest, write_result)) => (Some(ingest), write_result.and(read_result)),
+        Err(e) => (None, Err(e.into())),
+    }
+}

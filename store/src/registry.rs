@@ -1,0 +1,217 @@
+//! What the registry server needs from the store: per-repository tags, blob links and
+//! manifest deletion, the referrers index, the catalog, and upload-session records.
+//!
+//! Tags pushed through a registry are stored under the ordinary tag keys
+//! (`<registry-name>/<repository>:<tag>`), so `store ls` and `runner` see them. Referrers
+//! are indexed in the `meta` family under `referrer/<repository>@<subject>/<digest>`,
+//! so listing them is a prefix scan, never a scan of every manifest.
+
+use std::collections::BTreeMap;
+
+use crate::digest::Digest;
+use crate::index::IdKind;
+use crate::meta::{Cf, ImageRecord, TagRecord, repo_link_key};
+use crate::store::{Store, StoreError, now};
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A registry upload session (its data is the ingest `upload-<id>`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UploadRecord {
+    pub repository: String,
+    /// Unix seconds.
+    pub started: i64,
+    /// Unix seconds of the last chunk.
+    pub updated: i64,
+}
+
+/// A manifest that names another as its `subject`, as the referrers API lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Referrer {
+    #[serde(rename = "mediaType")]
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(rename = "artifactType", default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The store key of a registry tag: `<registry>/<repository>:<tag>`.
+pub fn repo_tag_key(registry: &str, repository: &str, tag: &str) -> String {
+    format!("{registry}/{repository}:{tag}")
+}
+
+fn referrer_prefix(repository: &str, subject: &Digest) -> String {
+    format!("referrer/{repository}@{subject}/")
+}
+
+impl Store {
+    /// Points `<registry>/<repository>:<tag>` at a stored manifest.
+    pub fn set_repo_tag(&self, registry: &str, repository: &str, tag: &str, manifest: &Digest) -> Result<()> {
+        let record = self.get_manifest(manifest)?.ok_or_else(|| StoreError::NoSuchImage(manifest.to_string()))?;
+        let key = repo_tag_key(registry, repository, tag);
+        self.meta()
+            .put(Cf::Tags, &key, &TagRecord { manifest: *manifest, media_type: record.media_type, updated: now() })?;
+        Ok(())
+    }
+
+    pub fn repo_tag(&self, registry: &str, repository: &str, tag: &str) -> Result<Option<TagRecord>> {
+        Ok(self.meta().get(Cf::Tags, &repo_tag_key(registry, repository, tag))?)
+    }
+
+    /// The tags of a repository, sorted.
+    pub fn repo_tags(&self, registry: &str, repository: &str) -> Result<Vec<String>> {
+        let prefix = repo_tag_key(registry, repository, "");
+        Ok(self
+            .meta()
+            .keys(Cf::Tags, &prefix)?
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(&prefix).filter(|t| !t.contains('/')).map(str::to_string))
+            .collect())
+    }
+
+    /// Removes a tag; false when there was none.
+    pub fn delete_repo_tag(&self, registry: &str, repository: &str, tag: &str) -> Result<bool> {
+        let key = repo_tag_key(registry, repository, tag);
+        if !self.meta().contains(Cf::Tags, &key)? {
+            return Ok(false);
+        }
+        self.meta().delete(Cf::Tags, &key)?;
+        Ok(true)
+    }
+
+    /// Removes a blob's link from a repository; false when it was not linked.
+    pub fn unlink(&self, repository: &str, digest: &Digest) -> Result<bool> {
+        let key = repo_link_key(repository, digest);
+        if !self.meta().contains(Cf::RepoLinks, &key)? {
+            return Ok(false);
+        }
+        self.meta().delete(Cf::RepoLinks, &key)?;
+        Ok(true)
+    }
+
+    /// Whether any blob or manifest is linked into `repository`.
+    pub fn repo_exists(&self, repository: &str) -> Result<bool> {
+        Ok(!self.meta().keys(Cf::RepoLinks, &format!("{repository}@"))?.is_empty())
+    }
+
+    /// Every repository with linked content, sorted.
+    pub fn repositories(&self) -> Result<Vec<String>> {
+        let mut out: Vec<String> = Vec::new();
+        for key in self.meta().keys(Cf::RepoLinks, "")? {
+            if let Some((repo, _)) = key.rsplit_once('@')
+                && out.last().is_none_or(|l| l != repo)
+            {
+                out.push(repo.to_string());
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Records that `referrer` (linked into `repository`) names `subject`.
+    pub fn add_referrer(&self, repository: &str, subject: &Digest, referrer: &Referrer) -> Result<()> {
+        let key = format!("{}{}", referrer_prefix(repository, subject), referrer.digest);
+        self.meta().put(Cf::Meta, &key, referrer)?;
+        Ok(())
+    }
+
+    /// The manifests of `repository` whose subject is `subject`, by digest.
+    pub fn referrers(&self, repository: &str, subject: &Digest) -> Result<Vec<Referrer>> {
+        Ok(self
+            .meta()
+            .scan_prefix::<Referrer>(Cf::Meta, &referrer_prefix(repository, subject))?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect())
+    }
+
+    /// Deletes a manifest from a repository: its link, the repository's tags that point
+    /// at it and its referrer entry. When no repository links it and no tag names it any
+    /// more, the manifest record goes too (its image record drops it), so the next GC
+    /// can reclaim its content. False when the repository did not have it.
+    pub fn delete_repo_manifest(&self, registry: &str, repository: &str, digest: &Digest) -> Result<bool> {
+        let link = repo_link_key(repository, digest);
+        if !self.meta().contains(Cf::RepoLinks, &link)? {
+            return Ok(false);
+        }
+        let record = self.get_manifest(digest)?;
+        let mut batch = self.meta().batch();
+        batch.delete(Cf::RepoLinks, &link);
+        let prefix = repo_tag_key(registry, repository, "");
+        for (key, tag) in self.meta().scan_prefix::<TagRecord>(Cf::Tags, &prefix)? {
+            if tag.manifest == *digest {
+                batch.delete(Cf::Tags, &key);
+            }
+        }
+        if let Some(subject) = record.as_ref().and_then(|r| r.subject) {
+            batch.delete(Cf::Meta, &format!("{}{digest}", referrer_prefix(repository, &subject)));
+        }
+        self.meta().write(batch)?;
+
+        // Still reachable elsewhere?
+        let suffix = format!("@{digest}");
+        let linked_elsewhere = self.meta().keys(Cf::RepoLinks, "")?.iter().any(|k| k.ends_with(&suffix));
+        let tagged = self.meta().scan::<TagRecord>(Cf::Tags)?.iter().any(|(_, t)| t.manifest == *digest);
+        if linked_elsewhere || tagged {
+            return Ok(true);
+        }
+        let Some(record) = record else { return Ok(true) };
+        let mut batch = self.meta().batch();
+        batch.delete(Cf::Manifests, &digest.to_string());
+        let mut image_gone = None;
+        if let Some(config) = record.config
+            && let Some(mut image) = self.meta().get::<ImageRecord>(Cf::Images, &config.to_string())?
+        {
+            image.manifests.retain(|m| m != digest);
+            if image.manifests.is_empty() {
+                batch.delete(Cf::Images, &config.to_string());
+                image_gone = Some(config);
+            } else {
+                batch.put(Cf::Images, &config.to_string(), &image);
+            }
+        }
+        self.meta().write(batch)?;
+        self.index_remove(digest, IdKind::Manifest);
+        if let Some(id) = image_gone {
+            self.index_remove(&id, IdKind::Image);
+        }
+        Ok(true)
+    }
+
+    pub fn put_upload(&self, id: &str, record: &UploadRecord) -> Result<()> {
+        self.meta().put(Cf::Uploads, id, record)?;
+        Ok(())
+    }
+
+    pub fn get_upload(&self, id: &str) -> Result<Option<UploadRecord>> {
+        Ok(self.meta().get(Cf::Uploads, id)?)
+    }
+
+    pub fn delete_upload(&self, id: &str) -> Result<()> {
+        self.meta().delete(Cf::Uploads, id)?;
+        Ok(())
+    }
+
+    /// Every upload session on record.
+    pub fn uploads(&self) -> Result<Vec<(String, UploadRecord)>> {
+        Ok(self.meta().scan(Cf::Uploads)?)
+    }
+}
+
+impl Store {
+    /// Records a blob an upload committed and links it into `repository`, atomically.
+    pub fn record_uploaded_blob(&self, repository: &str, digest: &Digest, size: u64) -> Result<()> {
+        let mut batch = self.meta().batch();
+        let key = digest.to_string();
+        if !self.meta().contains(Cf::Blobs, &key)? {
+            batch.put(Cf::Blobs, &key, &crate::meta::BlobRecord { size, stored: now() });
+        }
+        batch.put(Cf::RepoLinks, &repo_link_key(repository, digest), &());
+        self.meta().write(batch)?;
+        Ok(())
+    }
+}
