@@ -35,7 +35,11 @@ fn kind_of(i: usize) -> IdKind {
 /// Resident set size of this process, in bytes (Linux; 0 elsewhere).
 fn rss_bytes() -> usize {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: usize = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let pages: usize = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 
@@ -56,11 +60,19 @@ fn bench_id_index(c: &mut Criterion) {
     report_memory(&ids);
 
     let mut build = c.benchmark_group("id_index/build_1m");
-    build.sampling_mode(SamplingMode::Flat).sample_size(10).measurement_time(Duration::from_secs(20));
+    build
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
     build.bench_function("from_iter_bulk", |b| {
         b.iter_batched(
-            || ids.iter().enumerate().map(|(i, id)| (id.clone(), kind_of(i))).collect::<Vec<_>>(),
-            |pairs| IdIndex::from_iter_bulk(pairs),
+            || {
+                ids.iter()
+                    .enumerate()
+                    .map(|(i, id)| (id.clone(), kind_of(i)))
+                    .collect::<Vec<_>>()
+            },
+            IdIndex::from_iter_bulk,
             BatchSize::PerIteration,
         )
     });
@@ -94,10 +106,10 @@ fn bench_id_index(c: &mut Criterion) {
             index.resolve(black_box(prefixes[i]), Some(IdKind::Image))
         })
     });
-    query.bench_function("resolve_5_ambiguous", |b| {
+    query.bench_function("resolve_4_ambiguous", |b| {
         b.iter(|| {
             i = (i + 1) % QUERIES;
-            index.resolve(black_box(&prefixes[i][..5]), None)
+            index.resolve(black_box(&prefixes[i][..4]), None)
         })
     });
     query.bench_function("count_prefix_4", |b| {

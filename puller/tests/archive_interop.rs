@@ -37,7 +37,7 @@ fn docker_with_fixture(tag: &str) -> Option<&'static peers::Dockerd> {
     let dir = tempfile::tempdir().unwrap();
     let img = fx::busybox(fx::Flavor::Docker, fx::LayerCompression::None);
     let archive = dir.path().join("fixture.tar");
-    fx::write_docker_save(&archive, &[(&img, &[tag][..])]).unwrap();
+    fx::write_docker_save(&archive, &[(&img, &[tag][..])]);
     ok(d.docker(&["load", "-i", archive.to_str().unwrap()]), "docker load fixture");
     Some(d)
 }
@@ -88,7 +88,7 @@ fn skopeo_reads_saved_archive_as_docker_archive_and_oci_archive() {
     let root = dir.path().join("store");
     let img = fx::busybox(fx::Flavor::Oci, fx::LayerCompression::Gzip);
     let layout = dir.path().join("layout");
-    fx::write_oci_layout(&layout, &[(&img, Some("docker.io/strata/sk:3"))]).unwrap();
+    fx::write_oci_layout(&layout, &[(&img, Some("docker.io/strata/sk:3"))]);
     ok(puller(&root, &["load", layout.to_str().unwrap()]), "puller load");
     let saved = dir.path().join("saved.tar");
     ok(puller(&root, &["save", "strata/sk:3", "--output", saved.to_str().unwrap()]), "puller save");
@@ -110,7 +110,7 @@ fn umoci_unpacks_the_saved_layout_with_whiteouts_applied() {
     let root = dir.path().join("store");
     let img = fx::busybox(fx::Flavor::Docker, fx::LayerCompression::None);
     let archive = dir.path().join("in.tar");
-    fx::write_docker_save(&archive, &[(&img, &["strata/um:1"][..])]).unwrap();
+    fx::write_docker_save(&archive, &[(&img, &["strata/um:1"][..])]);
     ok(puller(&root, &["load", archive.to_str().unwrap()]), "puller load");
     let saved = dir.path().join("saved.tar");
     ok(puller(&root, &["save", "strata/um:1", "--output", saved.to_str().unwrap()]), "puller save");

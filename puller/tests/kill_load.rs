@@ -24,15 +24,15 @@ fn kill_9_during_load_never_corrupts_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
     // Three big random layers (plus many small files), so a load takes a while.
-    let mut builder = fx::ImageBuilder::new();
+    let mut builder = fx::ImageBuilder::new(fx::Flavor::Docker);
     for seed in 0..3u64 {
         let path = dir.path().join(format!("layer{seed}.tar"));
         fx::random_layer_file(&path, seed, 48 << 20, 200);
-        builder = builder.raw_layer(std::fs::read(&path).unwrap());
+        builder = builder.layer(std::fs::read(&path).unwrap(), "random");
     }
     let image = builder.build();
     let archive = dir.path().join("big.tar");
-    fx::write_docker_save(&archive, &[(&image, &["strata/big:1"][..])]).unwrap();
+    fx::write_docker_save(&archive, &[(&image, &["strata/big:1"][..])]);
 
     // How long an uninterrupted load takes here, to aim the kills inside it.
     let calibrate = dir.path().join("calibrate");

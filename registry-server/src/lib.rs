@@ -1,1 +1,21 @@
-//! placeholder
+//! strata's registry server: the OCI Distribution v1.1 API over the strata store, with
+//! repository-scoped blob links, resumable uploads, auth (htpasswd basic and a bearer
+//! token issuer), TLS, metrics and graceful shutdown. `app(state)` is the service as an
+//! axum `Router` (tests drive it without a socket); `serve` runs it on a listener.
+
+mod api;
+mod auth;
+mod config;
+mod error;
+mod metrics;
+mod names;
+mod serve;
+mod uploads;
+
+pub use api::{AppState, app};
+pub use auth::{Action, AuthError};
+pub use config::{AccessRule, AuthConfig, Config, ConfigError, GcConfig, Limits, LogConfig, TlsConfig, UploadConfig};
+pub use error::{ApiError, ErrorCode};
+pub use metrics::Metrics;
+pub use names::{valid_name, valid_tag};
+pub use serve::{ServeError, serve, tls_acceptor};

@@ -269,7 +269,7 @@ async fn write_body(
         let mut ingest = ingest;
         let mut buf = BytesMut::with_capacity(WRITE_BATCH);
         let mut result: ApiResult<()> = Ok(());
-        let mut flush = |ingest: &mut Ingest, buf: &mut BytesMut| -> ApiResult<()> {
+        let flush = |ingest: &mut Ingest, buf: &mut BytesMut| -> ApiResult<()> {
             if !buf.is_empty() {
                 ingest.write_all(buf)?;
                 buf.clear();

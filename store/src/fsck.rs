@@ -53,7 +53,7 @@ impl Store {
     pub fn fsck(&self, repair: bool) -> Result<FsckReport, StoreError> {
         let mut r = FsckReport::default();
         let meta = self.meta();
-        let mut fault = |r: &mut FsckReport, kind, subject: String, detail: String, repaired| {
+        let fault = |r: &mut FsckReport, kind, subject: String, detail: String, repaired| {
             r.faults.push(Fault { kind, subject, detail, repaired });
         };
 

@@ -117,7 +117,7 @@ impl Store {
                 }
             }
             if let Some(chains) = c.get("layers").and_then(|v| v.as_array()) {
-                layers.extend(chains.iter().filter_map(|v| v.as_str()?.parse().ok()));
+                layers.extend(chains.iter().filter_map(|v| v.as_str()?.parse::<Digest>().ok()));
             }
         }
         let now_s = now();

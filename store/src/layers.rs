@@ -65,7 +65,7 @@ pub enum LayerError {
     },
 }
 
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> LayerError + '_ {
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LayerError + 'a {
     move |source| LayerError::Io {
         op,
         path: path.to_path_buf(),
@@ -527,7 +527,10 @@ impl LayerStore {
         let mut multi: HashMap<(u64, u64), (u64, u64)> = HashMap::new();
         for chain in self.list()? {
             usage.layers += 1;
-            let dir = self.layer_dir(&chain);
+            if let Ok(md) = fs::symlink_metadata(self.layer_dir(&chain).join(META)) {
+                usage.actual_bytes += md.blocks() * 512;
+            }
+            let dir = self.diff_path(&chain);
             for entry in walkdir::WalkDir::new(&dir).follow_links(false) {
                 let entry = match entry {
                     Ok(e) => e,

@@ -1,25 +1,34 @@
 //! strata's store: content-addressed blobs, RocksDB metadata, the radix ID index,
 //! unpacked layers, GC, fsck and image archives. Knows nothing of HTTP.
 
+#[cfg(feature = "meta")]
 mod archive;
 mod blobs;
 mod digest;
+#[cfg(feature = "meta")]
 mod fsck;
+#[cfg(feature = "meta")]
 mod gc;
 mod index;
 mod layers;
 mod manifest;
+#[cfg(feature = "meta")]
 mod meta;
 mod pool;
 mod reference;
+#[cfg(feature = "meta")]
 mod registry;
+#[cfg(feature = "meta")]
 mod store;
 mod unpack;
 
+#[cfg(feature = "meta")]
 pub use archive::{ArchiveError, LoadOptions, LoadReport, LoadedImage, SaveReport, load, save};
 pub use blobs::{BlobEntry, BlobError, BlobStore, Committed, Ingest, IngestKey, Staged};
 pub use digest::{Digest, DigestError, Hasher, HashingReader, HashingWriter};
+#[cfg(feature = "meta")]
 pub use fsck::{Fault, FsckReport};
+#[cfg(feature = "meta")]
 pub use gc::{GcOptions, GcReport, Usage};
 pub use index::{IdIndex, IdKind, IndexError};
 pub use layers::{LayerError, LayerStore, LayerUsage, chain_id};
@@ -28,12 +37,15 @@ pub use manifest::{
     ManifestError, OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD, OCI_MANIFEST, Platform, Ref,
     is_manifest_media_type,
 };
+#[cfg(feature = "meta")]
 pub use meta::{
     BlobRecord, Cf, ImageRecord, LayerRecord, LeaseRecord, ManifestRecord, Meta, MetaError, SCHEMA_VERSION, TagRecord,
 };
 pub use pool::{InFlight, PoolError, Role};
 pub use reference::{ImageRef, ReferenceError, familiar_name, split_tag_key};
+#[cfg(feature = "meta")]
 pub use registry::{Referrer, UploadRecord, repo_tag_key};
+#[cfg(feature = "meta")]
 pub use store::{ImageSummary, Resolved, Store, StoreError, default_root};
 pub use unpack::{
     Compression, DEFAULT_DEDUP_MIN_SIZE, UnpackError, UnpackOptions, UnpackReport, unpack_layer,

@@ -29,7 +29,7 @@ use std::rc::Rc;
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 
 use rustix::fs::{
-    AtFlags, CWD, FileType, Mode, OFlags, ResolveFlags, SeekFrom, Timespec, Timestamps, XattrFlags,
+    AtFlags, FileType, Mode, OFlags, ResolveFlags, SeekFrom, Timespec, Timestamps, XattrFlags,
 };
 use rustix::io::Errno;
 use rustix::process::{Gid, Uid};
@@ -63,7 +63,7 @@ pub enum Compression {
 
 impl Compression {
     /// Recognises gzip (`1f 8b`) and zstd (`28 b5 2f fd`); anything else is plain tar.
-    pub fn sniff(prefix: &[u8]) -> Compression {
+    pub fn detect(prefix: &[u8]) -> Compression {
         if prefix.starts_with(&[0x1f, 0x8b]) {
             Compression::Gzip
         } else if prefix.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
@@ -299,7 +299,7 @@ pub(crate) fn unpack_layer_tracked(
             Err(e) => return Err(UnpackError::Read(e)),
         }
     }
-    let compression = Compression::sniff(&magic[..got]);
+    let compression = Compression::detect(&magic[..got]);
     let source_failed = Rc::new(Cell::new(false));
     let source = Source {
         inner: io::Cursor::new(magic[..got].to_vec()).chain(reader),
@@ -425,10 +425,18 @@ fn produce(
     loop {
         let mut buf = recycle.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK]);
         let mut n = 0;
+        // Fill the chunk, but hand over early after a short read: a slow source (a
+        // network stream) should not leave the writer idle.
         while n < buf.len() {
+            let want = buf.len() - n;
             match input.read(&mut buf[n..]) {
                 Ok(0) => break,
-                Ok(k) => n += k,
+                Ok(k) => {
+                    n += k;
+                    if k < want {
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(ProduceError::Io(e)),
             }
@@ -642,7 +650,14 @@ struct Writer<'a> {
     pre_data: u64,
 }
 
+/// A path for messages: lossy UTF-8, the middle of very long ones elided.
 fn lossy(bytes: &[u8]) -> String {
+    const KEEP: usize = 120;
+    if bytes.len() > 2 * KEEP + 16 {
+        let head = String::from_utf8_lossy(&bytes[..KEEP]);
+        let tail = String::from_utf8_lossy(&bytes[bytes.len() - KEEP..]);
+        return format!("{head}…({} bytes)…{tail}", bytes.len());
+    }
     String::from_utf8_lossy(bytes).into_owned()
 }
 
@@ -1283,7 +1298,7 @@ impl<'a> Writer<'a> {
                 .ok_or_else(|| bad("sparse entry without a GNU header".into()))?;
             let real_size = gnu.real_size().map_err(|e| bad(e.to_string()))?;
             let mut map = Vec::new();
-            let mut push = |s: &tar::GnuSparseHeader| -> Result<(), UnpackError> {
+            let push = |map: &mut Vec<(u64, u64)>, s: &tar::GnuSparseHeader| -> Result<(), UnpackError> {
                 if !s.is_empty() {
                     map.push((
                         s.offset().map_err(|e| bad(e.to_string()))?,
@@ -1293,7 +1308,7 @@ impl<'a> Writer<'a> {
                 Ok(())
             };
             for s in &gnu.sparse {
-                push(s)?;
+                push(&mut map, s)?;
             }
             let mut extended = gnu.is_extended();
             while extended {
@@ -1310,7 +1325,7 @@ impl<'a> Writer<'a> {
                 self.pre_data += BLOCK;
                 ext.as_mut_bytes().copy_from_slice(&block);
                 for s in &ext.sparse {
-                    push(s)?;
+                    push(&mut map, s)?;
                 }
                 extended = ext.is_extended();
             }
@@ -1626,7 +1641,8 @@ impl<'a> Writer<'a> {
     ) -> Result<(), UnpackError> {
         for (name, value) in xattrs {
             if is_overlay_xattr(name) {
-                tracing::warn!(entry = display, xattr = %lossy(name), "ignoring overlay xattr from the archive");
+                let (entry, xattr) = (display, lossy(name));
+                tracing::warn!(entry, xattr, "ignoring overlay xattr from the archive");
                 self.c.skipped_xattrs += 1;
                 continue;
             }
@@ -1911,7 +1927,7 @@ impl<'a> Writer<'a> {
         let fd = match open_dir_beneath(self.root.as_fd(), rel) {
             Ok(fd) => fd,
             Err(Errno::NOENT) if create => self.make_dirs(rel, display)?,
-            Err(e) => return Err(resolve_error(display, rel, e)),
+            Err(e) => return Err(resolve_error(self.root.as_fd(), display, rel, e)),
         };
         if self.cache.len() >= DIR_CACHE {
             self.cache.clear();
@@ -1937,9 +1953,9 @@ impl<'a> Writer<'a> {
                         Ok(()) | Err(Errno::EXIST) => {}
                         Err(e) => return Err(io_err(display, "creating parent directory", e)),
                     }
-                    open_dir_beneath(base, comp).map_err(|e| resolve_error(display, prefix, e))?
+                    open_dir_beneath(base, comp).map_err(|e| resolve_error(self.root.as_fd(), display, prefix, e))?
                 }
-                Err(e) => return Err(resolve_error(display, prefix, e)),
+                Err(e) => return Err(resolve_error(self.root.as_fd(), display, prefix, e)),
             };
             cur = Some(next);
         }
@@ -1989,8 +2005,38 @@ fn padding(size: u64) -> u64 {
     (BLOCK - size % BLOCK) % BLOCK
 }
 
-fn resolve_error(display: &str, parent: &[u8], e: Errno) -> UnpackError {
+/// Explains why `parent` could not be opened below `root`: names the first component
+/// that is a symlink or not a directory. The walk stats one prefix at a time with
+/// `AT_SYMLINK_NOFOLLOW` and stops at the first non-directory, so it never follows a
+/// symlink either.
+fn resolve_error(root: BorrowedFd<'_>, display: &str, parent: &[u8], e: Errno) -> UnpackError {
     let path = display.to_string();
+    if matches!(e, Errno::LOOP | Errno::NOTDIR) {
+        let mut end = 0usize;
+        for comp in parent.split(|b| *b == b'/') {
+            end += comp.len();
+            let prefix = &parent[..end];
+            end += 1;
+            let Ok(st) = rustix::fs::statat(root, prefix, AtFlags::SYMLINK_NOFOLLOW) else {
+                break;
+            };
+            match FileType::from_raw_mode(st.st_mode) {
+                FileType::Directory => {}
+                FileType::Symlink => {
+                    return UnpackError::SymlinkInPath {
+                        path,
+                        parent: lossy(prefix),
+                    };
+                }
+                _ => {
+                    return UnpackError::NotADirectory {
+                        path,
+                        parent: lossy(prefix),
+                    };
+                }
+            }
+        }
+    }
     let parent = lossy(parent);
     match e {
         Errno::LOOP => UnpackError::SymlinkInPath { path, parent },
@@ -2010,11 +2056,11 @@ mod tests {
 
     #[test]
     fn sniffs_compression() {
-        assert_eq!(Compression::sniff(&[0x1f, 0x8b, 8, 0]), Compression::Gzip);
-        assert_eq!(Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
-        assert_eq!(Compression::sniff(b"etc/"), Compression::None);
-        assert_eq!(Compression::sniff(&[0x1f]), Compression::None);
-        assert_eq!(Compression::sniff(&[]), Compression::None);
+        assert_eq!(Compression::detect(&[0x1f, 0x8b, 8, 0]), Compression::Gzip);
+        assert_eq!(Compression::detect(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
+        assert_eq!(Compression::detect(b"etc/"), Compression::None);
+        assert_eq!(Compression::detect(&[0x1f]), Compression::None);
+        assert_eq!(Compression::detect(&[]), Compression::None);
     }
 
     #[test]

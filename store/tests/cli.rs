@@ -25,7 +25,7 @@ fn populate(root: &Path) -> Vec<String> {
         let img = fx::small_image(100 + seed, 1, false);
         let path = dir.path().join(format!("{seed}.tar"));
         let tag = format!("img{seed}:v1");
-        fx::write_docker_save(&path, &[(&img, &[tag.as_str()][..])]).unwrap();
+        fx::write_docker_save(&path, &[(&img, &[tag.as_str()][..])]);
         load(&store, &path, &LoadOptions::default()).unwrap();
         ids.push(img.id().trim_start_matches("sha256:").to_string());
         let first: Vec<char> = ids.iter().map(|i| i.chars().next().unwrap()).collect();

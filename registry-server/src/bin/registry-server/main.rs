@@ -1,1 +1,75 @@
-fn main() {}
+//! `registry-server`: serve a strata store over the OCI distribution API.
+
+mod cli;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use strata_registry::{AppState, Config, serve};
+use strata_store::Store;
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(config.log.level.as_deref().unwrap_or("info")));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.log.json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    let config = cli.into_config()?;
+    init_logging(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(256)
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(async move {
+        let root = config.root.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&root))
+            .await?
+            .with_context(|| format!("open store {}", config.root.display()))?;
+        let state = AppState::new(Arc::new(store), config.clone()).context("set up authentication")?;
+        if let Some(tls) = &config.tls {
+            strata_registry::tls_acceptor(tls).context("load TLS certificate and key")?;
+        }
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listen on {}", config.listen))?;
+        tracing::info!(
+            listen = %listener.local_addr()?,
+            root = %config.root.display(),
+            registry = state.registry_name(),
+            tls = config.tls.is_some(),
+            "registry-server ready"
+        );
+        serve(listener, state, shutdown_signal()).await.context("serve")?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,178 @@
+//! Serving the app on a socket: plain HTTP or TLS (rustls), HTTP/1.1 and h2, a header
+//! timeout against slow clients, a TLS ClientHello on a plain port answered with a TLS
+//! alert (skopeo and podman try HTTPS first, then fall back), background upkeep (expired
+//! uploads, optional periodic GC), and graceful shutdown: stop accepting, let in-flight
+//! requests finish.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::api::{AppState, app};
+use crate::config::TlsConfig;
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+const DRAIN: Duration = Duration::from_secs(30);
+/// A fatal TLS `protocol_version` alert, sent to a ClientHello on the plain port.
+const TLS_ALERT: [u8; 7] = [0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x46];
+
+/// Errors while serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("read TLS {what} {path}: {message}")]
+    Tls { what: &'static str, path: String, message: String },
+    #[error("TLS setup: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("accept: {0}")]
+    Accept(#[source] std::io::Error),
+}
+
+/// Builds the rustls acceptor for cert/key PEM files.
+pub fn tls_acceptor(tls: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ServeError::Tls { what: "certificate", path: tls.cert.display().to_string(), message: e.to_string() })?;
+    if certs.is_empty() {
+        return Err(ServeError::Tls {
+            what: "certificate",
+            path: tls.cert.display().to_string(),
+            message: "no certificate found".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key)
+        .map_err(|e| ServeError::Tls { what: "key", path: tls.key.display().to_string(), message: e.to_string() })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// Serves `state` on `listener` until `shutdown` completes, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let config = state.config().clone();
+    let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+    let upkeep = tokio::spawn(upkeep(state.clone()));
+    let router = app(state);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.limits.header_timeout)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    let header_timeout = config.limits.header_timeout;
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: log, pause, go on.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = TowerToHyperService::new(router.clone());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            match tls {
+                Some(acceptor) => {
+                    let accepted = tokio::time::timeout(header_timeout, acceptor.accept(stream)).await;
+                    match accepted {
+                        Ok(Ok(s)) => {
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(s), svc);
+                            let _ = watcher.watch(conn.into_owned()).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!("TLS handshake with {peer} failed: {e}"),
+                        Err(_) => tracing::debug!("TLS handshake with {peer} timed out"),
+                    }
+                }
+                None => {
+                    if is_tls_client_hello(&stream, header_timeout).await {
+                        tracing::debug!("{peer} spoke TLS to the plain-HTTP port; sent an alert");
+                        let mut stream = stream;
+                        let _ = stream.write_all(&TLS_ALERT).await;
+                        let _ = stream.shutdown().await;
+                        return;
+                    }
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                        tracing::debug!("connection from {peer}: {e}");
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: waiting for in-flight requests");
+    upkeep.abort();
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        tracing::warn!("requests still running after {DRAIN:?}; stopping anyway");
+    }
+    Ok(())
+}
+
+/// Whether the first byte the client sends starts a TLS handshake record.
+async fn is_tls_client_hello(stream: &TcpStream, wait: Duration) -> bool {
+    let mut b = [0u8; 1];
+    matches!(tokio::time::timeout(wait, stream.peek(&mut b)).await, Ok(Ok(1)) if b[0] == 0x16)
+}
+
+/// Periodic upkeep: expire abandoned uploads; run the configured GC.
+async fn upkeep(state: AppState) {
+    let config = state.config().clone();
+    let upload_every = (config.uploads.expiry / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    let mut upload_tick = tokio::time::interval(upload_every);
+    let gc_every = config.gc.interval.unwrap_or(Duration::from_secs(365 * 24 * 3600));
+    let mut gc_tick = tokio::time::interval(gc_every);
+    gc_tick.tick().await; // the first tick is immediate: skip it
+    loop {
+        tokio::select! {
+            _ = upload_tick.tick() => {
+                let st = state.clone();
+                match tokio::task::spawn_blocking(move || st.expire_uploads()).await {
+                    Ok(Ok(n)) if n > 0 => tracing::info!("expired {n} abandoned uploads"),
+                    Ok(Err(e)) => tracing::warn!("expiring uploads: {e}"),
+                    _ => {}
+                }
+            }
+            _ = gc_tick.tick(), if config.gc.interval.is_some() => {
+                let st = state.clone();
+                let opts = strata_store::GcOptions {
+                    grace: config.gc.grace,
+                    partial_expiry: config.uploads.expiry,
+                    dry_run: false,
+                };
+                match tokio::task::spawn_blocking(move || st.store().gc(&opts)).await {
+                    Ok(Ok(r)) => tracing::info!(blobs_removed = r.blobs_removed, bytes_removed = r.bytes_removed, "gc done"),
+                    Ok(Err(e)) => tracing::warn!("gc: {e}"),
+                    Err(e) => tracing::warn!("gc task: {e}"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Shared helpers for the registry tests: a registry over a temp store driven through
+//! `app()` without a socket, or served on a real 127.0.0.1 socket.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use strata_registry::{AppState, Config, app};
+use strata_store::Store;
+use tower::ServiceExt;
+
+/// A registry over a fresh store.
+pub struct Reg {
+    pub dir: tempfile::TempDir,
+    pub state: AppState,
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+    /// The spec error code of an error response.
+    pub fn code(&self) -> String {
+        self.json()["errors"][0]["code"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+pub fn config(dir: &std::path::Path) -> Config {
+    Config { root: dir.to_path_buf(), registry_name: Some("reg.test".into()), ..Config::default() }
+}
+
+impl Reg {
+    pub fn new() -> Reg {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        Reg::with_config(dir, cfg)
+    }
+
+    pub fn with_config(dir: tempfile::TempDir, cfg: Config) -> Reg {
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let state = AppState::new(store, cfg).unwrap();
+        Reg { dir, state }
+    }
+
+    pub async fn req(&self, method: Method, uri: &str, headers: &[(&str, &str)], body: impl Into<Body>) -> Resp {
+        let mut b = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let resp = app(self.state.clone()).oneshot(b.body(body.into()).unwrap()).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+        Resp { status, headers, body }
+    }
+
+    pub async fn get(&self, uri: &str) -> Resp {
+        self.req(Method::GET, uri, &[], Body::empty()).await
+    }
+
+    /// Monolithic POST + PUT upload.
+    pub async fn push_blob(&self, name: &str, bytes: &[u8]) -> String {
+        let digest = strata_store::Digest::of(bytes).to_string();
+        let r = self.req(Method::POST, &format!("/v2/{name}/blobs/uploads/"), &[], Body::empty()).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
+        let loc = r.header("location").unwrap().to_string();
+        let r = self.req(Method::PUT, &format!("{loc}?digest={digest}"), &[], bytes.to_vec()).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{r:?} {}", String::from_utf8_lossy(&r.body));
+        digest
+    }
+
+    pub async fn put_manifest(&self, name: &str, reference: &str, media_type: &str, bytes: &[u8]) -> Resp {
+        self.req(Method::PUT, &format!("/v2/{name}/manifests/{reference}"), &[("content-type", media_type)], bytes.to_vec())
+            .await
+    }
+
+    /// Pushes an image's blobs and manifest under `tag`.
+    pub async fn push_image(&self, name: &str, tag: &str, image: &strata_fixtures::Image) {
+        for b in std::iter::once(&image.config).chain(&image.layers) {
+            self.push_blob(name, &b.bytes).await;
+        }
+        let r = self.put_manifest(name, tag, &image.manifest.media_type, &image.manifest.bytes).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{r:?} {}", String::from_utf8_lossy(&r.body));
+    }
+}
+
+/// A registry served on a real socket on 127.0.0.1 (in this process).
+pub struct Served {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Served {
+    pub async fn start(state: AppState) -> Served {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            strata_registry::serve(listener, st, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Served { addr, state, stop: Some(tx), task: Some(task) }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+    }
+}
+
+/// A `registry-server` process on a free port over `root`.
+pub struct Proc {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl Proc {
+    pub fn start(root: &std::path::Path, extra: &[&str]) -> Proc {
+        let port = strata_fixtures::peers::free_port();
+        let child = std::process::Command::new(strata_fixtures::peers::bin("registry-server"))
+            .arg("--root")
+            .arg(root)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("spawn registry-server");
+        let p = Proc { child, port };
+        p.wait_ready();
+        p
+    }
+
+    fn wait_ready(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("registry-server did not start on port {}", self.port);
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// SIGTERM, then wait.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = rustix_pid(self.child.id());
+        let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        let status = self.child.wait().unwrap();
+        std::mem::forget(self);
+        status
+    }
+}
+
+fn rustix_pid(id: u32) -> u32 {
+    id
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
