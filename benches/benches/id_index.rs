@@ -7,7 +7,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{BatchSize, Criterion, SamplingMode, criterion_group, criterion_main};
+use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use strata_store::{IdIndex, IdKind};
@@ -65,16 +65,7 @@ fn bench_id_index(c: &mut Criterion) {
         .sample_size(10)
         .measurement_time(Duration::from_secs(20));
     build.bench_function("from_iter_bulk", |b| {
-        b.iter_batched(
-            || {
-                ids.iter()
-                    .enumerate()
-                    .map(|(i, id)| (id.clone(), kind_of(i)))
-                    .collect::<Vec<_>>()
-            },
-            IdIndex::from_iter_bulk,
-            BatchSize::PerIteration,
-        )
+        b.iter(|| IdIndex::from_iter_bulk(ids.iter().enumerate().map(|(i, id)| (id.as_str(), kind_of(i)))))
     });
     build.bench_function("insert", |b| {
         b.iter(|| {

@@ -37,7 +37,8 @@ fn quick() -> bool {
 }
 
 fn work_dir() -> PathBuf {
-    std::env::var_os("STRATA_BENCH_DIR").map_or_else(|| PathBuf::from("/var/tmp/strata-bench-unpack"), PathBuf::from)
+    std::env::var_os("STRATA_BENCH_DIR")
+        .map_or_else(|| PathBuf::from("/var/tmp/strata-bench-unpack"), PathBuf::from)
 }
 
 /// Text-like bytes: words from a fixed vocabulary, skewed towards the common ones.
@@ -65,7 +66,11 @@ impl Text {
             let r: f64 = self.rng.random();
             let word = &self.words[((r * r) * self.words.len() as f64) as usize];
             out.extend_from_slice(word);
-            out.push(if self.rng.random_range(0..12) == 0 { b'\n' } else { b' ' });
+            out.push(if self.rng.random_range(0..12) == 0 {
+                b'\n'
+            } else {
+                b' '
+            });
         }
         out.truncate(len);
     }
@@ -88,15 +93,18 @@ fn build(dir: &Path, name: &'static str, files: &[(String, usize)]) -> Layer {
     let bytes: u64 = files.iter().map(|(_, s)| *s as u64).sum();
     if !(tar_path.exists() && gz_path.exists()) {
         let mut text = Text::new(7);
-        let mut b = tar::Builder::new(BufWriter::with_capacity(1 << 20, fs::File::create(&tar_path).unwrap()));
+        let mut b = tar::Builder::new(BufWriter::with_capacity(
+            1 << 20,
+            fs::File::create(&tar_path).unwrap(),
+        ));
         let mut made_dirs = std::collections::BTreeSet::new();
         let mut buf = Vec::new();
         for (path, size) in files {
-            if let Some((parent, _)) = path.rsplit_once('/') {
-                if made_dirs.insert(parent.to_string()) {
-                    let mut h = header(tar::EntryType::Directory, 0o755, 0);
-                    b.append_data(&mut h, format!("{parent}/"), &[][..]).unwrap();
-                }
+            if let Some((parent, _)) = path.rsplit_once('/')
+                && made_dirs.insert(parent.to_string())
+            {
+                let mut h = header(tar::EntryType::Directory, 0o755, 0);
+                b.append_data(&mut h, format!("{parent}/"), &[][..]).unwrap();
             }
             text.fill(&mut buf, *size);
             let mut h = header(tar::EntryType::Regular, 0o644, *size as u64);
@@ -110,17 +118,36 @@ fn build(dir: &Path, name: &'static str, files: &[(String, usize)]) -> Layer {
         std::io::copy(&mut fs::File::open(&tar_path).unwrap(), &mut enc).unwrap();
         enc.finish().unwrap().flush().unwrap();
     }
-    Layer { name, files: files.len() as u64, bytes, tar: tar_path, gz: gz_path }
+    Layer {
+        name,
+        files: files.len() as u64,
+        bytes,
+        tar: tar_path,
+        gz: gz_path,
+    }
 }
 
 fn layers(dir: &Path) -> Vec<Layer> {
-    let (n_small, big_size) = if quick() { (2_000, 8 << 20) } else { (20_000, 64 << 20) };
+    let (n_small, big_size) = if quick() {
+        (2_000, 8 << 20)
+    } else {
+        (20_000, 64 << 20)
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let small: Vec<(String, usize)> = (0..n_small)
-        .map(|i| (format!("d{:03}/f{i:05}.txt", i / 100), rng.random_range(1024..=16 * 1024)))
+        .map(|i| {
+            (
+                format!("d{:03}/f{i:05}.txt", i / 100),
+                rng.random_range(1024..=16 * 1024),
+            )
+        })
         .collect();
     let big: Vec<(String, usize)> = (0..4).map(|i| (format!("big/blob{i}"), big_size)).collect();
-    let (small_name, big_name) = if quick() { ("small-quick", "big-quick") } else { ("small-20k", "big-4x64MiB") };
+    let (small_name, big_name) = if quick() {
+        ("small-quick", "big-quick")
+    } else {
+        ("small-20k", "big-4x64MiB")
+    };
     vec![build(dir, small_name, &small), build(dir, big_name, &big)]
 }
 
@@ -143,7 +170,14 @@ fn fresh(dir: &Path) -> Out {
 }
 
 fn gnu_tar(args: &[&str], layer: &Path, dest: &Path) {
-    let status = Command::new("tar").args(args).arg("-f").arg(layer).arg("-C").arg(dest).status().unwrap();
+    let status = Command::new("tar")
+        .args(args)
+        .arg("-f")
+        .arg(layer)
+        .arg("-C")
+        .arg(dest)
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 
@@ -152,7 +186,10 @@ fn bench_unpack(c: &mut Criterion) {
     fs::create_dir_all(&dir).unwrap();
     for layer in layers(&dir) {
         let mut group = c.benchmark_group(format!("unpack/{}", layer.name));
-        group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(15));
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(15));
         if layer.files > 100 {
             group.throughput(Throughput::Elements(layer.files));
         } else {
@@ -164,33 +201,62 @@ fn bench_unpack(c: &mut Criterion) {
             assert_eq!(report.files, layer.files);
         };
         group.bench_function("strata/plain", |b| {
-            b.iter_batched(|| fresh(&dir), |out| {
+            b.iter_batched(
+                || fresh(&dir),
+                |out| {
                     strata(&layer.tar, &out.0, &opts);
                     out
-                }, BatchSize::PerIteration)
+                },
+                BatchSize::PerIteration,
+            )
         });
         group.bench_function("tar-x/plain", |b| {
-            b.iter_batched(|| fresh(&dir), |out| { gnu_tar(&["-x"], &layer.tar, &out.0); out }, BatchSize::PerIteration)
+            b.iter_batched(
+                || fresh(&dir),
+                |out| {
+                    gnu_tar(&["-x"], &layer.tar, &out.0);
+                    out
+                },
+                BatchSize::PerIteration,
+            )
         });
         group.bench_function("strata/gzip", |b| {
-            b.iter_batched(|| fresh(&dir), |out| {
+            b.iter_batched(
+                || fresh(&dir),
+                |out| {
                     strata(&layer.gz, &out.0, &opts);
                     out
-                }, BatchSize::PerIteration)
+                },
+                BatchSize::PerIteration,
+            )
         });
         group.bench_function("tar-xz/gzip", |b| {
-            b.iter_batched(|| fresh(&dir), |out| { gnu_tar(&["-xz"], &layer.gz, &out.0); out }, BatchSize::PerIteration)
+            b.iter_batched(
+                || fresh(&dir),
+                |out| {
+                    gnu_tar(&["-xz"], &layer.gz, &out.0);
+                    out
+                },
+                BatchSize::PerIteration,
+            )
         });
         if layer.files > 100 {
             // The dedup pool (fresh per run: every file is inserted), at the default
             // threshold and with every file pooled.
-            for (label, min) in [("strata/plain+dedup-default", opts.dedup_min_size), ("strata/plain+dedup-all", 0)] {
+            for (label, min) in [
+                ("strata/plain+dedup-default", opts.dedup_min_size),
+                ("strata/plain+dedup-all", 0),
+            ] {
                 group.bench_function(label, |b| {
                     b.iter_batched(
                         || {
                             let out = fresh(&dir);
                             let pool = out.0.join("pool");
-                            let opts = UnpackOptions { dedup_pool: Some(pool), dedup_min_size: min, ..opts.clone() };
+                            let opts = UnpackOptions {
+                                dedup_pool: Some(pool),
+                                dedup_min_size: min,
+                                ..opts.clone()
+                            };
                             (out, opts)
                         },
                         |(out, opts)| {

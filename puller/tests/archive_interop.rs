@@ -31,9 +31,7 @@ fn ls(root: &Path) -> Vec<serde_json::Value> {
 
 /// A fixture image loaded into the shared Docker engine under `tag`.
 fn docker_with_fixture(tag: &str) -> Option<&'static peers::Dockerd> {
-    peers::require("dockerd")?;
-    peers::require("docker")?;
-    let d = peers::Dockerd::shared();
+    let d = peers::Dockerd::shared()?;
     let dir = tempfile::tempdir().unwrap();
     let img = fx::busybox(fx::Flavor::Docker, fx::LayerCompression::None);
     let archive = dir.path().join("fixture.tar");

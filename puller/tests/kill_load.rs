@@ -9,6 +9,10 @@ use rand::{Rng, SeedableRng};
 use strata_fixtures as fx;
 use strata_fixtures::peers;
 
+fn store(root: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(peers::bin("store")).arg("--root").arg(root).args(args).output().unwrap()
+}
+
 fn fsck_clean(root: &Path, round: usize) {
     let out = Command::new(peers::bin("store")).arg("--root").arg(root).arg("fsck").output().unwrap();
     assert!(
@@ -27,7 +31,7 @@ fn kill_9_during_load_never_corrupts_the_store() {
     let mut builder = fx::ImageBuilder::new(fx::Flavor::Docker);
     for seed in 0..3u64 {
         let path = dir.path().join(format!("layer{seed}.tar"));
-        fx::random_layer_file(&path, seed, 48 << 20, 200);
+        fx::random_layer_file(&path, seed, 32 << 20, 200);
         builder = builder.layer(std::fs::read(&path).unwrap(), "random");
     }
     let image = builder.build();
@@ -60,6 +64,12 @@ fn kill_9_during_load_never_corrupts_the_store() {
             killed += 1;
         }
         child.wait().unwrap();
+        fsck_clean(&root, round);
+        // Start each round from an empty store again, so every load does the full work
+        // (and GC after a crash is exercised too).
+        let _ = store(&root, &["rm", "strata/big:1"]);
+        let gc = store(&root, &["gc", "--grace", "0s"]);
+        assert!(gc.status.success(), "round {round}: gc: {}", String::from_utf8_lossy(&gc.stderr));
         fsck_clean(&root, round);
     }
     assert!(killed >= 10, "only {killed} of 20 loads were interrupted; the test did not test");

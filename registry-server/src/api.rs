@@ -14,7 +14,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
-use strata_store::{DOCKER_LIST, DOCKER_MANIFEST, Digest, Manifest, OCI_INDEX, OCI_MANIFEST, Platform, Referrer, Store};
+use strata_store::{
+    DOCKER_LIST, DOCKER_MANIFEST, Digest, Manifest, OCI_INDEX, OCI_MANIFEST, Platform, Referrer, Store,
+};
 
 use crate::auth::{Action, Auth, AuthError, Need, form_pairs};
 use crate::config::Config;
@@ -46,7 +48,10 @@ struct Inner {
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").field("store", &self.inner.store).field("registry", &self.inner.registry).finish()
+        f.debug_struct("AppState")
+            .field("store", &self.inner.store)
+            .field("registry", &self.inner.registry)
+            .finish()
     }
 }
 
@@ -135,8 +140,10 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let mut resp = next.run(req).await;
-    resp.headers_mut()
-        .insert("Docker-Distribution-API-Version", HeaderValue::from_static(API_VERSION));
+    resp.headers_mut().insert(
+        "Docker-Distribution-API-Version",
+        HeaderValue::from_static(API_VERSION),
+    );
     let elapsed = started.elapsed();
     let status = resp.status().as_u16();
     st.inner.metrics.observe(method.as_str(), status, elapsed);
@@ -154,15 +161,28 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
 async fn health(State(st): State<AppState>) -> Response {
     let store = st.store().clone();
     match tokio::task::spawn_blocking(move || store.get_upload("health-probe")).await {
-        Ok(Ok(_)) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{\"status\":\"ok\"}").into_response(),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "{\"status\":\"store unavailable\"}").into_response(),
+        Ok(Ok(_)) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            "{\"status\":\"ok\"}",
+        )
+            .into_response(),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{\"status\":\"store unavailable\"}",
+        )
+            .into_response(),
     }
 }
 
 async fn metrics(State(st): State<AppState>) -> Response {
     let store = st.store().clone();
     let storage = tokio::task::spawn_blocking(move || {
-        store.blobs().list().ok().map(|l| (l.len() as u64, l.iter().map(|b| b.size).sum::<u64>()))
+        store
+            .blobs()
+            .list()
+            .ok()
+            .map(|l| (l.len() as u64, l.iter().map(|b| b.size).sum::<u64>()))
     })
     .await
     .ok()
@@ -173,13 +193,22 @@ async fn metrics(State(st): State<AppState>) -> Response {
 
 async fn token(State(st): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
     let Some(auth) = st.inner.auth.as_ref().filter(|a| a.token_enabled()) else {
-        return ApiError::new(StatusCode::NOT_FOUND, ErrorCode::Unsupported, "no token service here").into_response();
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::Unsupported,
+            "no token service here",
+        )
+        .into_response();
     };
     let _ = auth;
     let query = uri.query().unwrap_or("").to_string();
     let st2 = st.clone();
     let result = tokio::task::spawn_blocking(move || {
-        st2.inner.auth.as_ref().map(|a| a.issue(&headers, &query)).unwrap_or_else(|| Err(ApiError::internal("no auth")))
+        st2.inner
+            .auth
+            .as_ref()
+            .map(|a| a.issue(&headers, &query))
+            .unwrap_or_else(|| Err(ApiError::internal("no auth")))
     })
     .await;
     match result {
@@ -189,7 +218,13 @@ async fn token(State(st): State<AppState>, uri: Uri, headers: HeaderMap) -> Resp
     }
 }
 
-async fn dispatch(State(st): State<AppState>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+async fn dispatch(
+    State(st): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     match handle(&st, method, uri, headers, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -201,7 +236,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + '
 }
 
 fn parse_digest(s: &str) -> ApiResult<Digest> {
-    s.parse::<Digest>().map_err(|e| ApiError::digest_invalid(format!("invalid digest {s:?}: {e}")))
+    s.parse::<Digest>()
+        .map_err(|e| ApiError::digest_invalid(format!("invalid digest {s:?}: {e}")))
 }
 
 fn query_get<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
@@ -209,13 +245,17 @@ fn query_get<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
 }
 
 fn need_for(method: &Method, route: &Route, q: &[(String, String)]) -> Need {
-    let Some(name) = route.name() else { return Need::default() };
+    let Some(name) = route.name() else {
+        return Need::default();
+    };
     let action = match *method {
         Method::GET | Method::HEAD => Action::Pull,
         Method::DELETE => Action::Delete,
         _ => Action::Push,
     };
-    let mut need = Need { access: vec![(name.to_string(), action)] };
+    let mut need = Need {
+        access: vec![(name.to_string(), action)],
+    };
     if let (Route::Uploads { .. }, Some(from)) = (route, query_get(q, "from"))
         && query_get(q, "mount").is_some()
         && from != name
@@ -227,7 +267,11 @@ fn need_for(method: &Method, route: &Route, q: &[(String, String)]) -> Need {
 
 async fn handle(st: &AppState, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> ApiResult {
     let Some(route) = parse_route(uri.path()) else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, ErrorCode::Unsupported, "not found"));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::Unsupported,
+            "not found",
+        ));
     };
     if let Some(name) = route.name()
         && !valid_name(name, st.inner.config.limits.max_name_len)
@@ -256,9 +300,13 @@ async fn handle(st: &AppState, method: Method, uri: Uri, headers: HeaderMap, bod
         (&Method::GET | &Method::HEAD, Route::Manifest { name, reference }) => {
             get_manifest(st, name, reference, &headers, head).await
         }
-        (&Method::PUT, Route::Manifest { name, reference }) => put_manifest(st, name, reference, &headers, body).await,
+        (&Method::PUT, Route::Manifest { name, reference }) => {
+            put_manifest(st, name, reference, &headers, body).await
+        }
         (&Method::DELETE, Route::Manifest { name, reference }) => delete_manifest(st, name, reference).await,
-        (&Method::GET | &Method::HEAD, Route::Blob { name, digest }) => get_blob(st, name, digest, &headers, head).await,
+        (&Method::GET | &Method::HEAD, Route::Blob { name, digest }) => {
+            get_blob(st, name, digest, &headers, head).await
+        }
         (&Method::DELETE, Route::Blob { name, digest }) => delete_blob(st, name, digest).await,
         (&Method::POST, Route::Uploads { name }) => start_upload(st, name, &q, &headers, body).await,
         (&Method::GET, Route::Upload { name, id }) => upload_status(st, name, id).await,
@@ -271,7 +319,12 @@ async fn handle(st: &AppState, method: Method, uri: Uri, headers: HeaderMap, bod
 }
 
 /// `n` and `last` pagination over a sorted list, with the `Link` for the next page.
-fn paginate(items: Vec<String>, q: &[(String, String)], max: usize, path: &str) -> ApiResult<(Vec<String>, Option<String>)> {
+fn paginate(
+    items: Vec<String>,
+    q: &[(String, String)],
+    max: usize,
+    path: &str,
+) -> ApiResult<(Vec<String>, Option<String>)> {
     let n = match query_get(q, "n") {
         Some(s) => Some(
             s.parse::<usize>()
@@ -337,8 +390,10 @@ fn parse_reference(reference: &str) -> ApiResult<Reference> {
         return Ok(Reference::Digest(parse_digest(reference)?));
     }
     if !valid_tag(reference) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid, "invalid tag")
-            .with_detail(serde_json::json!({ "tag": reference })));
+        return Err(
+            ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid, "invalid tag")
+                .with_detail(serde_json::json!({ "tag": reference })),
+        );
     }
     Ok(Reference::Tag(reference.to_string()))
 }
@@ -357,7 +412,11 @@ fn accepted(headers: &HeaderMap) -> Option<Vec<String>> {
             }
         }
     }
-    if out.is_empty() || !out.iter().any(|t| strata_store::is_manifest_media_type(t)) { None } else { Some(out) }
+    if out.is_empty() || !out.iter().any(|t| strata_store::is_manifest_media_type(t)) {
+        None
+    } else {
+        Some(out)
+    }
 }
 
 /// Loads a manifest linked into `name` (cache first).
@@ -372,11 +431,19 @@ fn load_manifest(st: &AppState, name: &str, digest: &Digest) -> ApiResult<Arc<Ca
     let Some(record) = store.get_manifest(digest)? else {
         return Err(ApiError::manifest_unknown(&digest.to_string()));
     };
-    let bytes = store.blobs().read_small(digest, strata_store::MAX_MANIFEST_BYTES)?;
+    let bytes = store
+        .blobs()
+        .read_small(digest, strata_store::MAX_MANIFEST_BYTES)?;
     Ok(st.inner.cache.put(*digest, record.media_type, Bytes::from(bytes)))
 }
 
-async fn get_manifest(st: &AppState, name: String, reference: String, headers: &HeaderMap, head: bool) -> ApiResult {
+async fn get_manifest(
+    st: &AppState,
+    name: String,
+    reference: String,
+    headers: &HeaderMap,
+    head: bool,
+) -> ApiResult {
     let r = parse_reference(&reference)?;
     let accept = accepted(headers);
     let st2 = st.clone();
@@ -403,15 +470,26 @@ async fn get_manifest(st: &AppState, name: String, reference: String, headers: &
         Ok((digest, m))
     })
     .await?;
-    let mut resp = if head { Body::empty() } else { Body::from(m.body.clone()) }.into_response();
+    let mut resp = if head {
+        Body::empty()
+    } else {
+        Body::from(m.body.clone())
+    }
+    .into_response();
     if !head {
         st.inner.metrics.add_bytes_out(m.body.len() as u64);
     }
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_str(&m.media_type).unwrap_or(HeaderValue::from_static(OCI_MANIFEST)));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&m.media_type).unwrap_or(HeaderValue::from_static(OCI_MANIFEST)),
+    );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(m.body.len()));
     set_digest(h, &digest);
-    h.insert(header::ETAG, HeaderValue::from_str(&format!("\"{digest}\"")).unwrap_or(HeaderValue::from_static("")));
+    h.insert(
+        header::ETAG,
+        HeaderValue::from_str(&format!("\"{digest}\"")).unwrap_or(HeaderValue::from_static("")),
+    );
     Ok(resp)
 }
 
@@ -452,10 +530,18 @@ async fn read_limited(body: Body, limit: u64, idle: std::time::Duration) -> ApiR
     }
 }
 
-async fn put_manifest(st: &AppState, name: String, reference: String, headers: &HeaderMap, body: Body) -> ApiResult {
+async fn put_manifest(
+    st: &AppState,
+    name: String,
+    reference: String,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult {
     let r = parse_reference(&reference)?;
     let limit = st.inner.config.limits.max_manifest_bytes;
-    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         && len > limit
     {
         return Err(ApiError::new(
@@ -478,9 +564,12 @@ async fn put_manifest(st: &AppState, name: String, reference: String, headers: &
         if let Reference::Digest(d) = &r
             && *d != digest
         {
-            return Err(ApiError::digest_invalid(format!("manifest digest is {digest}, not {d}")));
+            return Err(ApiError::digest_invalid(format!(
+                "manifest digest is {digest}, not {d}"
+            )));
         }
-        let parsed = Manifest::parse(&bytes, content_type.as_deref()).map_err(strata_store::StoreError::from)?;
+        let parsed =
+            Manifest::parse(&bytes, content_type.as_deref()).map_err(strata_store::StoreError::from)?;
         for rf in parsed.references() {
             if !store.is_linked(&n2, &rf.digest)? {
                 return Err(ApiError::new(
@@ -516,7 +605,9 @@ async fn put_manifest(st: &AppState, name: String, reference: String, headers: &
             };
             store.add_referrer(&n2, &subject, &referrer)?;
         }
-        st2.inner.cache.put(digest, manifest.media_type().to_string(), Bytes::from(bytes));
+        st2.inner
+            .cache
+            .put(digest, manifest.media_type().to_string(), Bytes::from(bytes));
         Ok((digest, subject))
     })
     .await?;
@@ -550,7 +641,11 @@ async fn delete_manifest(st: &AppState, name: String, reference: String) -> ApiR
             Reference::Tag(t) => store.delete_repo_tag(&st2.inner.registry, &name, t)?,
             Reference::Digest(d) => store.delete_repo_manifest(&st2.inner.registry, &name, d)?,
         };
-        if found { Ok(()) } else { Err(ApiError::manifest_unknown(&reference)) }
+        if found {
+            Ok(())
+        } else {
+            Err(ApiError::manifest_unknown(&reference))
+        }
     })
     .await?;
     Ok(StatusCode::ACCEPTED.into_response())
@@ -571,7 +666,11 @@ fn parse_range(v: &str, len: u64) -> Option<(u64, u64)> {
         (len.saturating_sub(n), len.checked_sub(1)?)
     } else {
         let start: u64 = a.parse().ok()?;
-        let end = if b.is_empty() { len.checked_sub(1)? } else { b.parse::<u64>().ok()?.min(len.checked_sub(1)?) };
+        let end = if b.is_empty() {
+            len.checked_sub(1)?
+        } else {
+            b.parse::<u64>().ok()?.min(len.checked_sub(1)?)
+        };
         (start, end)
     };
     (start <= end && start < len).then_some((start, end))
@@ -585,7 +684,10 @@ async fn get_blob(st: &AppState, name: String, digest: String, headers: &HeaderM
             return Err(ApiError::blob_unknown(d));
         }
         let f = store.blobs().open_blob(&d)?;
-        let len = f.metadata().map_err(|e| ApiError::internal(format!("stat blob: {e}")))?.len();
+        let len = f
+            .metadata()
+            .map_err(|e| ApiError::internal(format!("stat blob: {e}")))?
+            .len();
         Ok((f, len))
     })
     .await?;
@@ -595,8 +697,12 @@ async fn get_blob(st: &AppState, name: String, digest: String, headers: &HeaderM
         Some(r) => match parse_range(r, len) {
             Some((a, b)) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
             None => {
-                return Err(ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::RangeInvalid, "invalid range")
-                    .with_header(header::CONTENT_RANGE, &format!("bytes */{len}")));
+                return Err(ApiError::new(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    ErrorCode::RangeInvalid,
+                    "invalid range",
+                )
+                .with_header(header::CONTENT_RANGE, &format!("bytes */{len}")));
             }
         },
     };
@@ -609,7 +715,10 @@ async fn get_blob(st: &AppState, name: String, digest: String, headers: &HeaderM
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     set_digest(h, &d);
@@ -654,7 +763,10 @@ fn file_body(file: std::fs::File, start: u64, count: u64) -> Body {
                 }
             }
             if filled == 0 {
-                let _ = tx.blocking_send(Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "blob shrank")));
+                let _ = tx.blocking_send(Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "blob shrank",
+                )));
                 return;
             }
             buf.truncate(filled);
@@ -677,7 +789,14 @@ async fn delete_blob(st: &AppState, name: String, digest: String) -> ApiResult {
     check_delete(st)?;
     let d = parse_digest(&digest)?;
     let store = st.store().clone();
-    blocking(move || if store.unlink(&name, &d)? { Ok(()) } else { Err(ApiError::blob_unknown(d)) }).await?;
+    blocking(move || {
+        if store.unlink(&name, &d)? {
+            Ok(())
+        } else {
+            Err(ApiError::blob_unknown(d))
+        }
+    })
+    .await?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
@@ -739,7 +858,12 @@ async fn start_upload(
         let d = parse_digest(digest)?;
         check_length(headers, limits.max_blob_bytes)?;
         let mut slot = st.inner.uploads.create(&name).await?;
-        if let Err(e) = st.inner.uploads.append(&mut slot, body, limits.body_idle_timeout, limits.max_blob_bytes).await {
+        if let Err(e) = st
+            .inner
+            .uploads
+            .append(&mut slot, body, limits.body_idle_timeout, limits.max_blob_bytes)
+            .await
+        {
             let _ = st.inner.uploads.cancel(slot).await;
             return Err(e);
         }
@@ -753,10 +877,14 @@ async fn start_upload(
 
 fn check_length(headers: &HeaderMap, limit: Option<u64>) -> ApiResult<()> {
     if let Some(limit) = limit
-        && let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        && let Some(len) = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         && len > limit
     {
-        return Err(ApiError::size_invalid(format!("blob exceeds the limit of {limit} bytes")));
+        return Err(ApiError::size_invalid(format!(
+            "blob exceeds the limit of {limit} bytes"
+        )));
     }
     Ok(())
 }
@@ -770,10 +898,17 @@ async fn upload_status(st: &AppState, name: String, id: String) -> ApiResult {
 /// Checks `Content-Range: <start>-<end>` against the current offset (416 when the chunk
 /// is not the next one).
 fn check_content_range(headers: &HeaderMap, offset: u64, name: &str, id: &str) -> ApiResult<()> {
-    let Some(v) = headers.get(header::CONTENT_RANGE).and_then(|v| v.to_str().ok()) else { return Ok(()) };
-    let spec = v.trim().trim_start_matches("bytes").trim_start_matches([' ', '=']);
+    let Some(v) = headers.get(header::CONTENT_RANGE).and_then(|v| v.to_str().ok()) else {
+        return Ok(());
+    };
+    let spec = v
+        .trim()
+        .trim_start_matches("bytes")
+        .trim_start_matches([' ', '=']);
     let spec = spec.split('/').next().unwrap_or("");
-    let start = spec.split_once('-').and_then(|(a, _)| a.trim().parse::<u64>().ok());
+    let start = spec
+        .split_once('-')
+        .and_then(|(a, _)| a.trim().parse::<u64>().ok());
     match start {
         Some(s) if s == offset => Ok(()),
         _ => Err(ApiError::new(
@@ -792,7 +927,11 @@ async fn patch_upload(st: &AppState, name: String, id: String, headers: &HeaderM
     let mut slot = st.inner.uploads.lock(&name, &id).await?;
     let offset = st.inner.uploads.offset(&mut slot).await?;
     check_content_range(headers, offset, &name, &id)?;
-    let offset = st.inner.uploads.append(&mut slot, body, limits.body_idle_timeout, limits.max_blob_bytes).await?;
+    let offset = st
+        .inner
+        .uploads
+        .append(&mut slot, body, limits.body_idle_timeout, limits.max_blob_bytes)
+        .await?;
     Ok(upload_response(StatusCode::ACCEPTED, &name, &id, offset))
 }
 
@@ -812,7 +951,10 @@ async fn put_upload(
     let mut slot = st.inner.uploads.lock(&name, &id).await?;
     let offset = st.inner.uploads.offset(&mut slot).await?;
     check_content_range(headers, offset, &name, &id)?;
-    st.inner.uploads.append(&mut slot, body, limits.body_idle_timeout, limits.max_blob_bytes).await?;
+    st.inner
+        .uploads
+        .append(&mut slot, body, limits.body_idle_timeout, limits.max_blob_bytes)
+        .await?;
     st.inner.uploads.finish(slot, d).await?;
     Ok(blob_created(&name, &d))
 }
@@ -864,7 +1006,10 @@ mod tests {
         let (p, link) = paginate(items.clone(), &q, 100, "/x").unwrap();
         assert_eq!(p, ["a", "b"]);
         assert_eq!(link.unwrap(), "</x?n=2&last=b>; rel=\"next\"");
-        let q = vec![("n".to_string(), "2".to_string()), ("last".to_string(), "b".to_string())];
+        let q = vec![
+            ("n".to_string(), "2".to_string()),
+            ("last".to_string(), "b".to_string()),
+        ];
         let (p, link) = paginate(items, &q, 100, "/x").unwrap();
         assert_eq!(p, ["c", "d"]);
         assert!(link.is_none());

@@ -29,7 +29,11 @@ pub enum AuthError {
         source: std::io::Error,
     },
     #[error("htpasswd file {path} line {line}: {reason}")]
-    Htpasswd { path: String, line: usize, reason: String },
+    Htpasswd {
+        path: String,
+        line: usize,
+        reason: String,
+    },
     #[error("auth is configured without an htpasswd file")]
     NoUsers,
 }
@@ -100,14 +104,19 @@ pub struct Auth {
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Auth").field("users", &self.users.len()).field("token", &self.config.token).finish()
+        f.debug_struct("Auth")
+            .field("users", &self.users.len())
+            .field("token", &self.config.token)
+            .finish()
     }
 }
 
 const VERIFIED_TTL: Duration = Duration::from_secs(300);
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// HMAC-SHA256 (RFC 2104).
@@ -130,7 +139,10 @@ fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
 /// Parses an htpasswd file of bcrypt entries.
 pub fn load_htpasswd(path: &Path) -> Result<HashMap<String, String>, AuthError> {
     let p = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read { path: p.clone(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+        path: p.clone(),
+        source,
+    })?;
     let mut users = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -138,10 +150,18 @@ pub fn load_htpasswd(path: &Path) -> Result<HashMap<String, String>, AuthError> 
             continue;
         }
         let Some((user, hash)) = line.split_once(':') else {
-            return Err(AuthError::Htpasswd { path: p, line: i + 1, reason: "expected user:hash".into() });
+            return Err(AuthError::Htpasswd {
+                path: p,
+                line: i + 1,
+                reason: "expected user:hash".into(),
+            });
         };
         if !(hash.starts_with("$2y$") || hash.starts_with("$2b$") || hash.starts_with("$2a$")) {
-            return Err(AuthError::Htpasswd { path: p, line: i + 1, reason: "only bcrypt hashes are supported".into() });
+            return Err(AuthError::Htpasswd {
+                path: p,
+                line: i + 1,
+                reason: "only bcrypt hashes are supported".into(),
+            });
         }
         users.insert(user.to_string(), hash.to_string());
     }
@@ -160,7 +180,13 @@ impl Auth {
         };
         // A hash to check unknown users against, so they cost what known ones do.
         let dummy_hash = bcrypt::hash("strata-dummy", 10).unwrap_or_default();
-        Ok(Auth { config, users, key, verified: Mutex::new(HashMap::new()), dummy_hash })
+        Ok(Auth {
+            config,
+            users,
+            key,
+            verified: Mutex::new(HashMap::new()),
+            dummy_hash,
+        })
     }
 
     pub fn token_enabled(&self) -> bool {
@@ -172,7 +198,9 @@ impl Auth {
         let fingerprint: [u8; 32] = Sha256::digest(format!("{user}:{password}").as_bytes()).into();
         {
             let cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-            let hit = cache.iter().any(|(k, t)| bool::from(k.ct_eq(&fingerprint)) && t.elapsed() < VERIFIED_TTL);
+            let hit = cache
+                .iter()
+                .any(|(k, t)| bool::from(k.ct_eq(&fingerprint)) && t.elapsed() < VERIFIED_TTL);
             if hit {
                 return true;
             }
@@ -191,7 +219,12 @@ impl Auth {
     }
 
     fn groups_of(&self, user: &str) -> Vec<&str> {
-        self.config.groups.iter().filter(|(_, m)| m.iter().any(|u| u == user)).map(|(g, _)| g.as_str()).collect()
+        self.config
+            .groups
+            .iter()
+            .filter(|(_, m)| m.iter().any(|u| u == user))
+            .map(|(g, _)| g.as_str())
+            .collect()
     }
 
     /// The actions `who` may take on `repository`.
@@ -225,12 +258,18 @@ impl Auth {
 
     fn challenge(&self, host: &str, tls: bool, need: &Need, insufficient: bool) -> String {
         if !self.config.token {
-            let realm = self.config.realm.clone().unwrap_or_else(|| "strata-registry".into());
+            let realm = self
+                .config
+                .realm
+                .clone()
+                .unwrap_or_else(|| "strata-registry".into());
             return format!("Basic realm=\"{realm}\"");
         }
-        let realm = self.config.realm.clone().unwrap_or_else(|| {
-            format!("{}://{host}/token", if tls { "https" } else { "http" })
-        });
+        let realm = self
+            .config
+            .realm
+            .clone()
+            .unwrap_or_else(|| format!("{}://{host}/token", if tls { "https" } else { "http" }));
         let mut s = format!("Bearer realm=\"{realm}\",service=\"{}\"", self.config.service);
         let scopes = scope_strings(need);
         if !scopes.is_empty() {
@@ -247,12 +286,19 @@ impl Auth {
         if insufficient {
             e = e.with_detail(serde_json::json!(scope_strings(need)));
         }
-        e.with_header(header::WWW_AUTHENTICATE, &self.challenge(host, tls, need, insufficient))
+        e.with_header(
+            header::WWW_AUTHENTICATE,
+            &self.challenge(host, tls, need, insufficient),
+        )
     }
 
     /// Authenticates and authorises a request (blocking: bcrypt may run).
     pub fn authorize(&self, headers: &HeaderMap, tls: bool, need: &Need) -> Result<Identity, ApiError> {
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost").to_string();
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("localhost")
+            .to_string();
         let authz = headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
         let allowed = |rights: &dyn Fn(&str) -> BTreeSet<Action>| {
             need.access.iter().all(|(repo, a)| rights(repo).contains(a))
@@ -274,7 +320,11 @@ impl Auth {
                         .collect()
                 };
                 if allowed(&granted) {
-                    Ok(if claims.sub.is_empty() { Identity::Anonymous } else { Identity::User(claims.sub) })
+                    Ok(if claims.sub.is_empty() {
+                        Identity::Anonymous
+                    } else {
+                        Identity::User(claims.sub)
+                    })
                 } else {
                     Err(self.unauthorized(&host, tls, need, true, "insufficient scope"))
                 }
@@ -294,7 +344,8 @@ impl Auth {
                 }
             }
             _ => {
-                let anonymous_ok = !need.access.is_empty() && allowed(&|repo| self.rights(&Identity::Anonymous, repo));
+                let anonymous_ok =
+                    !need.access.is_empty() && allowed(&|repo| self.rights(&Identity::Anonymous, repo));
                 if anonymous_ok {
                     Ok(Identity::Anonymous)
                 } else {
@@ -322,12 +373,24 @@ impl Auth {
         let who = match authz {
             Some(v) if v.len() > 6 && v[..6].eq_ignore_ascii_case("basic ") => {
                 let (user, password) = parse_basic(&v[6..]).ok_or_else(|| {
-                    ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "malformed credentials")
+                    ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        ErrorCode::Unauthorized,
+                        "malformed credentials",
+                    )
                 })?;
                 if !self.check_password(&user, &password) {
-                    let realm = self.config.realm.clone().unwrap_or_else(|| "strata-registry".into());
-                    return Err(ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "invalid credentials")
-                        .with_header(header::WWW_AUTHENTICATE, &format!("Basic realm=\"{realm}\"")));
+                    let realm = self
+                        .config
+                        .realm
+                        .clone()
+                        .unwrap_or_else(|| "strata-registry".into());
+                    return Err(ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        ErrorCode::Unauthorized,
+                        "invalid credentials",
+                    )
+                    .with_header(header::WWW_AUTHENTICATE, &format!("Basic realm=\"{realm}\"")));
                 }
                 Identity::User(user)
             }
@@ -340,8 +403,12 @@ impl Auth {
             }
             for scope in v.split(' ') {
                 let mut parts = scope.rsplitn(2, ':');
-                let (Some(actions), Some(rest)) = (parts.next(), parts.next()) else { continue };
-                let Some((kind, name)) = rest.split_once(':') else { continue };
+                let (Some(actions), Some(rest)) = (parts.next(), parts.next()) else {
+                    continue;
+                };
+                let Some((kind, name)) = rest.split_once(':') else {
+                    continue;
+                };
                 if kind != "repository" {
                     continue;
                 }
@@ -352,7 +419,11 @@ impl Auth {
                     .filter(|a| rights.contains(a))
                     .map(|a| a.as_str().to_string())
                     .collect();
-                access.push(ScopeClaim { kind: kind.into(), name: name.into(), actions: granted });
+                access.push(ScopeClaim {
+                    kind: kind.into(),
+                    name: name.into(),
+                    actions: granted,
+                });
             }
         }
         let ttl = self.config.token_ttl.as_secs().max(60);
@@ -382,7 +453,12 @@ fn chrono_like_now() -> String {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days as i64);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
@@ -407,7 +483,10 @@ fn scope_strings(need: &Need) -> Vec<String> {
             None => by_repo.push((repo.clone(), vec![a.as_str()])),
         }
     }
-    by_repo.into_iter().map(|(r, a)| format!("repository:{r}:{}", a.join(","))).collect()
+    by_repo
+        .into_iter()
+        .map(|(r, a)| format!("repository:{r}:{}", a.join(",")))
+        .collect()
 }
 
 fn parse_basic(b64: &str) -> Option<(String, String)> {
@@ -459,7 +538,10 @@ mod tests {
     #[test]
     fn hmac_matches_rfc4231_case_2() {
         let mac = hmac(b"Jefe", b"what do ya want for nothing?");
-        assert_eq!(hex::encode(mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        assert_eq!(
+            hex::encode(mac),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
     }
 
     #[test]

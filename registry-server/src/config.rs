@@ -62,24 +62,33 @@ impl Default for Config {
 impl Config {
     /// Reads a TOML configuration file; missing keys take their defaults.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Config::from_toml(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_path_buf(), message },
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
             other => other,
         })
     }
 
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.message().to_string() })?;
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.message().to_string(),
+        })?;
         config.validate()?;
         Ok(config)
     }
 
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.limits.max_manifest_bytes == 0 || self.limits.max_manifest_bytes > strata_store::MAX_MANIFEST_BYTES {
+        if self.limits.max_manifest_bytes == 0
+            || self.limits.max_manifest_bytes > strata_store::MAX_MANIFEST_BYTES
+        {
             return Err(ConfigError::Invalid(format!(
                 "limits.max_manifest_bytes must be between 1 and {}",
                 strata_store::MAX_MANIFEST_BYTES
@@ -102,7 +111,9 @@ impl Config {
 
     /// The registry name tags are stored under.
     pub fn registry_name(&self) -> String {
-        self.registry_name.clone().unwrap_or_else(|| self.listen.to_string())
+        self.registry_name
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
     }
 }
 
@@ -161,7 +172,9 @@ pub struct UploadConfig {
 
 impl Default for UploadConfig {
     fn default() -> Self {
-        UploadConfig { expiry: Duration::from_secs(24 * 3600) }
+        UploadConfig {
+            expiry: Duration::from_secs(24 * 3600),
+        }
     }
 }
 
@@ -179,7 +192,10 @@ pub struct GcConfig {
 
 impl Default for GcConfig {
     fn default() -> Self {
-        GcConfig { interval: None, grace: Duration::from_secs(3600) }
+        GcConfig {
+            interval: None,
+            grace: Duration::from_secs(3600),
+        }
     }
 }
 
@@ -259,7 +275,9 @@ mod opt_secs {
     use std::time::Duration;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        Ok(Option::<u64>::deserialize(d)?.filter(|s| *s > 0).map(Duration::from_secs))
+        Ok(Option::<u64>::deserialize(d)?
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs))
     }
 }
 

@@ -63,7 +63,13 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), detail: None, headers: Vec::new() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            detail: None,
+            headers: Vec::new(),
+        }
     }
 
     pub fn with_detail(mut self, detail: serde_json::Value) -> ApiError {
@@ -79,11 +85,19 @@ impl ApiError {
     }
 
     pub fn blob_unknown(digest: impl std::fmt::Display) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, ErrorCode::BlobUnknown, "blob unknown to registry")
-            .with_detail(serde_json::json!({ "digest": digest.to_string() }))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::BlobUnknown,
+            "blob unknown to registry",
+        )
+        .with_detail(serde_json::json!({ "digest": digest.to_string() }))
     }
     pub fn upload_unknown() -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown, "blob upload unknown to registry")
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::BlobUploadUnknown,
+            "blob upload unknown to registry",
+        )
     }
     pub fn upload_invalid(msg: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BlobUploadInvalid, msg)
@@ -92,19 +106,31 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid, msg)
     }
     pub fn manifest_unknown(reference: &str) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown, "manifest unknown")
-            .with_detail(serde_json::json!({ "reference": reference }))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::ManifestUnknown,
+            "manifest unknown",
+        )
+        .with_detail(serde_json::json!({ "reference": reference }))
     }
     pub fn manifest_invalid(msg: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid, msg)
     }
     pub fn name_invalid(name: &str) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::NameInvalid, "invalid repository name")
-            .with_detail(serde_json::json!({ "name": name }))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::NameInvalid,
+            "invalid repository name",
+        )
+        .with_detail(serde_json::json!({ "name": name }))
     }
     pub fn name_unknown(name: &str) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NameUnknown, "repository name not known to registry")
-            .with_detail(serde_json::json!({ "name": name }))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NameUnknown,
+            "repository name not known to registry",
+        )
+        .with_detail(serde_json::json!({ "name": name }))
     }
     pub fn size_invalid(msg: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::SizeInvalid, msg)
@@ -120,7 +146,11 @@ impl ApiError {
     }
     pub fn internal(msg: impl std::fmt::Display) -> ApiError {
         tracing::error!("internal error: {msg}");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, msg.to_string())
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            msg.to_string(),
+        )
     }
 }
 
@@ -132,7 +162,9 @@ impl From<StoreError> for ApiError {
                 ApiError::size_invalid(e.to_string())
             }
             StoreError::Blob(BlobError::NotFound(d)) => ApiError::blob_unknown(d),
-            StoreError::Manifest(_) | StoreError::LayerCountMismatch { .. } => ApiError::manifest_invalid(e.to_string()),
+            StoreError::Manifest(_) | StoreError::LayerCountMismatch { .. } => {
+                ApiError::manifest_invalid(e.to_string())
+            }
             StoreError::MissingReference { digest, .. } => ApiError::new(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::ManifestBlobUnknown,

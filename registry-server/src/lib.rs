@@ -14,7 +14,9 @@ mod uploads;
 
 pub use api::{AppState, app};
 pub use auth::{Action, AuthError};
-pub use config::{AccessRule, AuthConfig, Config, ConfigError, GcConfig, Limits, LogConfig, TlsConfig, UploadConfig};
+pub use config::{
+    AccessRule, AuthConfig, Config, ConfigError, GcConfig, Limits, LogConfig, TlsConfig, UploadConfig,
+};
 pub use error::{ApiError, ErrorCode};
 pub use metrics::Metrics;
 pub use names::{valid_name, valid_tag};

@@ -7,7 +7,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0];
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
+];
 
 /// The server's counters.
 #[derive(Debug, Default)]
@@ -36,7 +38,8 @@ impl Metrics {
             }
         }
         self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.latency_sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
     }
 
     pub fn add_bytes_in(&self, n: u64) {
@@ -57,30 +60,64 @@ impl Metrics {
         out.push_str("# HELP strata_registry_requests_total HTTP requests by method and status.\n");
         out.push_str("# TYPE strata_registry_requests_total counter\n");
         for ((m, s), n) in self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let _ = writeln!(out, "strata_registry_requests_total{{method=\"{m}\",status=\"{s}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "strata_registry_requests_total{{method=\"{m}\",status=\"{s}\"}} {n}"
+            );
         }
         out.push_str("# HELP strata_registry_request_duration_seconds Request latency.\n");
         out.push_str("# TYPE strata_registry_request_duration_seconds histogram\n");
         for (i, b) in BUCKETS.iter().enumerate() {
             let n = self.latency_buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "strata_registry_request_duration_seconds_bucket{{le=\"{b}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "strata_registry_request_duration_seconds_bucket{{le=\"{b}\"}} {n}"
+            );
         }
         let count = self.latency_count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "strata_registry_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "strata_registry_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
         let sum = self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "strata_registry_request_duration_seconds_sum {sum}");
         let _ = writeln!(out, "strata_registry_request_duration_seconds_count {count}");
         let counters = [
-            ("strata_registry_received_bytes_total", "counter", "Request body bytes received.", &self.bytes_in),
-            ("strata_registry_sent_bytes_total", "counter", "Blob and manifest bytes sent.", &self.bytes_out),
-            ("strata_registry_uploads_in_flight", "gauge", "Open upload sessions.", &self.uploads),
+            (
+                "strata_registry_received_bytes_total",
+                "counter",
+                "Request body bytes received.",
+                &self.bytes_in,
+            ),
+            (
+                "strata_registry_sent_bytes_total",
+                "counter",
+                "Blob and manifest bytes sent.",
+                &self.bytes_out,
+            ),
+            (
+                "strata_registry_uploads_in_flight",
+                "gauge",
+                "Open upload sessions.",
+                &self.uploads,
+            ),
         ];
         for (name, kind, help, v) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
         }
         if let Some((blobs, bytes)) = storage {
-            let _ = writeln!(out, "# HELP strata_registry_storage_blobs Blobs in the store.\n# TYPE strata_registry_storage_blobs gauge\nstrata_registry_storage_blobs {blobs}");
-            let _ = writeln!(out, "# HELP strata_registry_storage_bytes Bytes of blobs in the store.\n# TYPE strata_registry_storage_bytes gauge\nstrata_registry_storage_bytes {bytes}");
+            let _ = writeln!(
+                out,
+                "# HELP strata_registry_storage_blobs Blobs in the store.\n# TYPE strata_registry_storage_blobs gauge\nstrata_registry_storage_blobs {blobs}"
+            );
+            let _ = writeln!(
+                out,
+                "# HELP strata_registry_storage_bytes Bytes of blobs in the store.\n# TYPE strata_registry_storage_bytes gauge\nstrata_registry_storage_bytes {bytes}"
+            );
         }
         out
     }

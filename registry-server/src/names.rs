@@ -40,26 +40,44 @@ pub fn parse_route(path: &str) -> Option<Route> {
         return Some(Route::Catalog);
     }
     if let Some(name) = rest.strip_suffix("/tags/list") {
-        return Some(Route::Tags { name: name.to_string() });
+        return Some(Route::Tags {
+            name: name.to_string(),
+        });
     }
     if let Some((name, id)) = rest.rsplit_once("/blobs/uploads/") {
         return Some(if id.is_empty() {
-            Route::Uploads { name: name.to_string() }
+            Route::Uploads {
+                name: name.to_string(),
+            }
         } else {
-            Route::Upload { name: name.to_string(), id: id.to_string() }
+            Route::Upload {
+                name: name.to_string(),
+                id: id.to_string(),
+            }
         });
     }
     if let Some(name) = rest.strip_suffix("/blobs/uploads") {
-        return Some(Route::Uploads { name: name.to_string() });
+        return Some(Route::Uploads {
+            name: name.to_string(),
+        });
     }
     if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
-        return Some(Route::Manifest { name: name.to_string(), reference: reference.to_string() });
+        return Some(Route::Manifest {
+            name: name.to_string(),
+            reference: reference.to_string(),
+        });
     }
     if let Some((name, digest)) = rest.rsplit_once("/blobs/") {
-        return Some(Route::Blob { name: name.to_string(), digest: digest.to_string() });
+        return Some(Route::Blob {
+            name: name.to_string(),
+            digest: digest.to_string(),
+        });
     }
     if let Some((name, digest)) = rest.rsplit_once("/referrers/") {
-        return Some(Route::Referrers { name: name.to_string(), digest: digest.to_string() });
+        return Some(Route::Referrers {
+            name: name.to_string(),
+            digest: digest.to_string(),
+        });
     }
     None
 }
@@ -113,7 +131,8 @@ pub fn valid_tag(tag: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 #[cfg(test)]
@@ -125,23 +144,41 @@ mod tests {
         assert_eq!(parse_route("/v2/"), Some(Route::Base));
         assert_eq!(parse_route("/v2"), Some(Route::Base));
         assert_eq!(parse_route("/v2/_catalog"), Some(Route::Catalog));
-        assert_eq!(parse_route("/v2/a/b/tags/list"), Some(Route::Tags { name: "a/b".into() }));
-        assert_eq!(parse_route("/v2/a/blobs/uploads/"), Some(Route::Uploads { name: "a".into() }));
+        assert_eq!(
+            parse_route("/v2/a/b/tags/list"),
+            Some(Route::Tags { name: "a/b".into() })
+        );
+        assert_eq!(
+            parse_route("/v2/a/blobs/uploads/"),
+            Some(Route::Uploads { name: "a".into() })
+        );
         assert_eq!(
             parse_route("/v2/a/blobs/uploads/xyz"),
-            Some(Route::Upload { name: "a".into(), id: "xyz".into() })
+            Some(Route::Upload {
+                name: "a".into(),
+                id: "xyz".into()
+            })
         );
         assert_eq!(
             parse_route("/v2/a/manifests/latest"),
-            Some(Route::Manifest { name: "a".into(), reference: "latest".into() })
+            Some(Route::Manifest {
+                name: "a".into(),
+                reference: "latest".into()
+            })
         );
         assert_eq!(
             parse_route("/v2/a/b/blobs/sha256:00"),
-            Some(Route::Blob { name: "a/b".into(), digest: "sha256:00".into() })
+            Some(Route::Blob {
+                name: "a/b".into(),
+                digest: "sha256:00".into()
+            })
         );
         assert_eq!(
             parse_route("/v2/a/referrers/sha256:00"),
-            Some(Route::Referrers { name: "a".into(), digest: "sha256:00".into() })
+            Some(Route::Referrers {
+                name: "a".into(),
+                digest: "sha256:00".into()
+            })
         );
         assert_eq!(parse_route("/v3/"), None);
     }
@@ -151,7 +188,9 @@ mod tests {
         for ok in ["a", "library/busybox", "a.b/c_d/e__f/g-h/i---j", "0"] {
             assert!(valid_name(ok, 255), "{ok}");
         }
-        for bad in ["", "A", "a/", "/a", "a//b", "a..b", "a___b", "-a", "a-", "a:b", "a/../b", "a.-b"] {
+        for bad in [
+            "", "A", "a/", "/a", "a//b", "a..b", "a___b", "-a", "a-", "a:b", "a/../b", "a.-b",
+        ] {
             assert!(!valid_name(bad, 255), "{bad}");
         }
         assert!(!valid_name(&"a".repeat(256), 255));

@@ -27,7 +27,11 @@ const TLS_ALERT: [u8; 7] = [0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x46];
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("read TLS {what} {path}: {message}")]
-    Tls { what: &'static str, path: String, message: String },
+    Tls {
+        what: &'static str,
+        path: String,
+        message: String,
+    },
     #[error("TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("accept: {0}")]
@@ -40,7 +44,11 @@ pub fn tls_acceptor(tls: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, ServeE
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| ServeError::Tls { what: "certificate", path: tls.cert.display().to_string(), message: e.to_string() })?;
+        .map_err(|e| ServeError::Tls {
+            what: "certificate",
+            path: tls.cert.display().to_string(),
+            message: e.to_string(),
+        })?;
     if certs.is_empty() {
         return Err(ServeError::Tls {
             what: "certificate",
@@ -48,8 +56,11 @@ pub fn tls_acceptor(tls: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, ServeE
             message: "no certificate found".into(),
         });
     }
-    let key = PrivateKeyDer::from_pem_file(&tls.key)
-        .map_err(|e| ServeError::Tls { what: "key", path: tls.key.display().to_string(), message: e.to_string() })?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| ServeError::Tls {
+        what: "key",
+        path: tls.key.display().to_string(),
+        message: e.to_string(),
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

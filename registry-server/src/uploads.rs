@@ -53,12 +53,19 @@ fn new_id() -> String {
 }
 
 fn now() -> i64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl Uploads {
     pub fn new(store: Arc<Store>, max_sessions: usize, metrics: Arc<Metrics>) -> Uploads {
-        Uploads { store, slots: Mutex::new(HashMap::new()), max_sessions, metrics }
+        Uploads {
+            store,
+            slots: Mutex::new(HashMap::new()),
+            max_sessions,
+            metrics,
+        }
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<Slot>>>> {
@@ -76,7 +83,11 @@ impl Uploads {
             return Err(ApiError::too_many("too many upload sessions in progress"));
         }
         let id = new_id();
-        let record = UploadRecord { repository: repository.to_string(), started: now(), updated: now() };
+        let record = UploadRecord {
+            repository: repository.to_string(),
+            started: now(),
+            updated: now(),
+        };
         let store = self.store.clone();
         let rid = id.clone();
         tokio::task::spawn_blocking(move || store.put_upload(&rid, &record)).await??;
@@ -103,12 +114,16 @@ impl Uploads {
                 let rid = id.to_string();
                 if id.is_empty()
                     || id.len() > 128
-                    || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    || !id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                 {
                     return Err(ApiError::upload_unknown());
                 }
                 let record = tokio::task::spawn_blocking(move || store.get_upload(&rid)).await??;
-                let Some(record) = record else { return Err(ApiError::upload_unknown()) };
+                let Some(record) = record else {
+                    return Err(ApiError::upload_unknown());
+                };
                 let slot = Arc::new(tokio::sync::Mutex::new(Slot {
                     id: id.to_string(),
                     repository: record.repository,
@@ -245,8 +260,14 @@ impl Uploads {
         }
         // Partials of sessions that have no record (a crash between the two writes).
         for (id, modified) in partials {
-            let old = modified.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64) < cutoff;
-            if old && self.store.get_upload(&id)?.is_none() && self.store.blobs().remove_partial(&format!("upload-{id}"))? {
+            let old = modified
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64)
+                < cutoff;
+            if old
+                && self.store.get_upload(&id)?.is_none()
+                && self.store.blobs().remove_partial(&format!("upload-{id}"))?
+            {
                 removed += 1;
             }
         }
@@ -280,7 +301,9 @@ async fn write_body(
             if let Some(limit) = limit
                 && ingest.offset() + (buf.len() + chunk.len()) as u64 > limit
             {
-                result = Err(ApiError::size_invalid(format!("blob exceeds the limit of {limit} bytes")));
+                result = Err(ApiError::size_invalid(format!(
+                    "blob exceeds the limit of {limit} bytes"
+                )));
                 break;
             }
             if buf.len() + chunk.len() > WRITE_BATCH {

@@ -302,9 +302,13 @@ impl Inner {
 
     fn add_counts(&mut self, kinds: u8) {
         self.count += 1;
-        for k in IdKind::ALL {
-            self.kind_counts[k as usize] += u32::from(kinds & k.bit() != 0);
-        }
+        add_kinds(&mut self.kind_counts, kinds);
+    }
+}
+
+fn add_kinds(kind_counts: &mut [u32; 4], kinds: u8) {
+    for k in IdKind::ALL {
+        kind_counts[k as usize] += u32::from(kinds & k.bit() != 0);
     }
 }
 
@@ -582,16 +586,15 @@ impl IdIndex {
     /// the tree out bottom-up; much faster than repeated [`IdIndex::insert`].
     /// Duplicates merge; invalid ids are skipped, as `insert` would.
     pub fn from_iter_bulk<S: AsRef<str>>(ids: impl IntoIterator<Item = (S, IdKind)>) -> Self {
-        let mut slots: Vec<Slot> = ids
-            .into_iter()
-            .filter_map(|(id, kind)| match Key::parse(id.as_ref()) {
-                Ok(key) if key.len > 0 => Some(Slot {
-                    key,
-                    kinds: kind.bit(),
-                }),
-                _ => None,
-            })
-            .collect();
+        let ids = ids.into_iter();
+        let mut slots = Vec::with_capacity(ids.size_hint().0);
+        slots.extend(ids.filter_map(|(id, kind)| match Key::parse(id.as_ref()) {
+            Ok(key) if key.len > 0 => Some(Slot {
+                key,
+                kinds: kind.bit(),
+            }),
+            _ => None,
+        }));
         slots.sort_unstable_by_key(|s| s.key);
         slots.dedup_by(|later, kept| {
             let same = later.key == kept.key;
@@ -607,9 +610,7 @@ impl IdIndex {
             slots,
             ..IdIndex::default()
         };
-        index.inners.reserve(index.slots.len() / 2);
-        let root = index.build_inner(0, index.slots.len(), 0, NONE);
-        index.inners[ROOT as usize] = root;
+        index.build();
         index.slots.shrink_to_fit();
         index.inners.shrink_to_fit();
         index
@@ -917,38 +918,57 @@ impl IdIndex {
         }
     }
 
-    /// Builds the inner node at `depth` for sorted, distinct `slots[lo..hi]` (at least
-    /// two ids, or the root), which share their first `depth` nibbles. Inner children
-    /// are pushed to the arena as built; the node itself is returned to the caller.
-    fn build_inner(&mut self, lo: usize, hi: usize, depth: usize, rep: u32) -> Inner {
-        let mut node = Inner::new(depth, rep);
-        let mut i = lo;
-        if i < hi && self.slots[i].key.len() == depth {
-            node.term = i as u32;
-            node.add_counts(self.slots[i].kinds);
-            i += 1;
+    /// Lays the tree out over sorted, distinct `slots`, into an empty arena.
+    ///
+    /// Nodes are numbered breadth first, so each level is contiguous: the upper
+    /// levels every lookup crosses stay dense in cache and TLB. Each node is
+    /// built from the range of slots sharing its prefix; counts are summed
+    /// bottom-up afterwards (children always come after their parent).
+    fn build(&mut self) {
+        debug_assert!(self.inners.len() == 1 && self.free_inners.is_empty());
+        // For each inner node: its slot range and its parent.
+        let mut ranges = vec![(0, self.slots.len())];
+        let mut parents = vec![ROOT];
+        self.inners.reserve(self.slots.len() / 2);
+        let mut n = 0;
+        while n < self.inners.len() {
+            let (lo, hi) = ranges[n];
+            let depth = self.inners[n].depth as usize;
+            let mut node = Inner::new(depth, self.inners[n].rep);
+            node.count = (hi - lo) as u32;
+            let mut i = lo;
+            if i < hi && self.slots[i].key.len() == depth {
+                node.term = i as u32;
+                add_kinds(&mut node.kind_counts, self.slots[i].kinds);
+                i += 1;
+            }
+            while i < hi {
+                let nib = self.slots[i].key.nibble(depth);
+                let j = i + self.slots[i..hi].partition_point(|s| s.key.nibble(depth) <= nib);
+                let child = if j - i == 1 {
+                    add_kinds(&mut node.kind_counts, self.slots[i].kinds);
+                    leaf_ref(i as u32)
+                } else {
+                    // Sorted, so the range's common prefix is its ends' common prefix.
+                    let (a, b) = (&self.slots[i].key, &self.slots[j - 1].key);
+                    let sub_depth = mismatch(a, b, depth + 1, a.len().min(b.len()));
+                    ranges.push((i, j));
+                    parents.push(n as u32);
+                    self.alloc_inner(Inner::new(sub_depth, i as u32))
+                };
+                node.add_child(nib, child);
+                i = j;
+            }
+            self.inners[n] = node;
+            n += 1;
         }
-        while i < hi {
-            let nib = self.slots[i].key.nibble(depth);
-            let j = i + self.slots[i..hi].partition_point(|s| s.key.nibble(depth) <= nib);
-            let child = if j - i == 1 {
-                node.add_counts(self.slots[i].kinds);
-                leaf_ref(i as u32)
-            } else {
-                // Sorted, so the range's common prefix is its ends' common prefix.
-                let (a, b) = (&self.slots[i].key, &self.slots[j - 1].key);
-                let sub_depth = mismatch(a, b, depth + 1, a.len().min(b.len()));
-                let sub = self.build_inner(i, j, sub_depth, i as u32);
-                node.count += sub.count;
-                for (total, c) in node.kind_counts.iter_mut().zip(sub.kind_counts) {
-                    *total += c;
-                }
-                self.alloc_inner(sub)
-            };
-            node.add_child(nib, child);
-            i = j;
+        for n in (1..self.inners.len()).rev() {
+            let below = self.inners[n].kind_counts;
+            let parent = &mut self.inners[parents[n] as usize].kind_counts;
+            for (total, c) in parent.iter_mut().zip(below) {
+                *total += c;
+            }
         }
-        node
     }
 }
 

@@ -264,11 +264,10 @@ impl LayerStore {
             chain_id: *chain_id,
             reason: e.to_string(),
         })?;
-        let mut report: UnpackReport =
-            serde_json::from_slice(&bytes).map_err(|e| LayerError::Corrupt {
-                chain_id: *chain_id,
-                reason: e.to_string(),
-            })?;
+        let mut report: UnpackReport = serde_json::from_slice(&bytes).map_err(|e| LayerError::Corrupt {
+            chain_id: *chain_id,
+            reason: e.to_string(),
+        })?;
         report.already_unpacked = true;
         Ok(Some(report))
     }
@@ -562,7 +561,9 @@ impl LayerStore {
         for entry in fs::read_dir(&pool).map_err(io_err("listing", &pool))? {
             let entry = entry.map_err(io_err("listing", &pool))?;
             usage.pool_entries += 1;
-            let Ok(md) = fs::symlink_metadata(entry.path()) else { continue };
+            let Ok(md) = fs::symlink_metadata(entry.path()) else {
+                continue;
+            };
             if !multi.contains_key(&(md.dev(), md.ino())) {
                 usage.actual_bytes += md.blocks() * 512;
             }

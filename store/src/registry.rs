@@ -50,15 +50,26 @@ fn referrer_prefix(repository: &str, subject: &Digest) -> String {
 impl Store {
     /// Points `<registry>/<repository>:<tag>` at a stored manifest.
     pub fn set_repo_tag(&self, registry: &str, repository: &str, tag: &str, manifest: &Digest) -> Result<()> {
-        let record = self.get_manifest(manifest)?.ok_or_else(|| StoreError::NoSuchImage(manifest.to_string()))?;
+        let record = self
+            .get_manifest(manifest)?
+            .ok_or_else(|| StoreError::NoSuchImage(manifest.to_string()))?;
         let key = repo_tag_key(registry, repository, tag);
-        self.meta()
-            .put(Cf::Tags, &key, &TagRecord { manifest: *manifest, media_type: record.media_type, updated: now() })?;
+        self.meta().put(
+            Cf::Tags,
+            &key,
+            &TagRecord {
+                manifest: *manifest,
+                media_type: record.media_type,
+                updated: now(),
+            },
+        )?;
         Ok(())
     }
 
     pub fn repo_tag(&self, registry: &str, repository: &str, tag: &str) -> Result<Option<TagRecord>> {
-        Ok(self.meta().get(Cf::Tags, &repo_tag_key(registry, repository, tag))?)
+        Ok(self
+            .meta()
+            .get(Cf::Tags, &repo_tag_key(registry, repository, tag))?)
     }
 
     /// The tags of a repository, sorted.
@@ -68,7 +79,11 @@ impl Store {
             .meta()
             .keys(Cf::Tags, &prefix)?
             .into_iter()
-            .filter_map(|k| k.strip_prefix(&prefix).filter(|t| !t.contains('/')).map(str::to_string))
+            .filter_map(|k| {
+                k.strip_prefix(&prefix)
+                    .filter(|t| !t.contains('/'))
+                    .map(str::to_string)
+            })
             .collect())
     }
 
@@ -94,7 +109,10 @@ impl Store {
 
     /// Whether any blob or manifest is linked into `repository`.
     pub fn repo_exists(&self, repository: &str) -> Result<bool> {
-        Ok(!self.meta().keys(Cf::RepoLinks, &format!("{repository}@"))?.is_empty())
+        Ok(!self
+            .meta()
+            .keys(Cf::RepoLinks, &format!("{repository}@"))?
+            .is_empty())
     }
 
     /// Every repository with linked content, sorted.
@@ -148,14 +166,25 @@ impl Store {
             }
         }
         if let Some(subject) = record.as_ref().and_then(|r| r.subject) {
-            batch.delete(Cf::Meta, &format!("{}{digest}", referrer_prefix(repository, &subject)));
+            batch.delete(
+                Cf::Meta,
+                &format!("{}{digest}", referrer_prefix(repository, &subject)),
+            );
         }
         self.meta().write(batch)?;
 
         // Still reachable elsewhere?
         let suffix = format!("@{digest}");
-        let linked_elsewhere = self.meta().keys(Cf::RepoLinks, "")?.iter().any(|k| k.ends_with(&suffix));
-        let tagged = self.meta().scan::<TagRecord>(Cf::Tags)?.iter().any(|(_, t)| t.manifest == *digest);
+        let linked_elsewhere = self
+            .meta()
+            .keys(Cf::RepoLinks, "")?
+            .iter()
+            .any(|k| k.ends_with(&suffix));
+        let tagged = self
+            .meta()
+            .scan::<TagRecord>(Cf::Tags)?
+            .iter()
+            .any(|(_, t)| t.manifest == *digest);
         if linked_elsewhere || tagged {
             return Ok(true);
         }

@@ -28,9 +28,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 
-use rustix::fs::{
-    AtFlags, FileType, Mode, OFlags, ResolveFlags, SeekFrom, Timespec, Timestamps, XattrFlags,
-};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, SeekFrom, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 use rustix::process::{Gid, Uid};
 use sha2::{Digest as _, Sha256};
@@ -275,8 +273,12 @@ pub(crate) fn unpack_layer_tracked(
                 Mode::empty(),
             )
             .map_err(|e| err("opening dedup pool", e.into()))?;
-            let pool_dev = rustix::fs::fstat(&pool).map_err(|e| err("dedup pool", e.into()))?.st_dev;
-            let dest_dev = rustix::fs::fstat(&root).map_err(|e| dest_err("stat", e.into()))?.st_dev;
+            let pool_dev = rustix::fs::fstat(&pool)
+                .map_err(|e| err("dedup pool", e.into()))?
+                .st_dev;
+            let dest_dev = rustix::fs::fstat(&root)
+                .map_err(|e| dest_err("stat", e.into()))?
+                .st_dev;
             if pool_dev != dest_dev {
                 return Err(err(
                     "dedup pool",
@@ -307,9 +309,10 @@ pub(crate) fn unpack_layer_tracked(
     };
     let decoder: Box<dyn Read + '_> = match compression {
         Compression::None => Box::new(source),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(
-            BufReader::with_capacity(INPUT_BUFFER, source),
-        )),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(BufReader::with_capacity(
+            INPUT_BUFFER,
+            source,
+        ))),
         Compression::Zstd => Box::new(
             zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(INPUT_BUFFER, source))
                 .map_err(|source| UnpackError::Decompress { compression, source })?,
@@ -497,7 +500,11 @@ impl Stream {
         let mut got = 0;
         while got < out.len() {
             if !self.refill() {
-                return if got == 0 { Ok(false) } else { Err(StreamError::Eof) };
+                return if got == 0 {
+                    Ok(false)
+                } else {
+                    Err(StreamError::Eof)
+                };
             }
             let n = (out.len() - got).min(self.len - self.pos);
             out[got..got + n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
@@ -509,11 +516,7 @@ impl Stream {
     }
 
     /// Feeds the next `n` bytes to `f`, in slices.
-    fn consume(
-        &mut self,
-        mut n: u64,
-        mut f: impl FnMut(&[u8]) -> io::Result<()>,
-    ) -> Result<(), StreamError> {
+    fn consume(&mut self, mut n: u64, mut f: impl FnMut(&[u8]) -> io::Result<()>) -> Result<(), StreamError> {
         while n > 0 {
             if !self.refill() {
                 return Err(StreamError::Eof);
@@ -670,10 +673,7 @@ fn io_err(path: &str, op: &'static str, e: impl Into<io::Error>) -> UnpackError 
 }
 
 fn resolve() -> ResolveFlags {
-    ResolveFlags::BENEATH
-        | ResolveFlags::NO_SYMLINKS
-        | ResolveFlags::NO_MAGICLINKS
-        | ResolveFlags::NO_XDEV
+    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV
 }
 
 /// Opens a directory below `dir` without following any symlink or leaving `dir`.
@@ -750,7 +750,10 @@ fn path_error(issue: PathIssue, path: &str, limit: usize) -> UnpackError {
 
 /// Parses length-prefixed PAX records (`"<len> <key>=<value>\n"`). Values may hold any
 /// byte, newlines included.
-fn parse_pax_records(mut data: &[u8]) -> Result<Vec<(&[u8], &[u8])>, &'static str> {
+/// One PAX record: key and value.
+type PaxRecord<'a> = (&'a [u8], &'a [u8]);
+
+fn parse_pax_records(mut data: &[u8]) -> Result<Vec<PaxRecord<'_>>, &'static str> {
     let mut out = Vec::new();
     while !data.is_empty() {
         if data.iter().all(|b| *b == 0) {
@@ -841,12 +844,8 @@ fn parse_pax(data: &[u8], offset: u64) -> Result<Pax, UnpackError> {
             b"size" if present => pax.size = Some(parse_decimal(value).ok_or_else(|| bad("size"))?),
             b"uid" if present => pax.uid = Some(parse_decimal(value).ok_or_else(|| bad("uid"))?),
             b"gid" if present => pax.gid = Some(parse_decimal(value).ok_or_else(|| bad("gid"))?),
-            b"mtime" if present => {
-                pax.mtime = Some(parse_pax_time(value).ok_or_else(|| bad("mtime"))?)
-            }
-            b"atime" if present => {
-                pax.atime = Some(parse_pax_time(value).ok_or_else(|| bad("atime"))?)
-            }
+            b"mtime" if present => pax.mtime = Some(parse_pax_time(value).ok_or_else(|| bad("mtime"))?),
+            b"atime" if present => pax.atime = Some(parse_pax_time(value).ok_or_else(|| bad("atime"))?),
             b"GNU.sparse.major" => pax.sparse_major = parse_decimal(value),
             b"GNU.sparse.minor" => pax.sparse_minor = parse_decimal(value),
             b"GNU.sparse.name" => pax.sparse_name = present.then(|| value.to_vec()),
@@ -861,11 +860,11 @@ fn parse_pax(data: &[u8], offset: u64) -> Result<Pax, UnpackError> {
                 .sparse_numbytes
                 .push(parse_decimal(value).ok_or_else(|| bad("sparse numbytes"))?),
             _ => {
-                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    if !name.is_empty() {
-                        pax.xattrs.retain(|(n, _)| n != name);
-                        pax.xattrs.push((name.to_vec(), value.to_vec()));
-                    }
+                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.")
+                    && !name.is_empty()
+                {
+                    pax.xattrs.retain(|(n, _)| n != name);
+                    pax.xattrs.push((name.to_vec(), value.to_vec()));
                 }
             }
         }
@@ -873,18 +872,85 @@ fn parse_pax(data: &[u8], offset: u64) -> Result<Pax, UnpackError> {
     Ok(pax)
 }
 
+/// A numeric header field: octal text (leading/trailing spaces and NULs allowed, empty
+/// meaning 0, as GNU tar reads it) or GNU base-256 (high bit of the first byte set).
+fn numeric(field: &[u8]) -> Result<u64, String> {
+    if let Some(first) = field.first().filter(|b| **b & 0x80 != 0) {
+        if *first == 0xff {
+            return Err("negative number in a numeric field".into());
+        }
+        let mut v = u64::from(first & 0x7f);
+        for b in &field[1..] {
+            v = v
+                .checked_mul(256)
+                .and_then(|v| v.checked_add(u64::from(*b)))
+                .ok_or("number too large in a numeric field")?;
+        }
+        return Ok(v);
+    }
+    let text = field
+        .iter()
+        .position(|b| *b != b' ' && *b != 0)
+        .map_or(&[][..], |i| &field[i..]);
+    let digits = text.iter().take_while(|b| (b'0'..=b'7').contains(*b)).count();
+    if !text[digits..].iter().all(|b| *b == b' ' || *b == 0) {
+        return Err(format!("bad numeric field {:?}", String::from_utf8_lossy(field)));
+    }
+    text[..digits].iter().try_fold(0u64, |v, d| {
+        v.checked_mul(8)
+            .and_then(|v| v.checked_add(u64::from(d - b'0')))
+            .ok_or_else(|| "number too large in a numeric field".to_string())
+    })
+}
+
+/// Raw fields of a header block.
+struct Fields<'b>(&'b [u8; BLOCK as usize]);
+
+impl Fields<'_> {
+    fn mode(&self) -> Result<u64, String> {
+        numeric(&self.0[100..108])
+    }
+    fn uid(&self) -> Result<u64, String> {
+        numeric(&self.0[108..116])
+    }
+    fn gid(&self) -> Result<u64, String> {
+        numeric(&self.0[116..124])
+    }
+    fn size(&self) -> Result<u64, String> {
+        numeric(&self.0[124..136])
+    }
+    fn mtime(&self) -> Result<u64, String> {
+        numeric(&self.0[136..148])
+    }
+    fn cksum(&self) -> Result<u64, String> {
+        numeric(&self.0[148..156])
+    }
+    /// Device numbers exist in ustar and GNU headers only.
+    fn device(&self) -> Result<(u32, u32), String> {
+        if &self.0[257..262] != b"ustar" {
+            return Ok((0, 0));
+        }
+        let major = numeric(&self.0[329..337])?;
+        let minor = numeric(&self.0[337..345])?;
+        match (u32::try_from(major), u32::try_from(minor)) {
+            (Ok(a), Ok(b)) => Ok((a, b)),
+            _ => Err("device number out of range".into()),
+        }
+    }
+}
+
 /// The header checksum: unsigned sum with the checksum field as spaces (some old tars
 /// used a signed sum; accept that too).
-fn checksum_ok(block: &[u8; BLOCK as usize], header: &tar::Header) -> Result<bool, String> {
-    let stored = header.cksum().map_err(|e| e.to_string())?;
-    let mut unsigned: u32 = 0;
+fn checksum_ok(block: &[u8; BLOCK as usize]) -> Result<bool, String> {
+    let stored = Fields(block).cksum()?;
+    let mut unsigned: u64 = 0;
     let mut signed: i64 = 0;
     for (i, b) in block.iter().enumerate() {
         let b = if (148..156).contains(&i) { b' ' } else { *b };
-        unsigned += u32::from(b);
+        unsigned += u64::from(b);
         signed += i64::from(b as i8);
     }
-    Ok(stored == unsigned || i64::from(stored) == signed)
+    Ok(stored == unsigned || i64::try_from(stored).is_ok_and(|s| s == signed))
 }
 
 fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
@@ -1013,10 +1079,10 @@ impl<'a> Writer<'a> {
                 offset: header_offset,
                 reason,
             };
-            if !checksum_ok(&block, &header).map_err(bad)? {
+            if !checksum_ok(&block).map_err(bad)? {
                 return Err(bad("header checksum mismatch".into()));
             }
-            let size_field = header.entry_size().map_err(|e| bad(e.to_string()))?;
+            let size_field = Fields(&block).size().map_err(bad)?;
             let kind = header.entry_type().as_byte();
             match kind {
                 b'L' | b'K' => {
@@ -1142,10 +1208,8 @@ impl<'a> Writer<'a> {
     ) -> Result<(), UnpackError> {
         let max = self.opts.max_path_len;
         let rel = normalise(raw_path, max).map_err(|i| path_error(i, display, max))?;
-        let bad = |e: io::Error| UnpackError::BadHeader {
-            offset: 0,
-            reason: e.to_string(),
-        };
+        let bad = |reason: String| UnpackError::BadHeader { offset: 0, reason };
+        let fields = Fields(header.as_bytes());
         let id = |v: u64, what: &'static str| {
             u32::try_from(v)
                 .ok()
@@ -1158,18 +1222,29 @@ impl<'a> Writer<'a> {
         let mtime = match pax.mtime {
             Some(t) => t,
             None => Timespec {
-                tv_sec: i64::try_from(header.mtime().map_err(bad)?).unwrap_or(i64::MAX),
+                tv_sec: i64::try_from(fields.mtime().map_err(bad)?).unwrap_or(i64::MAX),
                 tv_nsec: 0,
             },
         };
         let meta = Meta {
-            mode: header.mode().map_err(bad)? & 0o7777,
-            uid: id(pax.uid.map_or_else(|| header.uid(), Ok).map_err(bad)?, "uid out of range")?,
-            gid: id(pax.gid.map_or_else(|| header.gid(), Ok).map_err(bad)?, "gid out of range")?,
+            mode: (fields.mode().map_err(bad)? & 0o7777) as u32,
+            uid: id(
+                pax.uid.map_or_else(|| fields.uid(), Ok).map_err(bad)?,
+                "uid out of range",
+            )?,
+            gid: id(
+                pax.gid.map_or_else(|| fields.gid(), Ok).map_err(bad)?,
+                "gid out of range",
+            )?,
             atime: pax.atime.unwrap_or(mtime),
             mtime,
         };
         let (parent_rel, name) = split_parent(&rel);
+        let leaf = Leaf {
+            parent_rel,
+            name,
+            display,
+        };
 
         let type_byte = header.entry_type().as_byte();
         let mut kind = match type_byte {
@@ -1190,8 +1265,7 @@ impl<'a> Writer<'a> {
             }
         };
         // Old tars mark directories with a trailing slash on a regular entry.
-        if matches!(kind, Kind::File) && type_byte != b'S' && raw_path.ends_with(b"/") && size == 0
-        {
+        if matches!(kind, Kind::File) && type_byte != b'S' && raw_path.ends_with(b"/") && size == 0 {
             kind = Kind::Directory;
         }
         if matches!(kind, Kind::Skip) {
@@ -1215,7 +1289,7 @@ impl<'a> Writer<'a> {
         match kind {
             Kind::File => {
                 let sparse = self.sparse_info(header, pax, display)?;
-                self.regular(parent_rel, name, size, &meta, &pax.xattrs, sparse, display)
+                self.regular(leaf, size, &meta, &pax.xattrs, sparse)
             }
             Kind::Directory => self.directory(&rel, parent_rel, name, meta, &pax.xattrs, display),
             Kind::Symlink => {
@@ -1247,14 +1321,13 @@ impl<'a> Writer<'a> {
                         path: display.to_string(),
                     });
                 }
-                let major = header.device_major().map_err(bad)?.unwrap_or(0);
-                let minor = header.device_minor().map_err(bad)?.unwrap_or(0);
+                let (major, minor) = fields.device().map_err(bad)?;
                 let dev = if matches!(kind, Kind::Fifo) {
                     0
                 } else {
                     rustix::fs::makedev(major, minor)
                 };
-                self.node(parent_rel, name, file_type, dev, &meta, &pax.xattrs, display)
+                self.node(leaf, file_type, dev, &meta, &pax.xattrs)
             }
             Kind::Skip => Ok(()),
         }
@@ -1362,7 +1435,7 @@ impl<'a> Writer<'a> {
                         .flat_map(|(o, n)| [*o, *n])
                         .collect()
                 };
-                if nums.len() % 2 != 0 {
+                if !nums.len().is_multiple_of(2) {
                     return Err(bad("odd number of values in the sparse map".into()));
                 }
                 Ok(Some(Sparse {
@@ -1390,10 +1463,8 @@ impl<'a> Writer<'a> {
         let mut consumed = 0u64;
         let mut line_start = 0usize;
         loop {
-            if let Some(w) = want {
-                if numbers.len() as u64 == 1 + 2 * w {
-                    break;
-                }
+            if want.is_some_and(|w| numbers.len() as u64 == 1 + 2 * w) {
+                break;
             }
             if consumed + BLOCK > size || text.len() > self.opts.max_pax_len {
                 return Err(bad("sparse map too long or truncated"));
@@ -1417,10 +1488,8 @@ impl<'a> Writer<'a> {
                     }
                     want = Some(count);
                 }
-                if let Some(w) = want {
-                    if numbers.len() as u64 == 1 + 2 * w {
-                        break;
-                    }
+                if want.is_some_and(|w| numbers.len() as u64 == 1 + 2 * w) {
+                    break;
                 }
             }
         }
@@ -1430,14 +1499,17 @@ impl<'a> Writer<'a> {
 
     fn regular(
         &mut self,
-        parent_rel: &[u8],
-        name: &[u8],
+        leaf: Leaf<'_>,
         size: u64,
         meta: &Meta,
         xattrs: &[(Vec<u8>, Vec<u8>)],
         sparse: Option<Sparse>,
-        display: &str,
     ) -> Result<(), UnpackError> {
+        let Leaf {
+            parent_rel,
+            name,
+            display,
+        } = leaf;
         let parent = self.dir_at(parent_rel, true, display)?;
         let fd = self.create_file(&parent, parent_rel, name, display)?;
         let truncated = |e: StreamError| match e {
@@ -1493,7 +1565,9 @@ impl<'a> Writer<'a> {
                     rustix::fs::seek(&fd, SeekFrom::Start(offset))
                         .map_err(|e| io_err(display, "seeking", e))?;
                     let fdb = fd.as_fd();
-                    self.stream.consume(len, |chunk| write_all(fdb, chunk)).map_err(truncated)?;
+                    self.stream
+                        .consume(len, |chunk| write_all(fdb, chunk))
+                        .map_err(truncated)?;
                 }
                 rustix::fs::ftruncate(&fd, sparse.real_size)
                     .map_err(|e| io_err(display, "setting the size", e))?;
@@ -1566,15 +1640,13 @@ impl<'a> Writer<'a> {
         name: &[u8],
         display: &str,
     ) -> Result<OwnedFd, UnpackError> {
-        let flags =
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let mode = Mode::from_raw_mode(0o600);
         match rustix::fs::openat(parent, name, flags, mode) {
             Ok(fd) => Ok(fd),
             Err(Errno::EXIST) => {
                 self.remove_existing(parent.as_fd(), parent_rel, name, display)?;
-                rustix::fs::openat(parent, name, flags, mode)
-                    .map_err(|e| io_err(display, "creating file", e))
+                rustix::fs::openat(parent, name, flags, mode).map_err(|e| io_err(display, "creating file", e))
             }
             Err(e) => Err(io_err(display, "creating file", e)),
         }
@@ -1618,18 +1690,13 @@ impl<'a> Writer<'a> {
         // Order matters: chown clears setuid/setgid and file capabilities, so chmod and
         // xattrs come after it; timestamps last.
         if self.privileged {
-            rustix::fs::fchown(
-                fd,
-                Some(Uid::from_raw(meta.uid)),
-                Some(Gid::from_raw(meta.gid)),
-            )
-            .map_err(|e| io_err(display, "setting owner", e))?;
+            rustix::fs::fchown(fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))
+                .map_err(|e| io_err(display, "setting owner", e))?;
         }
         rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))
             .map_err(|e| io_err(display, "setting mode", e))?;
         self.set_xattrs(XattrTarget::Fd(fd), xattrs, display)?;
-        rustix::fs::futimens(fd, &timestamps(meta))
-            .map_err(|e| io_err(display, "setting times", e))?;
+        rustix::fs::futimens(fd, &timestamps(meta)).map_err(|e| io_err(display, "setting times", e))?;
         Ok(())
     }
 
@@ -1647,9 +1714,7 @@ impl<'a> Writer<'a> {
                 continue;
             }
             let r = match &target {
-                XattrTarget::Fd(fd) => {
-                    rustix::fs::fsetxattr(fd, name.as_slice(), value, XattrFlags::empty())
-                }
+                XattrTarget::Fd(fd) => rustix::fs::fsetxattr(fd, name.as_slice(), value, XattrFlags::empty()),
                 XattrTarget::At(dir, leaf) => {
                     // No `lsetxattrat`: go through the directory fd's magic link, which
                     // names exactly the directory we hold; the leaf is not followed.
@@ -1725,14 +1790,17 @@ impl<'a> Writer<'a> {
 
     fn node(
         &mut self,
-        parent_rel: &[u8],
-        name: &[u8],
+        leaf: Leaf<'_>,
         file_type: FileType,
         dev: u64,
         meta: &Meta,
         xattrs: &[(Vec<u8>, Vec<u8>)],
-        display: &str,
     ) -> Result<(), UnpackError> {
+        let Leaf {
+            parent_rel,
+            name,
+            display,
+        } = leaf;
         let parent = self.dir_at(parent_rel, true, display)?;
         let mode = Mode::from_raw_mode(meta.mode & 0o777);
         let make = |parent: &OwnedFd| rustix::fs::mknodat(parent, name, file_type, mode, dev);
@@ -1852,22 +1920,14 @@ impl<'a> Writer<'a> {
         }
     }
 
-    fn whiteout(
-        &mut self,
-        parent_rel: &[u8],
-        name: &[u8],
-        display: &str,
-    ) -> Result<(), UnpackError> {
+    fn whiteout(&mut self, parent_rel: &[u8], name: &[u8], display: &str) -> Result<(), UnpackError> {
         let parent = self.dir_at(parent_rel, true, display)?;
         if name == OPAQUE_WHITEOUT {
-            let set = |xattr: &str| {
-                rustix::fs::fsetxattr(parent.as_fd(), xattr, b"y", XattrFlags::empty())
-            };
+            let set = |xattr: &str| rustix::fs::fsetxattr(parent.as_fd(), xattr, b"y", XattrFlags::empty());
             match set("trusted.overlay.opaque") {
                 Ok(()) => {}
                 Err(Errno::PERM) | Err(Errno::ACCESS) if !self.privileged => {
-                    set("user.overlay.opaque")
-                        .map_err(|e| io_err(display, "marking directory opaque", e))?;
+                    set("user.overlay.opaque").map_err(|e| io_err(display, "marking directory opaque", e))?;
                     self.c.overlay_userxattr = true;
                 }
                 Err(e) => return Err(io_err(display, "marking directory opaque", e)),
@@ -1912,12 +1972,7 @@ impl<'a> Writer<'a> {
 
     /// Opens (and with `create`, makes) the directory `rel` below the root without
     /// following symlinks.
-    fn dir_at(
-        &mut self,
-        rel: &[u8],
-        create: bool,
-        display: &str,
-    ) -> Result<Rc<OwnedFd>, UnpackError> {
+    fn dir_at(&mut self, rel: &[u8], create: bool, display: &str) -> Result<Rc<OwnedFd>, UnpackError> {
         if rel.is_empty() {
             return Ok(self.root.clone());
         }
@@ -1953,7 +2008,8 @@ impl<'a> Writer<'a> {
                         Ok(()) | Err(Errno::EXIST) => {}
                         Err(e) => return Err(io_err(display, "creating parent directory", e)),
                     }
-                    open_dir_beneath(base, comp).map_err(|e| resolve_error(self.root.as_fd(), display, prefix, e))?
+                    open_dir_beneath(base, comp)
+                        .map_err(|e| resolve_error(self.root.as_fd(), display, prefix, e))?
                 }
                 Err(e) => return Err(resolve_error(self.root.as_fd(), display, prefix, e)),
             };
@@ -1987,6 +2043,15 @@ impl<'a> Writer<'a> {
         }
         Ok(())
     }
+}
+
+/// Where an entry goes: its parent directory (relative to the root), its name, and
+/// how errors name it.
+#[derive(Clone, Copy)]
+struct Leaf<'p> {
+    parent_rel: &'p [u8],
+    name: &'p [u8],
+    display: &'p str,
 }
 
 enum XattrTarget<'f> {
@@ -2127,7 +2192,17 @@ mod tests {
             },
         };
         let base = dedup_key(b"c", &meta, &[]);
-        assert_eq!(base, dedup_key(b"c", &Meta { atime: meta.mtime, ..meta }, &[]));
+        assert_eq!(
+            base,
+            dedup_key(
+                b"c",
+                &Meta {
+                    atime: meta.mtime,
+                    ..meta
+                },
+                &[]
+            )
+        );
         assert_ne!(base, dedup_key(b"d", &meta, &[]));
         assert_ne!(base, dedup_key(b"c", &Meta { mode: 0o755, ..meta }, &[]));
         assert_ne!(base, dedup_key(b"c", &Meta { uid: 1, ..meta }, &[]));

@@ -49,7 +49,10 @@ fn kind_of(ft: fs::FileType) -> &'static str {
 
 fn snapshot(root: &Path, skip: &Path) -> BTreeMap<PathBuf, Node> {
     let mut out = BTreeMap::new();
-    let walk = walkdir::WalkDir::new(root).follow_links(false).into_iter().filter_entry(|e| e.path() != skip);
+    let walk = walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .into_iter()
+        .filter_entry(|e| e.path() != skip);
     for entry in walk {
         let entry = entry.unwrap();
         let path = entry.path();
@@ -136,7 +139,10 @@ fn run_case(name: &str, layer: &[u8], expect: Expect, opts: &UnpackOptions) {
     match (expect, &result) {
         (Expect::Refused { error } | Expect::RefusedUnderLimits { error, .. }, Err(e)) => {
             let msg = e.to_string();
-            assert!(msg.contains(error), "{name}: error {msg:?} does not mention {error:?}");
+            assert!(
+                msg.contains(error),
+                "{name}: error {msg:?} does not mention {error:?}"
+            );
         }
         (Expect::DeviceNodes, Err(e)) if !opts.allow_devices => {
             assert!(e.to_string().contains("device"), "{name}: {e}");
@@ -164,14 +170,24 @@ fn every_hostile_case_is_refused_or_contained() {
     for case in &corpus {
         let opts = options_for(case);
         if case.expect == Expect::DeviceNodes {
-            let refuse = UnpackOptions { allow_devices: false, ..opts.clone() };
+            let refuse = UnpackOptions {
+                allow_devices: false,
+                ..opts.clone()
+            };
             run_case(case.name, &case.layer, case.expect, &refuse);
-            let skip = UnpackOptions { allow_devices: false, skip_devices: true, ..opts.clone() };
+            let skip = UnpackOptions {
+                allow_devices: false,
+                skip_devices: true,
+                ..opts.clone()
+            };
             let (_tmp, dest) = arena();
             let report = unpack_layer(&case.layer[..], &dest, &skip).unwrap();
             assert_eq!(report.skipped_devices, 1, "{}", case.name);
             if root {
-                let allow = UnpackOptions { allow_devices: true, ..opts };
+                let allow = UnpackOptions {
+                    allow_devices: true,
+                    ..opts
+                };
                 run_case(case.name, &case.layer, case.expect, &allow);
             }
             continue;
@@ -219,15 +235,27 @@ fn contained_cases_end_up_inside() {
     assert!(!t.path().join("root/victim/f").exists());
 
     let (_t, dest) = unpack("hardlink-to-planted-symlink");
-    assert!(fs::symlink_metadata(dest.join("s")).unwrap().file_type().is_symlink());
+    assert!(
+        fs::symlink_metadata(dest.join("s"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     assert!(fs::symlink_metadata(dest.join("h")).unwrap().is_file());
     assert_eq!(fs::read(dest.join("h")).unwrap(), b"pwned");
 
     let (_t, dest) = unpack("overlay-xattr-smuggling");
     let names: Vec<_> = xattr::list(dest.join("d")).unwrap().collect();
-    assert!(names.iter().all(|n| !n.to_string_lossy().contains("overlay")), "{names:?}");
+    assert!(
+        names.iter().all(|n| !n.to_string_lossy().contains("overlay")),
+        "{names:?}"
+    );
     let (_t, dest) = arena();
-    let report = unpack_layer(&by_name("overlay-xattr-smuggling").layer[..], &dest, &Default::default());
+    let report = unpack_layer(
+        &by_name("overlay-xattr-smuggling").layer[..],
+        &dest,
+        &Default::default(),
+    );
     assert_eq!(report.unwrap().skipped_xattrs, 3);
 }
 
@@ -255,7 +283,10 @@ fn layer_store_leaves_nothing_behind_on_refusal() {
 
 #[test]
 fn default_limits_refuse_the_huge_entry_bomb_quickly() {
-    let case = hostile::corpus().into_iter().find(|c| c.name == "bomb-zstd-huge-entry").unwrap();
+    let case = hostile::corpus()
+        .into_iter()
+        .find(|c| c.name == "bomb-zstd-huge-entry")
+        .unwrap();
     let (_tmp, dest) = arena();
     let started = std::time::Instant::now();
     let err = unpack_layer(&case.layer[..], &dest, &UnpackOptions::default()).unwrap_err();

@@ -17,7 +17,15 @@ use strata_store::{DEFAULT_DEDUP_MIN_SIZE, Digest, LayerError, LayerStore, Unpac
 const CHILD_ENV: &str = "STRATA_UNPACK_LAYERS_CHILD";
 
 fn file(tar: &mut RawTar, name: &str, data: &[u8], mode: u32, mtime: u64) {
-    tar.entry(RawHeader { name: name.as_bytes(), mode, mtime, ..Default::default() }, data);
+    tar.entry(
+        RawHeader {
+            name: name.as_bytes(),
+            mode,
+            mtime,
+            ..Default::default()
+        },
+        data,
+    );
 }
 
 fn noise(len: usize, seed: u64) -> Vec<u8> {
@@ -25,7 +33,9 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + 32);
     let mut i = 0u64;
     while out.len() < len {
-        out.extend_from_slice(&sha2::Sha256::digest([seed.to_le_bytes(), i.to_le_bytes()].concat()));
+        out.extend_from_slice(&sha2::Sha256::digest(
+            [seed.to_le_bytes(), i.to_le_bytes()].concat(),
+        ));
         i += 1;
     }
     out.truncate(len);
@@ -60,15 +70,25 @@ fn big_layer(seed: u64) -> Vec<u8> {
     let mut t = RawTar::new();
     t.dir(b"data/");
     for i in 0..8 {
-        file(&mut t, &format!("data/f{i}"), &noise(128 << 10, seed * 100 + i), 0o644, 1_600_000_000);
+        file(
+            &mut t,
+            &format!("data/f{i}"),
+            &noise(128 << 10, seed * 100 + i),
+            0o644,
+            1_600_000_000,
+        );
     }
     t.finish()
 }
 
 #[test]
 fn chain_id_matches_the_image_spec() {
-    let a: Digest = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824".parse().unwrap();
-    let b: Digest = "sha256:486ea46224d1bb4fb680f34f7c9ad96a8f24ec88be73ea8e5a6c65260e9cb8a7".parse().unwrap();
+    let a: Digest = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        .parse()
+        .unwrap();
+    let b: Digest = "sha256:486ea46224d1bb4fb680f34f7c9ad96a8f24ec88be73ea8e5a6c65260e9cb8a7"
+        .parse()
+        .unwrap();
     assert_eq!(chain_id(None, &a), a);
     // printf 'sha256:2cf2...9824 sha256:486e...b8a7' | sha256sum
     assert_eq!(
@@ -89,17 +109,34 @@ fn unpacks_once_lists_and_removes() {
     assert!(!first.already_unpacked);
     assert_eq!(first.diff_id, diff);
     assert!(store.is_unpacked(&chain));
-    assert_eq!(store.diff_path(&chain), tmp.path().join("layers").join(chain.hex()).join("diff"));
+    assert_eq!(
+        store.diff_path(&chain),
+        tmp.path().join("layers").join(chain.hex()).join("diff")
+    );
     assert!(store.diff_path(&chain).join("data/f7").is_file());
     // The second time nothing is read.
     let read = Arc::new(AtomicU64::new(0));
-    let reader = Slow { data: layer.clone(), pos: 0, piece: 1 << 20, delay: Duration::ZERO, read: read.clone() };
+    let reader = Slow {
+        data: layer.clone(),
+        pos: 0,
+        piece: 1 << 20,
+        delay: Duration::ZERO,
+        read: read.clone(),
+    };
     let again = store.unpack(&chain, &diff, reader).unwrap();
     assert!(again.already_unpacked);
     assert_eq!(read.load(Ordering::SeqCst), 0);
-    assert_eq!(UnpackReport { already_unpacked: false, ..again }, first);
+    assert_eq!(
+        UnpackReport {
+            already_unpacked: false,
+            ..again
+        },
+        first
+    );
     // A wrong expectation for an unpacked layer is still a mismatch.
-    let err = store.unpack(&chain, &Digest::of(b"other"), &layer[..]).unwrap_err();
+    let err = store
+        .unpack(&chain, &Digest::of(b"other"), &layer[..])
+        .unwrap_err();
     assert!(matches!(err, LayerError::DiffIdMismatch { .. }), "{err}");
 
     assert_eq!(store.list().unwrap(), vec![chain]);
@@ -121,7 +158,10 @@ fn diff_id_mismatch_leaves_nothing_behind() {
     let expected = Digest::of(b"something else");
     let chain = chain_id(None, &expected);
     let err = store.unpack(&chain, &expected, &layer[..]).unwrap_err();
-    assert_eq!(err.to_string(), format!("diff id mismatch: expected {expected}, got {actual}"));
+    assert_eq!(
+        err.to_string(),
+        format!("diff id mismatch: expected {expected}, got {actual}")
+    );
     assert!(!store.is_unpacked(&chain));
     assert!(store.list().unwrap().is_empty());
     assert_eq!(fs::read_dir(store.root().join(".tmp")).unwrap().count(), 0);
@@ -156,8 +196,16 @@ fn concurrent_unpacks_of_one_chain_do_the_work_once() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     // Both calls overlapped (each would take ~300 ms alone).
-    assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
-    assert_eq!(reports.iter().filter(|r| !r.already_unpacked).count(), 1, "{reports:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        reports.iter().filter(|r| !r.already_unpacked).count(),
+        1,
+        "{reports:?}"
+    );
     assert_eq!(reports.iter().filter(|r| r.already_unpacked).count(), 1);
     let reads: Vec<u64> = counters.iter().map(|c| c.load(Ordering::SeqCst)).collect();
     assert!(reads.contains(&0), "only one reader may be consumed: {reads:?}");
@@ -190,7 +238,11 @@ fn identical_files_share_an_inode_and_du_shows_it() {
     assert_eq!((ra.deduped_files, rb.deduped_files), (0, 1));
     assert_eq!(rb.deduped_bytes, shared.len() as u64);
 
-    let ino = |chain: &Digest, rel: &str| fs::symlink_metadata(store.diff_path(chain).join(rel)).unwrap().ino();
+    let ino = |chain: &Digest, rel: &str| {
+        fs::symlink_metadata(store.diff_path(chain).join(rel))
+            .unwrap()
+            .ino()
+    };
     assert_eq!(ino(&ca, "lib/shared.so"), ino(&cb, "usr/lib/copy.so"));
     assert_ne!(ino(&ca, "lib/shared.so"), ino(&cb, "other-mtime.so"));
     assert_ne!(ino(&ca, "lib/shared.so"), ino(&cb, "other-mode.so"));
@@ -200,7 +252,10 @@ fn identical_files_share_an_inode_and_du_shows_it() {
     // The shared inode kept its metadata and content.
     let md = fs::symlink_metadata(store.diff_path(&cb).join("usr/lib/copy.so")).unwrap();
     assert_eq!((md.mode() & 0o7777, md.mtime()), (0o755, 1_600_000_000));
-    assert_eq!(fs::read(store.diff_path(&cb).join("usr/lib/copy.so")).unwrap(), shared);
+    assert_eq!(
+        fs::read(store.diff_path(&cb).join("usr/lib/copy.so")).unwrap(),
+        shared
+    );
 
     let du = store.du().unwrap();
     assert_eq!(du.layers, 2);
@@ -208,7 +263,10 @@ fn identical_files_share_an_inode_and_du_shows_it() {
     assert_eq!(du.apparent_bytes, sizes);
     assert!(du.shared_bytes >= shared.len() as u64, "{du:?}");
     assert!(du.saved_bytes >= shared.len() as u64, "{du:?}");
-    assert!(du.actual_bytes + du.saved_bytes >= 4 * shared.len() as u64, "{du:?}");
+    assert!(
+        du.actual_bytes + du.saved_bytes >= 4 * shared.len() as u64,
+        "{du:?}"
+    );
     assert!(du.actual_bytes < 4 * shared.len() as u64, "{du:?}");
 
     // The same layers without dedup take more room.
@@ -218,7 +276,10 @@ fn identical_files_share_an_inode_and_du_shows_it() {
     plain.unpack(&cb, &db, &b[..]).unwrap();
     let plain_du = plain.du().unwrap();
     assert_eq!(plain_du.saved_bytes, 0);
-    assert!(plain_du.actual_bytes >= du.actual_bytes + shared.len() as u64, "{plain_du:?} vs {du:?}");
+    assert!(
+        plain_du.actual_bytes >= du.actual_bytes + shared.len() as u64,
+        "{plain_du:?} vs {du:?}"
+    );
 
     // The pool keeps entries while a layer uses them.
     assert_eq!(store.gc_pool().unwrap(), 0);
@@ -257,7 +318,9 @@ fn child_layer() -> Vec<u8> {
 /// Not a test of its own: the body a child process runs for the tests below.
 #[test]
 fn child_process_helper() {
-    let Ok(mode) = std::env::var(CHILD_ENV) else { return };
+    let Ok(mode) = std::env::var(CHILD_ENV) else {
+        return;
+    };
     let root = PathBuf::from(std::env::var("STRATA_CHILD_ROOT").unwrap());
     let store = open(&root);
     let layer = child_layer();
@@ -268,14 +331,25 @@ fn child_process_helper() {
         "forever" => (4096, Duration::from_millis(50)),
         _ => (64 << 10, Duration::from_millis(40)),
     };
-    let reader = Slow { data: layer, pos: 0, piece, delay, read: Arc::new(AtomicU64::new(0)) };
+    let reader = Slow {
+        data: layer,
+        pos: 0,
+        piece,
+        delay,
+        read: Arc::new(AtomicU64::new(0)),
+    };
     let report = store.unpack(&chain, &diff, reader).unwrap();
     println!("child-done already={}", report.already_unpacked);
 }
 
 fn spawn_child(root: &Path, mode: &str) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_process_helper", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child_process_helper",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, mode)
         .env("STRATA_CHILD_ROOT", root)
         .stdout(Stdio::piped())
@@ -293,7 +367,10 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 fn tmp_entries(store: &LayerStore) -> Vec<PathBuf> {
-    fs::read_dir(store.root().join(".tmp")).unwrap().map(|e| e.unwrap().path()).collect()
+    fs::read_dir(store.root().join(".tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
 }
 
 #[test]
@@ -306,7 +383,9 @@ fn kill_9_mid_unpack_leaves_only_tmp_debris() {
     let mut child = spawn_child(tmp.path(), "forever");
     // Wait until the child is writing files into its temp dir.
     wait_for("the child to start writing", || {
-        tmp_entries(&store).iter().any(|p| fs::read_dir(p.join("diff/data")).is_ok_and(|mut d| d.next().is_some()))
+        tmp_entries(&store)
+            .iter()
+            .any(|p| fs::read_dir(p.join("diff/data")).is_ok_and(|mut d| d.next().is_some()))
     });
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
@@ -331,7 +410,13 @@ fn a_second_process_waits_and_finds_the_layer_done() {
     let child = spawn_child(tmp.path(), "slow");
     wait_for("the child to take the lock", || !tmp_entries(&store).is_empty());
     let read = Arc::new(AtomicU64::new(0));
-    let reader = Slow { data: layer.clone(), pos: 0, piece: 1 << 20, delay: Duration::ZERO, read: read.clone() };
+    let reader = Slow {
+        data: layer.clone(),
+        pos: 0,
+        piece: 1 << 20,
+        delay: Duration::ZERO,
+        read: read.clone(),
+    };
     let report = store.unpack(&chain, &diff, reader).unwrap();
     assert!(report.already_unpacked, "we waited for the child's unpack");
     assert_eq!(read.load(Ordering::SeqCst), 0);

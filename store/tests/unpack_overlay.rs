@@ -20,17 +20,27 @@ fn mount_overlay(lower: &[&Path], upper: Option<(&Path, &Path)>, at: &Path) -> M
     let lowers: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
     let mut data = format!("lowerdir={}", lowers.join(":"));
     if let Some((upper, work)) = upper {
-        data.push_str(&format!(",upperdir={},workdir={}", upper.display(), work.display()));
+        data.push_str(&format!(
+            ",upperdir={},workdir={}",
+            upper.display(),
+            work.display()
+        ));
     }
-    let flags = if upper.is_some() { MountFlags::empty() } else { MountFlags::RDONLY };
+    let flags = if upper.is_some() {
+        MountFlags::empty()
+    } else {
+        MountFlags::RDONLY
+    };
     let data = std::ffi::CString::new(data).unwrap();
     rustix::mount::mount("overlay", at, "overlay", flags, data.as_c_str()).unwrap();
     Mounted(at.to_path_buf())
 }
 
 fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
@@ -70,7 +80,9 @@ fn whiteouts_hide_lower_content_in_a_real_overlay() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let store = LayerStore::open(&tmp.path().join("store")).unwrap().with_sync(false);
+    let store = LayerStore::open(&tmp.path().join("store"))
+        .unwrap()
+        .with_sync(false);
     let (l1, l2) = layers();
     let d1 = Digest::of(&l1);
     let d2 = Digest::of(&l2);
@@ -83,7 +95,11 @@ fn whiteouts_hide_lower_content_in_a_real_overlay() {
     // No `.wh.` file survives in the diff.
     for entry in walkdir::WalkDir::new(store.diff_path(&c2)) {
         let entry = entry.unwrap();
-        assert!(!entry.file_name().to_string_lossy().starts_with(".wh."), "{:?}", entry.path());
+        assert!(
+            !entry.file_name().to_string_lossy().starts_with(".wh."),
+            "{:?}",
+            entry.path()
+        );
     }
 
     // Read-only view (two lowerdirs, upper first).
@@ -101,11 +117,19 @@ fn whiteouts_hide_lower_content_in_a_real_overlay() {
 
     // A container-style mount (upper + work) sees the same and can recreate a deleted
     // name.
-    let (upper, work, root) = (tmp.path().join("upper"), tmp.path().join("work"), tmp.path().join("root"));
+    let (upper, work, root) = (
+        tmp.path().join("upper"),
+        tmp.path().join("work"),
+        tmp.path().join("root"),
+    );
     for d in [&upper, &work, &root] {
         fs::create_dir(d).unwrap();
     }
-    let _m = mount_overlay(&[&store.diff_path(&c2), &store.diff_path(&c1)], Some((&upper, &work)), &root);
+    let _m = mount_overlay(
+        &[&store.diff_path(&c2), &store.diff_path(&c1)],
+        Some((&upper, &work)),
+        &root,
+    );
     assert_eq!(names(&root), ["keep", "mixed", "opaque"]);
     fs::create_dir(root.join("dir-gone")).unwrap();
     assert!(names(&root.join("dir-gone")).is_empty());

@@ -20,21 +20,36 @@ fn is_root() -> bool {
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn sha256sum(path: &Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
     assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 fn set_mtime(path: &Path, sec: i64, nsec: i64) {
-    let t = Timespec { tv_sec: sec, tv_nsec: nsec };
+    let t = Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec,
+    };
     rustix::fs::utimensat(
         CWD,
         path,
-        &Timestamps { last_access: t, last_modification: t },
+        &Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
         AtFlags::SYMLINK_NOFOLLOW,
     )
     .unwrap();
@@ -86,7 +101,7 @@ fn build_tree(src: &Path) {
     std::os::unix::fs::symlink("/etc/passwd", p("sym-abs")).unwrap();
     std::os::unix::fs::symlink("../file.txt", p("sub/sym-up")).unwrap();
     std::os::unix::fs::symlink("nowhere", p("sym-dangling")).unwrap();
-    rustix::fs::mknodat(CWD, &p("fifo"), FileType::Fifo, Mode::from_raw_mode(0o620), 0).unwrap();
+    rustix::fs::mknodat(CWD, p("fifo"), FileType::Fifo, Mode::from_raw_mode(0o620), 0).unwrap();
     let long_dir = format!("long/{}/{}", "d".repeat(90), "e".repeat(120));
     fs::create_dir_all(p(&long_dir)).unwrap();
     fs::write(p(&format!("{long_dir}/{}", "n".repeat(150))), "long\n").unwrap();
@@ -112,7 +127,7 @@ fn build_tree(src: &Path) {
         chmod(&p("setgid-bin"), 0o2711);
         rustix::fs::mknodat(
             CWD,
-            &p("dev-null"),
+            p("dev-null"),
             FileType::CharacterDevice,
             Mode::from_raw_mode(0o666),
             rustix::fs::makedev(1, 3),
@@ -120,9 +135,16 @@ fn build_tree(src: &Path) {
         .unwrap();
     }
     // Distinct mtimes with nanoseconds; directories last, deepest first.
-    let mut paths: Vec<PathBuf> =
-        walkdir::WalkDir::new(src).into_iter().map(|e| e.unwrap().path().to_path_buf()).collect();
-    paths.sort_by_key(|p| (p.is_dir() && !p.is_symlink(), std::cmp::Reverse(p.components().count())));
+    let mut paths: Vec<PathBuf> = walkdir::WalkDir::new(src)
+        .into_iter()
+        .map(|e| e.unwrap().path().to_path_buf())
+        .collect();
+    paths.sort_by_key(|p| {
+        (
+            p.is_dir() && !p.is_symlink(),
+            std::cmp::Reverse(p.components().count()),
+        )
+    });
     for (i, path) in paths.iter().enumerate() {
         set_mtime(path, 1_600_000_000 + i as i64 * 1000, 123_456_789 + i as i64);
     }
@@ -179,7 +201,12 @@ fn read_tree(root: &Path) -> Tree {
             xattr::list(entry.path())
                 .unwrap()
                 .filter(|n| n.to_string_lossy() != "security.selinux")
-                .map(|n| (n.to_string_lossy().into_owned(), xattr::get(entry.path(), &n).unwrap().unwrap()))
+                .map(|n| {
+                    (
+                        n.to_string_lossy().into_owned(),
+                        xattr::get(entry.path(), &n).unwrap().unwrap(),
+                    )
+                })
                 .collect()
         };
         xattrs.sort();
@@ -194,7 +221,8 @@ fn read_tree(root: &Path) -> Tree {
                 uid: md.uid(),
                 gid: md.gid(),
                 mtime: Some((md.mtime(), md.mtime_nsec())),
-                content: (kind == "file").then(|| hex::encode(Sha256::digest(fs::read(entry.path()).unwrap()))),
+                content: (kind == "file")
+                    .then(|| hex::encode(Sha256::digest(fs::read(entry.path()).unwrap()))),
                 link: (kind == "symlink").then(|| fs::read_link(entry.path()).unwrap()),
                 rdev: md.rdev(),
                 xattrs,
@@ -205,7 +233,10 @@ fn read_tree(root: &Path) -> Tree {
         v.sort();
         v
     });
-    Tree { nodes, links: links.collect() }
+    Tree {
+        nodes,
+        links: links.collect(),
+    }
 }
 
 /// What `tar -x` produced, with OCI whiteouts converted the way we convert them.
@@ -214,7 +245,10 @@ fn expected_from_reference(reference: &Path) -> Tree {
     let whiteouts: Vec<PathBuf> = tree
         .nodes
         .keys()
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".wh.")))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".wh."))
+        })
         .cloned()
         .collect();
     for path in whiteouts {
@@ -275,7 +309,11 @@ fn assert_same(ours: &Path, expected: &Tree, what: &str, with_root: bool) {
 fn reference_extract(layer: &Path, into: &Path, flag: &str) {
     fs::create_dir_all(into).unwrap();
     let mut cmd = Command::new("tar");
-    cmd.arg(flag).args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-C"]).arg(into).arg("-f").arg(layer);
+    cmd.arg(flag)
+        .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-C"])
+        .arg(into)
+        .arg("-f")
+        .arg(layer);
     run(&mut cmd);
 }
 
@@ -290,7 +328,9 @@ fn check_gnu_tar_format(format: &str) {
     build_tree(&t.join("src"));
     let layer = t.join("layer.tar");
     let mut cmd = Command::new("tar");
-    cmd.arg(format!("--format={format}")).args(["--numeric-owner", "--sort=name", "-C"]).arg(t.join("src"));
+    cmd.arg(format!("--format={format}"))
+        .args(["--numeric-owner", "--sort=name", "-C"])
+        .arg(t.join("src"));
     if format == "posix" {
         cmd.args(["--xattrs", "--xattrs-include=*"]);
     }
@@ -313,8 +353,14 @@ fn check_gnu_tar_format(format: &str) {
     assert_eq!(report.opaque_dirs, 1);
     assert_same(&t.join("plain"), &expected, &format!("{format} plain"), true);
 
-    run(Command::new("sh").arg("-c").arg(format!("gzip -n -c {0} > {0}.gz && zstd -q -c {0} > {0}.zst", layer.display())));
-    for (ext, compression, flag) in [("gz", Compression::Gzip, "-xz"), ("zst", Compression::Zstd, "--zstd")] {
+    run(Command::new("sh").arg("-c").arg(format!(
+        "gzip -n -c {0} > {0}.gz && zstd -q -c {0} > {0}.zst",
+        layer.display()
+    )));
+    for (ext, compression, flag) in [
+        ("gz", Compression::Gzip, "-xz"),
+        ("zst", Compression::Zstd, "--zstd"),
+    ] {
         let compressed = t.join(format!("layer.tar.{ext}"));
         let report = ours(&compressed, &t.join(ext));
         assert_eq!(report.diff_id.hex(), diff_id, "{ext}");
@@ -357,8 +403,12 @@ fn sparse_files_keep_their_holes() {
         f.set_len(32 << 20).unwrap();
     }
     let want = fs::read(src.join("sparse")).unwrap();
-    for (format, version) in [("gnu", None), ("posix", Some("0.0")), ("posix", Some("0.1")), ("posix", Some("1.0"))]
-    {
+    for (format, version) in [
+        ("gnu", None),
+        ("posix", Some("0.0")),
+        ("posix", Some("0.1")),
+        ("posix", Some("1.0")),
+    ] {
         let layer = t.join(format!("{format}-{}.tar", version.unwrap_or("old")));
         let mut cmd = Command::new("tar");
         cmd.arg(format!("--format={format}")).arg("-S");
@@ -371,8 +421,15 @@ fn sparse_files_keep_their_holes() {
         assert_eq!(report.diff_id.hex(), sha256sum(&layer));
         let md = fs::metadata(out.join("sparse")).unwrap();
         assert_eq!(md.len(), 32 << 20, "{format} {version:?}");
-        assert!(md.blocks() * 512 < (1 << 20), "{format} {version:?}: holes were filled ({} blocks)", md.blocks());
-        assert!(fs::read(out.join("sparse")).unwrap() == want, "{format} {version:?}: content differs");
+        assert!(
+            md.blocks() * 512 < (1 << 20),
+            "{format} {version:?}: holes were filled ({} blocks)",
+            md.blocks()
+        );
+        assert!(
+            fs::read(out.join("sparse")).unwrap() == want,
+            "{format} {version:?}: content differs"
+        );
     }
 }
 
@@ -399,11 +456,15 @@ fn tar_crate_layer_matches_tar_x() {
     let mut h = header(tar::EntryType::Regular, 0o644, 3_000_000, 1_500_000_001);
     h.set_size(body.len() as u64);
     b.append_data(&mut h, "etc/big-uid", &body[..]).unwrap();
-    let long = format!("etc/{}/{}", "x".repeat(120), "y".repeat(140));
+    let long_dir = format!("etc/{}/", "x".repeat(120));
+    let mut h = header(tar::EntryType::Directory, 0o750, 0, 1_500_000_000);
+    b.append_data(&mut h, &long_dir, &[][..]).unwrap();
+    let long = format!("{long_dir}{}", "y".repeat(140));
     let mut h = header(tar::EntryType::Regular, 0o600, 1000, 1_500_000_002);
     h.set_size(4);
     b.append_data(&mut h, &long, &b"long"[..]).unwrap();
-    b.append_pax_extensions([("SCHILY.xattr.user.crate", &b"made by tar-rs"[..])]).unwrap();
+    b.append_pax_extensions([("SCHILY.xattr.user.crate", &b"made by tar-rs"[..])])
+        .unwrap();
     let mut h = header(tar::EntryType::Regular, 0o4750, 0, 1_500_000_003);
     h.set_size(3);
     b.append_data(&mut h, "etc/suid", &b"abc"[..]).unwrap();

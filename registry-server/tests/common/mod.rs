@@ -31,16 +31,24 @@ impl Resp {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
     /// The spec error code of an error response.
     pub fn code(&self) -> String {
-        self.json()["errors"][0]["code"].as_str().unwrap_or_default().to_string()
+        self.json()["errors"][0]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 }
 
 pub fn config(dir: &std::path::Path) -> Config {
-    Config { root: dir.to_path_buf(), registry_name: Some("reg.test".into()), ..Config::default() }
+    Config {
+        root: dir.to_path_buf(),
+        registry_name: Some("reg.test".into()),
+        ..Config::default()
+    }
 }
 
 impl Reg {
@@ -56,16 +64,29 @@ impl Reg {
         Reg { dir, state }
     }
 
-    pub async fn req(&self, method: Method, uri: &str, headers: &[(&str, &str)], body: impl Into<Body>) -> Resp {
+    pub async fn req(
+        &self,
+        method: Method,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Body>,
+    ) -> Resp {
         let mut b = Request::builder().method(method).uri(uri);
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        let resp = app(self.state.clone()).oneshot(b.body(body.into()).unwrap()).await.unwrap();
+        let resp = app(self.state.clone())
+            .oneshot(b.body(body.into()).unwrap())
+            .await
+            .unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
-        Resp { status, headers, body }
+        Resp {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn get(&self, uri: &str) -> Resp {
@@ -75,17 +96,41 @@ impl Reg {
     /// Monolithic POST + PUT upload.
     pub async fn push_blob(&self, name: &str, bytes: &[u8]) -> String {
         let digest = strata_store::Digest::of(bytes).to_string();
-        let r = self.req(Method::POST, &format!("/v2/{name}/blobs/uploads/"), &[], Body::empty()).await;
+        let r = self
+            .req(
+                Method::POST,
+                &format!("/v2/{name}/blobs/uploads/"),
+                &[],
+                Body::empty(),
+            )
+            .await;
         assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
         let loc = r.header("location").unwrap().to_string();
-        let r = self.req(Method::PUT, &format!("{loc}?digest={digest}"), &[], bytes.to_vec()).await;
-        assert_eq!(r.status, StatusCode::CREATED, "{r:?} {}", String::from_utf8_lossy(&r.body));
+        let r = self
+            .req(
+                Method::PUT,
+                &format!("{loc}?digest={digest}"),
+                &[],
+                bytes.to_vec(),
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::CREATED,
+            "{r:?} {}",
+            String::from_utf8_lossy(&r.body)
+        );
         digest
     }
 
     pub async fn put_manifest(&self, name: &str, reference: &str, media_type: &str, bytes: &[u8]) -> Resp {
-        self.req(Method::PUT, &format!("/v2/{name}/manifests/{reference}"), &[("content-type", media_type)], bytes.to_vec())
-            .await
+        self.req(
+            Method::PUT,
+            &format!("/v2/{name}/manifests/{reference}"),
+            &[("content-type", media_type)],
+            bytes.to_vec(),
+        )
+        .await
     }
 
     /// Pushes an image's blobs and manifest under `tag`.
@@ -93,8 +138,15 @@ impl Reg {
         for b in std::iter::once(&image.config).chain(&image.layers) {
             self.push_blob(name, &b.bytes).await;
         }
-        let r = self.put_manifest(name, tag, &image.manifest.media_type, &image.manifest.bytes).await;
-        assert_eq!(r.status, StatusCode::CREATED, "{r:?} {}", String::from_utf8_lossy(&r.body));
+        let r = self
+            .put_manifest(name, tag, &image.manifest.media_type, &image.manifest.bytes)
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::CREATED,
+            "{r:?} {}",
+            String::from_utf8_lossy(&r.body)
+        );
     }
 }
 
@@ -119,7 +171,12 @@ impl Served {
             .await
             .unwrap();
         });
-        Served { addr, state, stop: Some(tx), task: Some(task) }
+        Served {
+            addr,
+            state,
+            stop: Some(tx),
+            task: Some(task),
+        }
     }
 
     pub async fn stop(mut self) {
@@ -173,7 +230,10 @@ impl Proc {
     /// SIGTERM, then wait.
     pub fn stop(mut self) -> std::process::ExitStatus {
         let pid = rustix_pid(self.child.id());
-        let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
         let status = self.child.wait().unwrap();
         std::mem::forget(self);
         status

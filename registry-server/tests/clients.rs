@@ -1,0 +1,192 @@
+//! Real clients against the `registry-server` binary on loopback: skopeo, docker, podman
+//! and containerd's ctr push and pull unchanged. Each test fails under `CI=true` when its
+//! peer is missing, and is skipped (with a SKIP line) otherwise.
+
+mod common;
+
+use common::Proc;
+use strata_fixtures::peers::{self, skopeo_ok};
+use strata_fixtures::{BUSYBOX_HELLO, Flavor, LayerCompression, busybox, multi_platform, small_image};
+
+fn store_fsck(root: &std::path::Path) {
+    let out = peers::output(
+        std::process::Command::new(peers::bin("store"))
+            .arg("--root")
+            .arg(root)
+            .arg("fsck"),
+    );
+    assert!(out.status.success(), "store fsck: {}", peers::format_output(&out));
+}
+
+#[test]
+fn skopeo_copy_both_ways_list_tags_delete_and_copy_all() {
+    if peers::require("skopeo").is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let reg = Proc::start(&root, &[]);
+    let img = busybox(Flavor::Oci, LayerCompression::Gzip);
+    let layout = tmp.path().join("layout");
+    strata_fixtures::write_oci_layout(&layout, &[(&img, Some("1"))]);
+    let dest = format!("docker://{}/t/busybox:1", reg.addr());
+    // Plain HTTP: skopeo tries TLS first and must fall back.
+    skopeo_ok([
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:1", layout.display()),
+        &dest,
+    ]);
+    skopeo_ok([
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:1", layout.display()),
+        &format!("docker://{}/t/busybox:2", reg.addr()),
+    ]);
+    let tags = skopeo_ok([
+        "list-tags",
+        "--tls-verify=false",
+        &format!("docker://{}/t/busybox", reg.addr()),
+    ]);
+    let tags: serde_json::Value = serde_json::from_str(&tags).unwrap();
+    assert_eq!(tags["Tags"], serde_json::json!(["1", "2"]));
+    let raw = skopeo_ok(["inspect", "--raw", "--tls-verify=false", &dest]);
+    assert_eq!(
+        raw.as_bytes(),
+        img.manifest.bytes.as_slice(),
+        "byte-exact manifest"
+    );
+    // And back.
+    let back = tmp.path().join("back");
+    skopeo_ok([
+        "copy",
+        "--src-tls-verify=false",
+        &dest,
+        &format!("oci:{}:x", back.display()),
+    ]);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(back.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"][0]["digest"], img.manifest.digest);
+    // Delete by tag reference (skopeo resolves it to the digest).
+    skopeo_ok([
+        "delete",
+        "--tls-verify=false",
+        &format!("docker://{}/t/busybox:2", reg.addr()),
+    ]);
+    let out = peers::skopeo(["inspect", "--raw", "--tls-verify=false", &dest]);
+    assert!(!out.status.success(), "deleted manifest still served");
+
+    // An index with --all.
+    let (index, images) = multi_platform(Flavor::Oci);
+    let multi = tmp.path().join("multi");
+    strata_fixtures::write_oci_layout_index(&multi, &index, &images, Some("m"));
+    let mdest = format!("docker://{}/t/multi:m", reg.addr());
+    skopeo_ok([
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:m", multi.display()),
+        &mdest,
+    ]);
+    let raw = skopeo_ok(["inspect", "--raw", "--tls-verify=false", &mdest]);
+    assert_eq!(raw.as_bytes(), index.bytes.as_slice());
+    let back = tmp.path().join("multi-back");
+    skopeo_ok([
+        "copy",
+        "--all",
+        "--src-tls-verify=false",
+        &mdest,
+        &format!("oci:{}:m", back.display()),
+    ]);
+    for i in &images {
+        assert!(back.join("blobs/sha256").join(i.manifest.hex()).is_file());
+    }
+    assert!(reg.stop().success());
+    store_fsck(&root);
+}
+
+#[test]
+fn docker_push_pull_run_round_trip() {
+    let Some(d) = peers::Dockerd::shared() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let reg = Proc::start(&root, &[]);
+    let img = busybox(Flavor::Docker, LayerCompression::Gzip);
+    let name = format!("{}/t/busybox:1", reg.addr());
+    let archive = tmp.path().join("bb.tar");
+    strata_fixtures::write_docker_save(&archive, &[(&img, &[name.as_str()])]);
+    d.docker_ok(["load", "-i", archive.to_str().unwrap()]);
+    let out = d.docker_ok(["push", &name]);
+    assert!(out.contains("digest: sha256:"), "{out}");
+    d.docker_ok(["rmi", &name]);
+    d.docker_ok(["pull", &name]);
+    let out = d.docker_ok(["run", "--rm", "--network", "none", &name]);
+    assert!(out.contains(BUSYBOX_HELLO), "{out}");
+    d.docker_ok(["rmi", &name]);
+    assert!(reg.stop().success());
+    // The pushed tag is in the store under the registry's name.
+    let out = peers::run_ok(
+        std::process::Command::new(peers::bin("store"))
+            .arg("--root")
+            .arg(&root)
+            .args(["ls", "--json"]),
+    );
+    assert!(out.contains("t/busybox"), "{out}");
+    store_fsck(&root);
+}
+
+#[test]
+fn podman_push_pull() {
+    let Some(p) = peers::Podman::new() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let reg = Proc::start(&root, &[]);
+    let img = small_image(11, 2, true);
+    let archive = tmp.path().join("img.tar");
+    let name = format!("{}/p/small:1", reg.addr());
+    strata_fixtures::write_docker_save(&archive, &[(&img, &[name.as_str()])]);
+    p.podman_ok(["load", "-i", archive.to_str().unwrap()]);
+    p.podman_ok(["push", "--tls-verify=false", &name]);
+    p.podman_ok(["rmi", "-f", &name]);
+    p.podman_ok(["pull", "--tls-verify=false", &name]);
+    let out = p.podman_ok(["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert!(out.contains("p/small:1"), "{out}");
+    assert!(reg.stop().success());
+    store_fsck(&root);
+}
+
+#[test]
+fn containerd_ctr_pull_and_push() {
+    if peers::require("skopeo").is_none() {
+        return;
+    }
+    let Some(c) = peers::Containerd::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let reg = Proc::start(&root, &[]);
+    let img = small_image(12, 2, true);
+    let layout = tmp.path().join("layout");
+    strata_fixtures::write_oci_layout(&layout, &[(&img, Some("1"))]);
+    let name = format!("{}/c/small:1", reg.addr());
+    skopeo_ok([
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:1", layout.display()),
+        &format!("docker://{name}"),
+    ]);
+    c.ctr_ok(["images", "pull", "--plain-http", &name]);
+    let pushed = format!("{}/c/pushed:2", reg.addr());
+    c.ctr_ok(["images", "tag", &name, &pushed]);
+    c.ctr_ok(["images", "push", "--plain-http", &pushed]);
+    let raw = skopeo_ok([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{pushed}"),
+    ]);
+    assert_eq!(raw.as_bytes(), img.manifest.bytes.as_slice());
+    assert!(reg.stop().success());
+    store_fsck(&root);
+}

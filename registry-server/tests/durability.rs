@@ -1,0 +1,290 @@
+//! Uploads that survive a restart, many concurrent pushes of overlapping images, and
+//! garbage collection while pushes run.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::body::Body;
+use common::{Proc, Reg};
+use http::{Method, StatusCode};
+use strata_fixtures::{peers, small_image};
+use strata_store::{Digest, GcOptions};
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_upload_resumes_after_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let digest = Digest::of(&data).to_string();
+    let half = data.len() / 2;
+    let http = client();
+
+    let reg = Proc::start(&root, &[]);
+    let base = format!("http://{}", reg.addr());
+    let r = http
+        .post(format!("{base}/v2/r/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let r = http
+        .patch(format!("{base}{loc}"))
+        .header("content-range", format!("0-{}", half - 1))
+        .body(data[..half].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert!(reg.stop().success(), "graceful stop");
+
+    // A new process over the same store picks the session up where it was.
+    let reg = Proc::start(&root, &[]);
+    let base = format!("http://{}", reg.addr());
+    let r = http.get(format!("{base}{loc}")).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["range"], format!("0-{}", half - 1).as_str());
+    // A chunk that does not continue the upload is refused.
+    let r = http
+        .patch(format!("{base}{loc}"))
+        .header("content-range", "5-10")
+        .body(vec![0u8; 6])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    let r = http
+        .patch(format!("{base}{loc}"))
+        .header("content-range", format!("{half}-{}", data.len() - 1))
+        .body(data[half..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let r = http
+        .put(format!("{base}{loc}?digest={digest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let got = http
+        .get(format!("{base}/v2/r/blobs/{digest}"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(got[..] == data[..]);
+    assert!(reg.stop().success());
+}
+
+async fn push_image(http: &reqwest::Client, base: &str, repo: &str, tag: &str, img: &strata_fixtures::Image) {
+    for b in std::iter::once(&img.config).chain(&img.layers) {
+        // Probe first like real clients do, then a monolithic upload.
+        let head = http
+            .head(format!("{base}/v2/{repo}/blobs/{}", b.digest))
+            .send()
+            .await
+            .unwrap();
+        if head.status() == 200 {
+            continue;
+        }
+        let r = http
+            .post(format!("{base}/v2/{repo}/blobs/uploads/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let loc = r.headers()["location"].to_str().unwrap().to_string();
+        let r = http
+            .put(format!("{base}{loc}?digest={}", b.digest))
+            .body(b.bytes.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    }
+    let r = http
+        .put(format!("{base}/v2/{repo}/manifests/{tag}"))
+        .header("content-type", &img.manifest.media_type)
+        .body(img.manifest.bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_overlapping_pushes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let reg = Proc::start(&root, &[]);
+    let base = format!("http://{}", reg.addr());
+    let http = client();
+    // 20 distinct images sharing a base layer, each pushed 10 times into 10 repositories.
+    let images: Vec<_> = (0..20).map(|s| small_image(s, 2, true)).collect();
+    let mut tasks = Vec::new();
+    for i in 0..200usize {
+        let http = http.clone();
+        let base = base.clone();
+        let img = images[i % 20].clone();
+        tasks.push(tokio::spawn(async move {
+            push_image(
+                &http,
+                &base,
+                &format!("load/r{}", i % 10),
+                &format!("t{}", i % 20),
+                &img,
+            )
+            .await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for i in 0..images.len() {
+        let r = http
+            .get(format!("{base}/v2/load/r{}/manifests/t{i}", i % 10))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert!(reg.stop().success());
+    // Every distinct blob stored exactly once.
+    let mut distinct = std::collections::BTreeSet::new();
+    for img in &images {
+        for b in img.blobs() {
+            distinct.insert(b.hex().to_string());
+        }
+    }
+    let files: std::collections::BTreeSet<String> = std::fs::read_dir(root.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files, distinct);
+    let leftovers: Vec<_> = std::fs::read_dir(root.join("ingest"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().ends_with(".partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let out = peers::output(
+        std::process::Command::new(peers::bin("store"))
+            .arg("--root")
+            .arg(&root)
+            .arg("fsck"),
+    );
+    assert!(out.status.success(), "store fsck: {}", peers::format_output(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_while_pushing_keeps_in_flight_content() {
+    let reg = Reg::new();
+    let old = small_image(100, 2, false);
+    reg.push_image("g", "old", &old).await;
+    let r = reg
+        .req(
+            Method::DELETE,
+            &format!("/v2/g/manifests/{}", old.manifest.digest),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    // An upload in progress, its first chunk written.
+    let r = reg
+        .req(Method::POST, "/v2/g/blobs/uploads/", &[], Body::empty())
+        .await;
+    let loc = r.header("location").unwrap().to_string();
+    let pending: Vec<u8> = (0..100_000u32).map(|i| (i % 13) as u8).collect();
+    reg.req(Method::PATCH, &loc, &[], pending[..50_000].to_vec())
+        .await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+
+    let store = reg.state.store().clone();
+    let gc = tokio::task::spawn_blocking(move || {
+        let mut reports = Vec::new();
+        for _ in 0..5 {
+            reports.push(
+                store
+                    .gc(&GcOptions {
+                        grace: Duration::from_secs(2),
+                        ..GcOptions::default()
+                    })
+                    .unwrap(),
+            );
+        }
+        reports
+    });
+    // Pushes while the GCs run.
+    let fresh: Vec<_> = (200..208).map(|s| small_image(s, 2, true)).collect();
+    for (i, img) in fresh.iter().enumerate() {
+        reg.push_image("g", &format!("new{i}"), img).await;
+    }
+    let reports = gc.await.unwrap();
+    assert!(
+        reports.iter().map(|r| r.blobs_removed).sum::<u64>() >= 3,
+        "{reports:?}"
+    );
+    // The deleted image's content is gone; everything pushed during the GC is whole.
+    assert!(
+        !reg.state
+            .store()
+            .blobs()
+            .contains(&old.layers[1].digest.parse().unwrap())
+    );
+    for (i, img) in fresh.iter().enumerate() {
+        let r = reg.get(&format!("/v2/g/manifests/new{i}")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        for b in std::iter::once(&img.config).chain(&img.layers) {
+            assert_eq!(
+                reg.get(&format!("/v2/g/blobs/{}", b.digest)).await.status,
+                StatusCode::OK
+            );
+        }
+    }
+    // The upload in progress survives and completes.
+    let d = Digest::of(&pending).to_string();
+    let r = reg
+        .req(
+            Method::PUT,
+            &format!("{loc}?digest={d}"),
+            &[],
+            pending[50_000..].to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+}
+
+#[tokio::test]
+async fn abandoned_uploads_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(dir.path());
+    cfg.uploads.expiry = Duration::from_secs(1);
+    let reg = Reg::with_config(dir, cfg);
+    let r = reg
+        .req(Method::POST, "/v2/x/blobs/uploads/", &[], Body::empty())
+        .await;
+    let loc = r.header("location").unwrap().to_string();
+    reg.req(Method::PATCH, &loc, &[], b"partial".to_vec()).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let st = reg.state.clone();
+    let n = tokio::task::spawn_blocking(move || st.expire_uploads().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(reg.get(&loc).await.code(), "BLOB_UPLOAD_UNKNOWN");
+    assert!(reg.state.store().blobs().list_partials().unwrap().is_empty());
+}
