@@ -733,56 +733,20 @@ async fn get_blob(st: &AppState, name: String, digest: String, headers: &HeaderM
     Ok(resp)
 }
 
-/// Streams `count` bytes of `file` from `start`: a blocking thread reads large chunks
-/// ahead into a small bounded channel.
+/// Streams `count` bytes of `file` from `start` in large reads. Each read is a short
+/// blocking-pool task: a slow client holds no thread while it is not reading.
 fn file_body(file: std::fs::File, start: u64, count: u64) -> Body {
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
-    tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut file = file;
-        if start > 0
-            && let Err(e) = file.seek(SeekFrom::Start(start))
-        {
-            let _ = tx.blocking_send(Err(e));
-            return;
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let stream = futures::stream::once(async move {
+        let mut f = tokio::fs::File::from_std(file);
+        f.set_max_buf_size(BLOB_READ_CHUNK);
+        if start > 0 {
+            f.seek(std::io::SeekFrom::Start(start)).await?;
         }
-        let mut left = count;
-        while left > 0 {
-            let want = (left as usize).min(BLOB_READ_CHUNK);
-            let mut buf = bytes::BytesMut::zeroed(want);
-            let mut filled = 0;
-            while filled < want {
-                match file.read(&mut buf[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
-                        return;
-                    }
-                }
-            }
-            if filled == 0 {
-                let _ = tx.blocking_send(Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "blob shrank",
-                )));
-                return;
-            }
-            buf.truncate(filled);
-            left -= filled as u64;
-            if tx.blocking_send(Ok(buf.freeze())).is_err() {
-                return; // client went away
-            }
-        }
+        Ok::<_, std::io::Error>(tokio_util::io::ReaderStream::with_capacity(f.take(count), BLOB_READ_CHUNK))
     });
-    Body::from_stream(tokio_stream_from(rx))
-}
-
-fn tokio_stream_from(
-    mut rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
-) -> impl futures::Stream<Item = std::io::Result<Bytes>> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    let stream = futures::TryStreamExt::try_flatten(stream);
+    Body::from_stream(stream)
 }
 
 async fn delete_blob(st: &AppState, name: String, digest: String) -> ApiResult {

@@ -306,11 +306,11 @@ async fn write_body(
                 )));
                 break;
             }
-            if buf.len() + chunk.len() > WRITE_BATCH {
-                if let Err(e) = flush(&mut ingest, &mut buf) {
-                    result = Err(e);
-                    break;
-                }
+            if buf.len() + chunk.len() > WRITE_BATCH
+                && let Err(e) = flush(&mut ingest, &mut buf)
+            {
+                result = Err(e);
+                break;
             }
             if chunk.len() >= WRITE_BATCH {
                 if let Err(e) = ingest.write_all(&chunk) {

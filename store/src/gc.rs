@@ -14,6 +14,8 @@ use crate::layers::chain_id;
 use crate::meta::{Cf, ImageRecord, LayerRecord, LeaseRecord, ManifestRecord};
 use crate::store::{Store, StoreError, now};
 
+const TIMESTAMP_SLACK: Duration = Duration::from_secs(1);
+
 /// How a GC runs.
 #[derive(Debug, Clone)]
 pub struct GcOptions {
@@ -133,7 +135,10 @@ impl Store {
         }
         // Sweep blobs.
         let mut swept = HashSet::new();
-        let cutoff = started.checked_sub(opts.grace).unwrap_or(SystemTime::UNIX_EPOCH);
+        // File times come from the kernel's coarse clock, which can lag `SystemTime::now()`
+        // by a few milliseconds: allow a second of slack so a blob written just after the
+        // GC started never looks older than it.
+        let cutoff = started.checked_sub(opts.grace + TIMESTAMP_SLACK).unwrap_or(SystemTime::UNIX_EPOCH);
         for entry in self.blobs().list()? {
             if blobs.contains(&entry.digest) || entry.modified > cutoff {
                 report.blobs_kept += 1;

@@ -224,6 +224,31 @@ impl Store {
         Ok(())
     }
 
+    /// Protects `digests` from GC for `ttl` (work in progress: a pull, an upload, a load).
+    /// Returns the lease ID to release.
+    pub fn create_lease(&self, holder: &str, digests: Vec<Digest>, ttl: std::time::Duration) -> Result<String> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = format!(
+            "{}-{}-{}",
+            std::process::id(),
+            now(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let record = crate::meta::LeaseRecord {
+            digests,
+            expires: now() + ttl.as_secs() as i64,
+            holder: holder.to_string(),
+        };
+        self.meta.put(Cf::Leases, &id, &record)?;
+        Ok(id)
+    }
+
+    /// Ends a lease.
+    pub fn release_lease(&self, id: &str) -> Result<()> {
+        self.meta.delete(Cf::Leases, id)?;
+        Ok(())
+    }
+
     /// Links a blob or manifest into a repository (the registry's per-repo visibility).
     pub fn link(&self, repository: &str, digest: &Digest) -> Result<()> {
         self.meta.put(Cf::RepoLinks, &repo_link_key(repository, digest), &())?;
