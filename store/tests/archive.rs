@@ -82,6 +82,11 @@ fn oci_layouts_archives_compressed_and_indexes_load() {
     fx::compress_file(&tar, &gz, fx::LayerCompression::Gzip);
     let r = load(&store, &gz, &LoadOptions::default()).unwrap();
     assert_eq!(r.blobs_written, 0);
+    assert_eq!(r.images[0].manifest.to_string(), img.manifest.digest);
+    let zst = dir.path().join("layout.tar.zst");
+    fx::compress_file(&tar, &zst, fx::LayerCompression::Zstd);
+    let r = load(&store, &zst, &LoadOptions::default()).unwrap();
+    assert_eq!((r.blobs_written, r.images[0].tags.clone()), (0, vec!["docker.io/library/bbz:1".to_string()]));
     // A multi-platform index: the tag points at the index, ls shows the host's image.
     let (index, images) = fx::multi_platform(fx::Flavor::Oci);
     let mlayout = dir.path().join("multi");
