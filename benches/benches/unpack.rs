@@ -10,7 +10,7 @@
 //! threshold and with every file pooled, to justify the threshold.
 //!
 //! Run: `cargo bench -p strata-benches --bench unpack` (`STRATA_BENCH_QUICK=1` for a
-//! small smoke run).
+//! small smoke run; `STRATA_UNPACK_ONESHOT=LAYER:DEST` runs one unpack, for profilers).
 
 use std::fs;
 use std::io::{BufWriter, Write};
@@ -19,7 +19,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use strata_store::{UnpackOptions, unpack_layer};
@@ -273,4 +273,23 @@ fn bench_unpack(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench_unpack);
-criterion_main!(benches);
+
+/// `criterion_main!`, plus a one-shot mode for profilers (`perf stat`, `strace -c`):
+/// `STRATA_UNPACK_ONESHOT=LAYER:DEST target/release/deps/unpack-*` unpacks once and
+/// prints the report.
+fn main() {
+    if let Some(spec) = std::env::var_os("STRATA_UNPACK_ONESHOT") {
+        let spec = spec.to_string_lossy().into_owned();
+        let (layer, dest) = spec.split_once(':').expect("STRATA_UNPACK_ONESHOT=LAYER:DEST");
+        let started = std::time::Instant::now();
+        let report = unpack_layer(
+            fs::File::open(layer).unwrap(),
+            Path::new(dest),
+            &UnpackOptions::default(),
+        );
+        println!("{:?} in {:?}", report.unwrap(), started.elapsed());
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -583,7 +583,8 @@ impl IdIndex {
     }
 
     /// Builds an index from many `(id, kind)` pairs at once, by sorting them and laying
-    /// the tree out bottom-up; much faster than repeated [`IdIndex::insert`].
+    /// the tree out level by level; faster than repeated [`IdIndex::insert`], and the
+    /// result is laid out for cache-friendlier lookups.
     /// Duplicates merge; invalid ids are skipped, as `insert` would.
     pub fn from_iter_bulk<S: AsRef<str>>(ids: impl IntoIterator<Item = (S, IdKind)>) -> Self {
         let ids = ids.into_iter();

@@ -434,10 +434,13 @@ impl LayerStore {
             Err(e) => return Err(io_err("inspecting", &dir)(e)),
         };
         if present {
-            // Disappear atomically first, then delete at leisure.
-            let doomed = self.tmp_dir().join(format!("rm-{}", unique_name()));
+            // Disappear atomically first (into a `.tmp` directory we hold, so no
+            // `clean_tmp` deletes it under our feet), then delete.
+            let mut tmp = self.create_tmp()?;
+            let doomed = tmp.path.join("layer");
             fs::rename(&dir, &doomed).map_err(io_err("removing", &dir))?;
-            remove_tree(&doomed).map_err(io_err("removing", &doomed))?;
+            remove_tree(&tmp.path).map_err(io_err("removing", &tmp.path))?;
+            tmp.keep = true;
         }
         // Unlink the lock while holding it: waiters notice the inode change.
         let _ = fs::remove_file(&lock.path);
