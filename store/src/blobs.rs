@@ -317,6 +317,11 @@ impl std::fmt::Debug for Staged {
 }
 
 impl Staged {
+    /// Whether [`BlobStore::commit_staged`] has made this content a blob.
+    pub fn is_committed(&self) -> bool {
+        self.file.is_none()
+    }
+
     /// Reopens the staged content for reading.
     pub fn reopen(&self) -> Result<File> {
         match &self.file {

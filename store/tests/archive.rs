@@ -63,6 +63,12 @@ fn loading_twice_or_sharing_layers_stores_each_blob_and_layer_once() {
     assert_eq!(u.blobs, first.blobs + 4);
     assert_eq!(u.layers, 6 - 1);
     assert!(store.fsck(false).unwrap().faults.is_empty());
+    // Both images from one archive into an empty store: the shared layer once.
+    let fresh = Store::open(&dir.path().join("fresh")).unwrap();
+    let r = load(&fresh, &archive_ab, &LoadOptions::default()).unwrap();
+    assert_eq!(r.images.len(), 2);
+    assert_eq!(r.layers_unpacked, 5);
+    assert_eq!(fresh.usage().unwrap().blobs, u.blobs);
 }
 
 #[test]

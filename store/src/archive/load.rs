@@ -494,8 +494,18 @@ impl Loader<'_> {
             return Err(malformed(key, format!("larger than {MAX_MANIFEST_BYTES} bytes")));
         }
         let mut out = Vec::with_capacity(staged.size as usize);
-        staged.reopen()?.read_to_end(&mut out).map_err(ArchiveError::io(format!("read {key}")))?;
+        self.open_staged(staged)?.read_to_end(&mut out).map_err(ArchiveError::io(format!("read {key}")))?;
         Ok(out)
+    }
+
+    /// Opens staged content, or the blob it became: entries that several images of one
+    /// archive share are committed by the first.
+    fn open_staged(&self, staged: &Staged) -> Result<std::fs::File> {
+        if staged.is_committed() {
+            Ok(self.store.blobs().open_blob(&staged.digest)?)
+        } else {
+            Ok(staged.reopen()?)
+        }
     }
 
     /// Reads a manifest blob, from the store if it is there, else from the archive.
@@ -522,7 +532,7 @@ impl Loader<'_> {
         let key = self.stage_path(path)?;
         let staged = &self.staged[&key];
         let mut head = [0u8; 8];
-        let mut f = staged.reopen()?;
+        let mut f = self.open_staged(staged)?;
         let n = f.read(&mut head).map_err(ArchiveError::io(format!("read {path}")))?;
         Ok((staged.digest, staged.size, Compression::detect(&head[..n])))
     }
