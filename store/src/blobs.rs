@@ -334,29 +334,14 @@ impl Staged {
 impl BlobStore {
     /// Streams `reader` into the ingest area while hashing it; nothing becomes visible.
     /// Used when the digest is only known (or trusted) after reading, e.g. archive entries.
-    pub fn stage(&self, mut reader: impl Read, limit: Option<u64>) -> Result<Staged> {
+    pub fn stage(&self, reader: impl Read, limit: Option<u64>) -> Result<Staged> {
         let mut file = tempfile::Builder::new()
             .prefix("stage-")
             .suffix(".partial")
             .tempfile_in(&self.ingest)
             .map_err(BlobError::io("create staging file"))?;
-        let mut hasher = Hasher::new();
-        let mut buf = vec![0u8; COPY_BUF];
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(BlobError::io("read blob source")(e)),
-            };
-            if let Some(limit) = limit
-                && hasher.len() + n as u64 > limit
-            {
-                return Err(BlobError::TooLarge { limit });
-            }
-            file.write_all(&buf[..n]).map_err(BlobError::io("write staging file"))?;
-            hasher.update(&buf[..n]);
-        }
+        let (hasher, result) = copy_hashing(reader, file.as_file_mut(), Hasher::new(), limit);
+        result?;
         let size = hasher.len();
         Ok(Staged { file: Some(file), digest: hasher.finish(), size })
     }
@@ -428,26 +413,16 @@ impl Ingest {
     }
 
     /// Appends everything from `reader`; stops with `TooLarge` past `limit` total bytes.
-    pub fn copy_from(&mut self, mut reader: impl Read, limit: Option<u64>) -> Result<u64> {
-        let mut buf = vec![0u8; COPY_BUF];
-        let mut total = 0u64;
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(BlobError::io("read blob source")(e)),
-            };
-            if let Some(limit) = limit
-                && self.offset() + n as u64 > limit
-            {
-                // More bytes than declared: the source is not the blob we were promised.
-                return Err(BlobError::TooLarge { limit });
-            }
-            self.write_all(&buf[..n])?;
-            total += n as u64;
+    pub fn copy_from(&mut self, reader: impl Read, limit: Option<u64>) -> Result<u64> {
+        let hasher = std::mem::take(&mut self.hasher);
+        let (hasher, result) = copy_hashing(reader, &mut self.file, hasher, limit);
+        self.hasher = hasher;
+        if result.is_err() {
+            // Keep the partial file exactly what the hash state covers, so a resume is sound.
+            let _ = self.file.set_len(self.hasher.len());
+            let _ = self.file.seek(SeekFrom::End(0));
         }
-        Ok(total)
+        result
     }
 
     /// Checks size and digest, makes the blob durable and visible. On mismatch the partial
@@ -496,6 +471,53 @@ impl Ingest {
             let _ = std::fs::remove_file(self.store.ingest.join(format!("{stem}.lock")));
         }
     }
+}
+
+/// Copies `reader` to the end of `file` while a second thread hashes what was written, so
+/// hashing overlaps reading and writing (an ingest then costs about the slower of the two,
+/// not their sum). Stops with `TooLarge` before the hasher's total would pass `limit`.
+/// Returns the hasher, covering exactly the bytes written, and the count copied.
+fn copy_hashing(mut reader: impl Read, file: &mut File, hasher: Hasher, limit: Option<u64>) -> (Hasher, Result<u64>) {
+    use std::sync::mpsc;
+    let start = hasher.len();
+    let (to_hash, hash_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(3);
+    let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|s| {
+        let hashing = s.spawn(move || {
+            let mut hasher = hasher;
+            for (buf, n) in hash_rx {
+                hasher.update(&buf[..n]);
+                let _ = recycle_tx.send(buf);
+            }
+            hasher
+        });
+        let mut total = 0u64;
+        let result = loop {
+            let mut buf = recycle_rx.try_recv().unwrap_or_else(|_| vec![0u8; COPY_BUF]);
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break Ok(total),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => break Err(BlobError::io("read blob source")(e)),
+            };
+            if let Some(limit) = limit
+                && start + total + n as u64 > limit
+            {
+                // More bytes than declared: the source is not the blob we were promised.
+                break Err(BlobError::TooLarge { limit });
+            }
+            if let Err(e) = file.write_all(&buf[..n]) {
+                break Err(BlobError::io("write ingest")(e));
+            }
+            total += n as u64;
+            if to_hash.send((buf, n)).is_err() {
+                break Ok(total);
+            }
+        };
+        drop(to_hash);
+        let hasher = hashing.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (hasher, result)
+    })
 }
 
 /// Fsyncs a directory so a rename in it survives a crash.
