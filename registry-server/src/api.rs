@@ -743,7 +743,10 @@ fn file_body(file: std::fs::File, start: u64, count: u64) -> Body {
         if start > 0 {
             f.seek(std::io::SeekFrom::Start(start)).await?;
         }
-        Ok::<_, std::io::Error>(tokio_util::io::ReaderStream::with_capacity(f.take(count), BLOB_READ_CHUNK))
+        Ok::<_, std::io::Error>(tokio_util::io::ReaderStream::with_capacity(
+            f.take(count),
+            BLOB_READ_CHUNK,
+        ))
     });
     let stream = futures::TryStreamExt::try_flatten(stream);
     Body::from_stream(stream)

@@ -211,7 +211,8 @@ async fn gc_while_pushing_keeps_in_flight_content() {
     let pending: Vec<u8> = (0..100_000u32).map(|i| (i % 13) as u8).collect();
     reg.req(Method::PATCH, &loc, &[], pending[..50_000].to_vec())
         .await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Older than the GC's grace (1 s) plus the store's timestamp slack (1 s).
+    tokio::time::sleep(Duration::from_millis(2600)).await;
 
     let store = reg.state.store().clone();
     let gc = tokio::task::spawn_blocking(move || {
@@ -220,7 +221,7 @@ async fn gc_while_pushing_keeps_in_flight_content() {
             reports.push(
                 store
                     .gc(&GcOptions {
-                        grace: Duration::from_secs(2),
+                        grace: Duration::from_secs(1),
                         ..GcOptions::default()
                     })
                     .unwrap(),

@@ -372,21 +372,10 @@ impl LayerStore {
             }
         };
 
-        let meta_path = tmp.path.join(META);
-        let json = serde_json::to_vec_pretty(&report).map_err(|e| LayerError::Io {
-            op: "encoding",
-            path: meta_path.clone(),
-            source: io::Error::other(e),
-        })?;
-        let mut meta = File::create(&meta_path).map_err(io_err("creating", &meta_path))?;
-        meta.write_all(&json).map_err(io_err("writing", &meta_path))?;
-        if self.sync {
-            // One syncfs flushes every file of the layer (and whatever else is dirty on
-            // that filesystem) far faster than an fsync per file.
-            rustix::fs::syncfs(&meta).map_err(|e| io_err("syncing", &diff)(e.into()))?;
+        if let Err(e) = self.write_meta(&tmp.path, &report) {
+            self.discard(tmp, &new_keys);
+            return Err(e);
         }
-        drop(meta);
-
         let dest = self.layer_dir(chain_id);
         match fs::rename(&tmp.path, &dest) {
             Ok(()) => tmp.keep = true,
@@ -407,13 +396,32 @@ impl LayerStore {
         Ok(report)
     }
 
-    /// Deletes a failed unpack and the pool entries only it referenced.
-    fn discard(&self, tmp: TmpDir, new_keys: &[[u8; 32]]) {
-        let path = tmp.path.clone();
-        drop(tmp);
-        if let Err(e) = remove_tree(&path) {
-            tracing::warn!(path = %path.display(), error = %e, "removing failed unpack");
+    /// Records the report beside `diff` and, with `sync`, makes the whole layer durable.
+    fn write_meta(&self, dir: &Path, report: &UnpackReport) -> Result<(), LayerError> {
+        let path = dir.join(META);
+        let json = serde_json::to_vec_pretty(report).map_err(|e| LayerError::Io {
+            op: "encoding",
+            path: path.clone(),
+            source: io::Error::other(e),
+        })?;
+        let mut meta = File::create(&path).map_err(io_err("creating", &path))?;
+        meta.write_all(&json).map_err(io_err("writing", &path))?;
+        if self.sync {
+            // One syncfs flushes every file of the layer (and whatever else is dirty on
+            // that filesystem) far faster than an fsync per file.
+            rustix::fs::syncfs(&meta).map_err(|e| io_err("syncing", dir)(e.into()))?;
         }
+        Ok(())
+    }
+
+    /// Deletes a failed unpack (still holding its `.tmp` lock) and the pool entries
+    /// only it referenced.
+    fn discard(&self, mut tmp: TmpDir, new_keys: &[[u8; 32]]) {
+        if let Err(e) = remove_tree(&tmp.path) {
+            tracing::warn!(path = %tmp.path.display(), error = %e, "removing failed unpack");
+        }
+        tmp.keep = true;
+        drop(tmp);
         let pool = self.pool_dir();
         for key in new_keys {
             let entry = pool.join(hex::encode(key));

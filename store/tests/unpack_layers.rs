@@ -222,7 +222,7 @@ fn identical_files_share_an_inode_and_du_shows_it() {
     let mut a = RawTar::new();
     file(&mut a, "lib/shared.so", &shared, 0o755, 1_600_000_000);
     file(&mut a, "tiny", &tiny, 0o644, 1_600_000_000);
-    file(&mut a, "only-a", &noise(10_000, 10), 0o644, 1_600_000_000);
+    file(&mut a, "only-a", &noise(20_000, 10), 0o644, 1_600_000_000);
     let a = a.finish();
     let mut b = RawTar::new();
     file(&mut b, "usr/lib/copy.so", &shared, 0o755, 1_600_000_000);
@@ -259,7 +259,7 @@ fn identical_files_share_an_inode_and_du_shows_it() {
 
     let du = store.du().unwrap();
     assert_eq!(du.layers, 2);
-    let sizes = 4 * shared.len() as u64 + 2 * tiny.len() as u64 + 10_000;
+    let sizes = 4 * shared.len() as u64 + 2 * tiny.len() as u64 + 20_000;
     assert_eq!(du.apparent_bytes, sizes);
     assert!(du.shared_bytes >= shared.len() as u64, "{du:?}");
     assert!(du.saved_bytes >= shared.len() as u64, "{du:?}");
@@ -423,4 +423,37 @@ fn a_second_process_waits_and_finds_the_layer_done() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("child-done already=false"));
+}
+
+/// Pool linking happens after the content digest arrives from the dedup thread, by
+/// which time later entries may have replaced the path: those must win.
+#[test]
+fn dedup_never_clobbers_later_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path());
+    let c = noise(64 << 10, 20);
+    let d = noise(64 << 10, 21);
+    let mut first = RawTar::new();
+    file(&mut first, "x", &c, 0o644, 1_600_000_000);
+    let first = first.finish();
+    let mut second = RawTar::new();
+    file(&mut second, "x", &c, 0o644, 1_600_000_000);
+    file(&mut second, "x", &d, 0o644, 1_600_000_000);
+    second.hardlink(b"y", b"x");
+    second.dir(b"dir/");
+    file(&mut second, "dir/f", &c, 0o644, 1_600_000_000);
+    second.file(b"dir", b"now a file");
+    let second = second.finish();
+    let (d1, d2) = (Digest::of(&first), Digest::of(&second));
+    let (c1, c2) = (chain_id(None, &d1), chain_id(Some(&chain_id(None, &d1)), &d2));
+    store.unpack(&c1, &d1, &first[..]).unwrap();
+    store.unpack(&c2, &d2, &second[..]).unwrap();
+    let diff = store.diff_path(&c2);
+    assert_eq!(fs::read(diff.join("x")).unwrap(), d);
+    assert_eq!(fs::read(diff.join("y")).unwrap(), d);
+    assert_eq!(fs::read(diff.join("dir")).unwrap(), b"now a file");
+    let ino = |p: &Path| fs::symlink_metadata(p).unwrap().ino();
+    assert_eq!(ino(&diff.join("x")), ino(&diff.join("y")));
+    assert_ne!(ino(&diff.join("x")), ino(&store.diff_path(&c1).join("x")));
+    assert_eq!(fs::read(store.diff_path(&c1).join("x")).unwrap(), c);
 }

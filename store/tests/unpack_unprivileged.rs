@@ -44,7 +44,10 @@ fn layer() -> Vec<u8> {
         .entry(h(b"locked/", b'5', 0o000), b"")
         .entry(h(b"locked/f", b'0', 0o600), b"f")
         .entry(h(b"setuid", b'0', 0o4755), b"#!")
-        .pax(&[("SCHILY.xattr.user.keep", b"1"), ("SCHILY.xattr.trusted.secret", b"2")])
+        .pax(&[
+            ("SCHILY.xattr.user.keep", b"1"),
+            ("SCHILY.xattr.trusted.secret", b"2"),
+        ])
         .entry(h(b"x", b'0', 0o644), b"x")
         .entry(h(b"opq/", b'5', 0o755), b"")
         .file(b"opq/.wh..wh..opq", b"")
@@ -72,14 +75,23 @@ fn unprivileged_unpack_keeps_our_owner_and_falls_back() {
     let dest = tmp.path().join("layer");
     let layer = layer();
 
-    let refused = as_nobody(|| unpack_layer(&layer[..], &tmp.path().join("refused"), &UnpackOptions::default()));
+    let refused =
+        as_nobody(|| unpack_layer(&layer[..], &tmp.path().join("refused"), &UnpackOptions::default()));
     let err = refused.unwrap_err().to_string();
     assert!(err.contains("device"), "{err}");
 
     let report = as_nobody(|| {
         let opts = UnpackOptions::default();
         assert!(!opts.allow_devices, "devices default to off when not root");
-        unpack_layer(&layer[..], &dest, &UnpackOptions { skip_devices: true, ..opts }).unwrap()
+        unpack_layer(
+            &layer[..],
+            &dest,
+            &UnpackOptions {
+                skip_devices: true,
+                ..opts
+            },
+        )
+        .unwrap()
     });
     assert_eq!(report.skipped_devices, 1);
     assert_eq!(report.skipped_xattrs, 1, "trusted.secret");
@@ -96,14 +108,28 @@ fn unprivileged_unpack_keeps_our_owner_and_falls_back() {
     assert_eq!(mode("locked"), 0o000);
     assert_eq!(fs::read(dest.join("locked/f")).unwrap(), b"f");
     assert_eq!(mode("setuid"), 0o4755);
-    assert_eq!(xattr::get(dest.join("x"), "user.keep").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(
+        xattr::get(dest.join("x"), "user.keep").unwrap(),
+        Some(b"1".to_vec())
+    );
     assert_eq!(xattr::get(dest.join("x"), "trusted.secret").unwrap(), None);
-    assert_eq!(xattr::get(dest.join("opq"), "user.overlay.opaque").unwrap(), Some(b"y".to_vec()));
-    assert_eq!(xattr::get(dest.join("opq"), "trusted.overlay.opaque").unwrap(), None);
+    assert_eq!(
+        xattr::get(dest.join("opq"), "user.overlay.opaque").unwrap(),
+        Some(b"y".to_vec())
+    );
+    assert_eq!(
+        xattr::get(dest.join("opq"), "trusted.overlay.opaque").unwrap(),
+        None
+    );
     let gone = fs::symlink_metadata(dest.join("gone")).unwrap();
     assert!(gone.file_type().is_char_device() && gone.rdev() == 0);
     assert!(fs::symlink_metadata(dest.join("dev/null")).is_err());
-    assert!(fs::symlink_metadata(dest.join("fifo")).unwrap().file_type().is_fifo());
+    assert!(
+        fs::symlink_metadata(dest.join("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
     assert!(!dest.join(".wh.gone").exists() && !dest.join("opq/.wh..wh..opq").exists());
 }
 
@@ -120,17 +146,26 @@ fn unprivileged_layer_store_removes_read_only_trees() {
     let diff = Digest::of(&layer);
     let chain = chain_id(None, &diff);
     as_nobody(|| {
-        let opts = UnpackOptions { skip_devices: true, dedup_min_size: 0, ..Default::default() };
+        let opts = UnpackOptions {
+            skip_devices: true,
+            dedup_min_size: 0,
+            ..Default::default()
+        };
         let store = LayerStore::open(tmp.path()).unwrap().with_unpack_options(opts);
         let report = store.unpack(&chain, &diff, &layer[..]).unwrap();
         assert!(report.overlay_userxattr);
-        assert!(store.diff_path(&chain).join("locked/f").exists());
+        // Mode 000 now: not even its owner can look inside.
+        let locked = fs::symlink_metadata(store.diff_path(&chain).join("locked")).unwrap();
+        assert_eq!(locked.mode() & 0o777, 0);
+        assert!(fs::read_dir(store.diff_path(&chain).join("locked")).is_err());
         assert!(store.remove(&chain).unwrap());
         assert!(store.list().unwrap().is_empty());
         assert_eq!(fs::read_dir(store.root().join(".tmp")).unwrap().count(), 0);
         assert!(store.gc_pool().unwrap() > 0);
         // A failed unpack of a read-only tree is cleaned up too.
-        let err = store.unpack(&chain, &Digest::of(b"wrong"), &layer[..]).unwrap_err();
+        let err = store
+            .unpack(&chain, &Digest::of(b"wrong"), &layer[..])
+            .unwrap_err();
         assert!(err.to_string().contains("diff id mismatch"), "{err}");
         assert_eq!(fs::read_dir(store.root().join(".tmp")).unwrap().count(), 0);
         assert_eq!(fs::read_dir(store.pool_dir()).unwrap().count(), 0);

@@ -552,3 +552,65 @@ fn empty_and_minimal_streams() {
     let r = unpack_layer(&zeros[..], &tmp.path().join("z"), &UnpackOptions::default()).unwrap();
     assert_eq!(r.diff_id.hex(), hex::encode(Sha256::digest(zeros)));
 }
+
+/// A destination that is setgid with a default ACL must not leak its group or ACL
+/// into the layer: entries still get exactly the archive's owner and mode.
+#[test]
+fn inherited_group_and_default_acl_do_not_leak_into_the_layer() {
+    use strata_fixtures::hostile::{RawHeader, RawTar};
+    if !is_root() {
+        eprintln!("skipped: needs root to chown the destination");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("dest");
+    fs::create_dir(&dest).unwrap();
+    std::os::unix::fs::chown(&dest, Some(0), Some(50)).unwrap();
+    chmod(&dest, 0o2775);
+    // Default ACL user::rwx group::r-x other::--- (posix_acl_xattr format).
+    let entry = |tag: u16, perm: u16| {
+        [
+            &tag.to_le_bytes()[..],
+            &perm.to_le_bytes(),
+            &u32::MAX.to_le_bytes(),
+        ]
+        .concat()
+    };
+    let acl = [
+        2u32.to_le_bytes().to_vec(),
+        entry(0x01, 7),
+        entry(0x04, 5),
+        entry(0x20, 0),
+    ]
+    .concat();
+    xattr::set(&dest, "system.posix_acl_default", &acl).unwrap();
+    let layer = RawTar::new()
+        .file(b"f", b"f")
+        .entry(
+            RawHeader {
+                name: b"d/",
+                kind: b'5',
+                mode: 0o755,
+                ..Default::default()
+            },
+            b"",
+        )
+        .file(b"d/g", b"g")
+        .symlink(b"s", b"f")
+        .entry(
+            RawHeader {
+                name: b"fifo",
+                kind: b'6',
+                mode: 0o644,
+                ..Default::default()
+            },
+            b"",
+        )
+        .finish();
+    unpack_layer(&layer[..], &dest, &UnpackOptions::default()).unwrap();
+    for (rel, mode) in [("f", 0o644), ("d", 0o755), ("d/g", 0o644), ("fifo", 0o644)] {
+        let md = fs::symlink_metadata(dest.join(rel)).unwrap();
+        assert_eq!((md.mode() & 0o7777, md.gid()), (mode, 0), "{rel}");
+    }
+    assert_eq!(fs::symlink_metadata(dest.join("s")).unwrap().gid(), 0);
+}
