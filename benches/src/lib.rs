@@ -14,5 +14,8 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
 /// not tmpfs, so fsync costs what it costs for a store.
 pub fn scratch_dir() -> tempfile::TempDir {
     let base = std::env::var_os("STRATA_BENCH_DIR").unwrap_or_else(|| "/var/tmp".into());
-    tempfile::Builder::new().prefix("strata-bench-").tempdir_in(base).expect("create bench dir")
+    tempfile::Builder::new()
+        .prefix("strata-bench-")
+        .tempdir_in(base)
+        .expect("create bench dir")
 }

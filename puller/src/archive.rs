@@ -34,7 +34,10 @@ pub enum ArchiveFormat {
 
 impl ArchiveFormat {
     pub fn from_path(path: &Path) -> ArchiveFormat {
-        let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
         if name.ends_with(".gz") || name.ends_with(".tgz") {
             ArchiveFormat::TarGzip
         } else if name.ends_with(".zst") || name.ends_with(".zstd") {
@@ -73,17 +76,22 @@ pub fn save_file(store: &Store, refs: &[String], output: &Path) -> Result<SaveRe
         ArchiveFormat::TarGzip => {
             let mut gz = flate2::write::GzEncoder::new(buffered, flate2::Compression::default());
             let r = strata_store::save(store, refs, &mut gz)?;
-            gz.finish().and_then(|mut w| w.flush()).map_err(io_err("write archive"))?;
+            gz.finish()
+                .and_then(|mut w| w.flush())
+                .map_err(io_err("write archive"))?;
             r
         }
         ArchiveFormat::TarZstd => {
             let mut z = zstd::stream::write::Encoder::new(buffered, 3).map_err(io_err("zstd"))?;
             let r = strata_store::save(store, refs, &mut z)?;
-            z.finish().and_then(|mut w| w.flush()).map_err(io_err("write archive"))?;
+            z.finish()
+                .and_then(|mut w| w.flush())
+                .map_err(io_err("write archive"))?;
             r
         }
     };
     tmp.as_file().sync_all().map_err(io_err("fsync archive"))?;
-    tmp.persist(output).map_err(|e| io_err(format!("write {}", output.display()))(e.error))?;
+    tmp.persist(output)
+        .map_err(|e| io_err(format!("write {}", output.display()))(e.error))?;
     Ok(report)
 }

@@ -10,11 +10,21 @@ use strata_fixtures as fx;
 use strata_fixtures::peers;
 
 fn store(root: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(peers::bin("store")).arg("--root").arg(root).args(args).output().unwrap()
+    Command::new(peers::bin("store"))
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn fsck_clean(root: &Path, round: usize) {
-    let out = Command::new(peers::bin("store")).arg("--root").arg(root).arg("fsck").output().unwrap();
+    let out = Command::new(peers::bin("store"))
+        .arg("--root")
+        .arg(root)
+        .arg("fsck")
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "round {round}: fsck after kill -9 found faults:\n{}{}",
@@ -41,7 +51,13 @@ fn kill_9_during_load_never_corrupts_the_store() {
     // How long an uninterrupted load takes here, to aim the kills inside it.
     let calibrate = dir.path().join("calibrate");
     let t = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_puller")).arg("--root").arg(&calibrate).arg("load").arg(&archive).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_puller"))
+        .arg("--root")
+        .arg(&calibrate)
+        .arg("load")
+        .arg(&archive)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let full = t.elapsed();
 
@@ -69,14 +85,36 @@ fn kill_9_during_load_never_corrupts_the_store() {
         // (and GC after a crash is exercised too).
         let _ = store(&root, &["rm", "strata/big:1"]);
         let gc = store(&root, &["gc", "--grace", "0s"]);
-        assert!(gc.status.success(), "round {round}: gc: {}", String::from_utf8_lossy(&gc.stderr));
+        assert!(
+            gc.status.success(),
+            "round {round}: gc: {}",
+            String::from_utf8_lossy(&gc.stderr)
+        );
         fsck_clean(&root, round);
     }
-    assert!(killed >= 10, "only {killed} of 20 loads were interrupted; the test did not test");
-    let out = Command::new(env!("CARGO_BIN_EXE_puller")).arg("--root").arg(&root).arg("load").arg(&archive).output().unwrap();
-    assert!(out.status.success(), "re-run: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        killed >= 10,
+        "only {killed} of 20 loads were interrupted; the test did not test"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_puller"))
+        .arg("--root")
+        .arg(&root)
+        .arg("load")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "re-run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     fsck_clean(&root, 20);
-    let ls = Command::new(peers::bin("store")).arg("--root").arg(&root).args(["ls", "--json"]).output().unwrap();
+    let ls = Command::new(peers::bin("store"))
+        .arg("--root")
+        .arg(&root)
+        .args(["ls", "--json"])
+        .output()
+        .unwrap();
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&ls.stdout).unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["id"].as_str().unwrap(), image.id());

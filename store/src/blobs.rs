@@ -24,7 +24,11 @@ pub enum BlobError {
     #[error("digest mismatch: expected {expected}, got {actual}")]
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("size mismatch for {digest}: expected {expected} bytes, got {actual}")]
-    SizeMismatch { digest: Digest, expected: u64, actual: u64 },
+    SizeMismatch {
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
     #[error("blob exceeds the size limit of {limit} bytes")]
     TooLarge { limit: u64 },
     #[error("invalid ingest key {0:?}")]
@@ -61,7 +65,9 @@ impl IngestKey {
             IngestKey::Upload(id) => {
                 let ok = !id.is_empty()
                     && id.len() <= 128
-                    && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
                 if ok {
                     Ok(format!("upload-{id}"))
                 } else {
@@ -101,7 +107,10 @@ impl BlobStore {
 
     /// The blob store of an existing root, creating nothing (read-only views).
     pub fn open_existing(root: &Path) -> BlobStore {
-        BlobStore { blobs: root.join("blobs").join("sha256"), ingest: root.join("ingest") }
+        BlobStore {
+            blobs: root.join("blobs").join("sha256"),
+            ingest: root.join("ingest"),
+        }
     }
 
     pub fn path(&self, digest: &Digest) -> PathBuf {
@@ -173,13 +182,16 @@ impl BlobStore {
         let mut hasher = Hasher::new();
         let mut buf = vec![0u8; COPY_BUF];
         loop {
-            let n = file.read(&mut buf).map_err(BlobError::io("read partial ingest"))?;
+            let n = file
+                .read(&mut buf)
+                .map_err(BlobError::io("read partial ingest"))?;
             if n == 0 {
                 break;
             }
             hasher.update(&buf[..n]);
         }
-        file.seek(SeekFrom::End(0)).map_err(BlobError::io("seek partial ingest"))?;
+        file.seek(SeekFrom::End(0))
+            .map_err(BlobError::io("seek partial ingest"))?;
         Ok(Some(Ingest {
             store: self.clone(),
             key,
@@ -201,7 +213,11 @@ impl BlobStore {
     ) -> Result<Committed> {
         let Some(mut ingest) = self.begin(IngestKey::Digest(*expected))? else {
             let size = self.size(expected)?.ok_or(BlobError::NotFound(*expected))?;
-            return Ok(Committed { digest: *expected, size, written: false });
+            return Ok(Committed {
+                digest: *expected,
+                size,
+                written: false,
+            });
         };
         let offset = ingest.offset();
         if offset > 0 {
@@ -250,8 +266,7 @@ impl BlobStore {
         let dir = fs_err::read_dir(&self.blobs).map_err(BlobError::io("list blobs"))?;
         for entry in dir {
             let entry = entry.map_err(BlobError::io("list blobs"))?;
-            let Some(digest) = entry.file_name().to_str().and_then(|n| Digest::from_hex(n).ok())
-            else {
+            let Some(digest) = entry.file_name().to_str().and_then(|n| Digest::from_hex(n).ok()) else {
                 continue;
             };
             let meta = match entry.metadata() {
@@ -312,7 +327,10 @@ pub struct Staged {
 
 impl std::fmt::Debug for Staged {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Staged").field("digest", &self.digest).field("size", &self.size).finish()
+        f.debug_struct("Staged")
+            .field("digest", &self.digest)
+            .field("size", &self.size)
+            .finish()
     }
 }
 
@@ -343,7 +361,11 @@ impl BlobStore {
         let (hasher, result) = copy_hashing(reader, file.as_file_mut(), Hasher::new(), limit);
         result?;
         let size = hasher.len();
-        Ok(Staged { file: Some(file), digest: hasher.finish(), size })
+        Ok(Staged {
+            file: Some(file),
+            digest: hasher.finish(),
+            size,
+        })
     }
 
     /// Makes staged content a blob (durably), unless that blob already exists.
@@ -351,7 +373,11 @@ impl BlobStore {
         let stem = IngestKey::Digest(staged.digest).file_stem()?;
         let lock_path = self.ingest.join(format!("{stem}.lock"));
         let _lock = lock_file(&lock_path)?;
-        let done = |written| Committed { digest: staged.digest, size: staged.size, written };
+        let done = |written| Committed {
+            digest: staged.digest,
+            size: staged.size,
+            written,
+        };
         if self.contains(&staged.digest) {
             let _ = std::fs::remove_file(&lock_path);
             return Ok(done(false));
@@ -359,7 +385,9 @@ impl BlobStore {
         let Some(file) = staged.file.take() else {
             return Err(BlobError::NotFound(staged.digest));
         };
-        file.as_file().sync_all().map_err(BlobError::io("fsync staged blob"))?;
+        file.as_file()
+            .sync_all()
+            .map_err(BlobError::io("fsync staged blob"))?;
         file.persist(self.path(&staged.digest))
             .map_err(|e| BlobError::io("commit staged blob")(e.error))?;
         sync_dir(&self.blobs)?;
@@ -391,7 +419,10 @@ pub struct Ingest {
 
 impl std::fmt::Debug for Ingest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ingest").field("key", &self.key).field("offset", &self.offset()).finish()
+        f.debug_struct("Ingest")
+            .field("key", &self.key)
+            .field("offset", &self.offset())
+            .finish()
     }
 }
 
@@ -407,7 +438,9 @@ impl Ingest {
 
     /// Appends bytes.
     pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
-        self.file.write_all(bytes).map_err(BlobError::io("write ingest"))?;
+        self.file
+            .write_all(bytes)
+            .map_err(BlobError::io("write ingest"))?;
         self.hasher.update(bytes);
         Ok(())
     }
@@ -434,23 +467,38 @@ impl Ingest {
             && size != expected_size
         {
             self.discard_in_place();
-            return Err(BlobError::SizeMismatch { digest: *expected, expected: expected_size, actual: size });
+            return Err(BlobError::SizeMismatch {
+                digest: *expected,
+                expected: expected_size,
+                actual: size,
+            });
         }
         if actual != *expected {
             self.discard_in_place();
-            return Err(BlobError::DigestMismatch { expected: *expected, actual });
+            return Err(BlobError::DigestMismatch {
+                expected: *expected,
+                actual,
+            });
         }
         let dest = self.store.path(expected);
         if dest.is_file() {
             // Another writer under a different key (an upload) committed the same content.
             self.discard_in_place();
-            return Ok(Committed { digest: actual, size, written: false });
+            return Ok(Committed {
+                digest: actual,
+                size,
+                written: false,
+            });
         }
         self.file.sync_all().map_err(BlobError::io("fsync ingest"))?;
         fs_err::rename(&self.partial_path, &dest).map_err(BlobError::io("commit blob"))?;
         sync_dir(&self.store.blobs)?;
         self.remove_lock_file();
-        Ok(Committed { digest: actual, size, written: true })
+        Ok(Committed {
+            digest: actual,
+            size,
+            written: true,
+        })
     }
 
     /// Drops the partial data.
@@ -477,7 +525,12 @@ impl Ingest {
 /// hashing overlaps reading and writing (an ingest then costs about the slower of the two,
 /// not their sum). Stops with `TooLarge` before the hasher's total would pass `limit`.
 /// Returns the hasher, covering exactly the bytes written, and the count copied.
-fn copy_hashing(mut reader: impl Read, file: &mut File, hasher: Hasher, limit: Option<u64>) -> (Hasher, Result<u64>) {
+fn copy_hashing(
+    mut reader: impl Read,
+    file: &mut File,
+    hasher: Hasher,
+    limit: Option<u64>,
+) -> (Hasher, Result<u64>) {
     use std::sync::mpsc;
     let start = hasher.len();
     let (to_hash, hash_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(3);
@@ -589,9 +642,13 @@ mod tests {
         let store = BlobStore::open(dir.path()).unwrap();
         let data = b"some layer bytes".repeat(1000);
         let d = Digest::of(&data);
-        let c = store.put_verified(&d, Some(data.len() as u64), &data[..]).unwrap();
+        let c = store
+            .put_verified(&d, Some(data.len() as u64), &data[..])
+            .unwrap();
         assert!(c.written);
-        let again = store.put_verified(&d, Some(data.len() as u64), &data[..]).unwrap();
+        let again = store
+            .put_verified(&d, Some(data.len() as u64), &data[..])
+            .unwrap();
         assert!(!again.written);
         assert_eq!(std::fs::read(store.path(&d)).unwrap(), data);
         // Nothing left in the ingest dir.
@@ -606,7 +663,9 @@ mod tests {
         let err = store.put_verified(&wrong, None, &b"data"[..]).unwrap_err();
         assert!(matches!(err, BlobError::DigestMismatch { .. }), "{err}");
         assert!(!store.contains(&wrong));
-        let err = store.put_verified(&Digest::of(b"data"), Some(3), &b"data"[..]).unwrap_err();
+        let err = store
+            .put_verified(&Digest::of(b"data"), Some(3), &b"data"[..])
+            .unwrap_err();
         assert!(matches!(err, BlobError::TooLarge { .. }), "{err}");
         assert!(store.list().unwrap().is_empty());
     }
@@ -627,7 +686,9 @@ mod tests {
         drop(ing);
         // A reader that fails if asked for the first bytes again would still work: the
         // resumed ingest skips them; here we count what is actually written.
-        let c = store.put_verified(&d, Some(data.len() as u64), &data[..]).unwrap();
+        let c = store
+            .put_verified(&d, Some(data.len() as u64), &data[..])
+            .unwrap();
         assert!(c.written);
         assert_eq!(std::fs::read(store.path(&d)).unwrap(), data);
     }

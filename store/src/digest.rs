@@ -41,7 +41,11 @@ impl Digest {
 
     /// Parses 64 lowercase hex characters (no algorithm prefix).
     pub fn from_hex(s: &str) -> Result<Digest, DigestError> {
-        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if s.len() != 64
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(DigestError::Invalid(s.to_string()));
         }
         let mut out = [0u8; 32];
@@ -135,7 +139,10 @@ pub struct HashingReader<R> {
 
 impl<R: Read> HashingReader<R> {
     pub fn new(inner: R) -> Self {
-        HashingReader { inner, hasher: Hasher::new() }
+        HashingReader {
+            inner,
+            hasher: Hasher::new(),
+        }
     }
     /// Bytes read so far.
     pub fn len(&self) -> u64 {
@@ -170,7 +177,10 @@ pub struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: Hasher::new() }
+        HashingWriter {
+            inner,
+            hasher: Hasher::new(),
+        }
     }
     pub fn finish(self) -> (Digest, u64, W) {
         let len = self.hasher.len();
@@ -197,7 +207,10 @@ mod tests {
     fn parses_and_prints() {
         let d = Digest::of(b"hello");
         let s = d.to_string();
-        assert_eq!(s, "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+        assert_eq!(
+            s,
+            "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
         assert_eq!(s.parse::<Digest>().unwrap(), d);
     }
 

@@ -54,7 +54,12 @@ impl Store {
         let mut r = FsckReport::default();
         let meta = self.meta();
         let fault = |r: &mut FsckReport, kind, subject: String, detail: String, repaired| {
-            r.faults.push(Fault { kind, subject, detail, repaired });
+            r.faults.push(Fault {
+                kind,
+                subject,
+                detail,
+                repaired,
+            });
         };
 
         // Blobs: content, and blob files against blob records.
@@ -70,11 +75,18 @@ impl Store {
             if actual != entry.digest {
                 let mut repaired = false;
                 if repair {
-                    self.blobs().quarantine(&entry.digest, &self.root().join("quarantine"))?;
+                    self.blobs()
+                        .quarantine(&entry.digest, &self.root().join("quarantine"))?;
                     meta.delete(Cf::Blobs, &entry.digest.to_string())?;
                     repaired = true;
                 }
-                fault(&mut r, "corrupt blob", entry.digest.to_string(), format!("content hashes to {actual}"), repaired);
+                fault(
+                    &mut r,
+                    "corrupt blob",
+                    entry.digest.to_string(),
+                    format!("content hashes to {actual}"),
+                    repaired,
+                );
                 continue;
             }
             present.insert(entry.digest);
@@ -83,15 +95,35 @@ impl Store {
                 Some(rec) if rec.size == entry.size => {}
                 Some(rec) => {
                     if repair {
-                        meta.put(Cf::Blobs, &key, &BlobRecord { size: entry.size, stored: rec.stored })?;
+                        meta.put(
+                            Cf::Blobs,
+                            &key,
+                            &BlobRecord {
+                                size: entry.size,
+                                stored: rec.stored,
+                            },
+                        )?;
                     }
-                    fault(&mut r, "blob record", key, format!("records {} bytes, file has {}", rec.size, entry.size), repair);
+                    fault(
+                        &mut r,
+                        "blob record",
+                        key,
+                        format!("records {} bytes, file has {}", rec.size, entry.size),
+                        repair,
+                    );
                 }
                 None => {
                     // An ingest that died between its rename and its record: valid
                     // content nothing refers to yet.
                     if repair {
-                        meta.put(Cf::Blobs, &key, &BlobRecord { size: entry.size, stored: now() })?;
+                        meta.put(
+                            Cf::Blobs,
+                            &key,
+                            &BlobRecord {
+                                size: entry.size,
+                                stored: now(),
+                            },
+                        )?;
                     }
                     r.notes.push(Fault {
                         kind: "unrecorded blob",
@@ -107,7 +139,13 @@ impl Store {
                 if repair {
                     meta.delete(Cf::Blobs, &key)?;
                 }
-                fault(&mut r, "missing blob", key, "recorded but no blob file".into(), repair);
+                fault(
+                    &mut r,
+                    "missing blob",
+                    key,
+                    "recorded but no blob file".into(),
+                    repair,
+                );
             }
         }
 
@@ -117,32 +155,63 @@ impl Store {
         for (key, m) in &manifests {
             r.manifests_checked += 1;
             let Ok(digest) = key.parse::<Digest>() else {
-                fault(&mut r, "bad key", key.clone(), "manifest key is not a digest".into(), false);
+                fault(
+                    &mut r,
+                    "bad key",
+                    key.clone(),
+                    "manifest key is not a digest".into(),
+                    false,
+                );
                 continue;
             };
             if !present.contains(&digest) {
-                fault(&mut r, "dangling manifest", key.clone(), "manifest blob is missing".into(), false);
+                fault(
+                    &mut r,
+                    "dangling manifest",
+                    key.clone(),
+                    "manifest blob is missing".into(),
+                    false,
+                );
             }
             for d in m.config.iter().chain(&m.layers) {
                 if !present.contains(d) {
-                    fault(&mut r, "dangling reference", key.clone(), format!("references missing blob {d}"), false);
+                    fault(
+                        &mut r,
+                        "dangling reference",
+                        key.clone(),
+                        format!("references missing blob {d}"),
+                        false,
+                    );
                 }
             }
             for c in &m.children {
                 if !manifest_keys.contains(c.to_string().as_str()) {
-                    fault(&mut r, "dangling reference", key.clone(), format!("references missing manifest {c}"), false);
+                    fault(
+                        &mut r,
+                        "dangling reference",
+                        key.clone(),
+                        format!("references missing manifest {c}"),
+                        false,
+                    );
                 }
             }
             if let Some(config) = m.config
                 && present.contains(&config)
-                && (m.media_type == crate::manifest::OCI_MANIFEST || m.media_type == crate::manifest::DOCKER_MANIFEST)
+                && (m.media_type == crate::manifest::OCI_MANIFEST
+                    || m.media_type == crate::manifest::DOCKER_MANIFEST)
             {
                 let ikey = config.to_string();
                 match meta.get::<ImageRecord>(Cf::Images, &ikey)? {
                     Some(img) if img.manifests.contains(&digest) => {}
                     existing => {
                         let repaired = repair && self.rebuild_image(&config, &digest, m, existing).is_ok();
-                        fault(&mut r, "image record", ikey, format!("missing or not linked to manifest {digest}"), repaired);
+                        fault(
+                            &mut r,
+                            "image record",
+                            ikey,
+                            format!("missing or not linked to manifest {digest}"),
+                            repaired,
+                        );
                     }
                 }
             }
@@ -151,10 +220,17 @@ impl Store {
         // Images.
         for (key, mut img) in meta.scan::<ImageRecord>(Cf::Images)? {
             if key.parse::<Digest>().is_ok_and(|d| !present.contains(&d)) {
-                fault(&mut r, "dangling image", key.clone(), "image config blob is missing".into(), false);
+                fault(
+                    &mut r,
+                    "dangling image",
+                    key.clone(),
+                    "image config blob is missing".into(),
+                    false,
+                );
             }
             let before = img.manifests.len();
-            img.manifests.retain(|m| manifest_keys.contains(m.to_string().as_str()));
+            img.manifests
+                .retain(|m| manifest_keys.contains(m.to_string().as_str()));
             if img.manifests.len() != before {
                 if repair {
                     if img.manifests.is_empty() {
@@ -166,14 +242,26 @@ impl Store {
                         meta.put(Cf::Images, &key, &img)?;
                     }
                 }
-                fault(&mut r, "image record", key, "lists manifests that are not stored".into(), repair);
+                fault(
+                    &mut r,
+                    "image record",
+                    key,
+                    "lists manifests that are not stored".into(),
+                    repair,
+                );
             }
         }
 
         // Tags.
         for (key, t) in meta.scan::<TagRecord>(Cf::Tags)? {
             if !manifest_keys.contains(t.manifest.to_string().as_str()) {
-                fault(&mut r, "dangling tag", key, format!("points at missing manifest {}", t.manifest), false);
+                fault(
+                    &mut r,
+                    "dangling tag",
+                    key,
+                    format!("points at missing manifest {}", t.manifest),
+                    false,
+                );
             }
         }
 
@@ -182,18 +270,32 @@ impl Store {
         let recorded: HashSet<&str> = records.iter().map(|(k, _)| k.as_str()).collect();
         for (key, l) in &records {
             r.layers_checked += 1;
-            let Ok(chain) = key.parse::<Digest>() else { continue };
+            let Ok(chain) = key.parse::<Digest>() else {
+                continue;
+            };
             if !self.layers().is_unpacked(&chain) {
                 if repair {
                     meta.delete(Cf::Layers, key)?;
                     self.index_remove(&chain, IdKind::Layer);
                 }
-                fault(&mut r, "missing layer", key.clone(), "recorded but not unpacked".into(), repair);
+                fault(
+                    &mut r,
+                    "missing layer",
+                    key.clone(),
+                    "recorded but not unpacked".into(),
+                    repair,
+                );
             }
             if let Some(p) = l.parent
                 && !recorded.contains(p.to_string().as_str())
             {
-                fault(&mut r, "layer parent", key.clone(), format!("parent {p} is not recorded"), false);
+                fault(
+                    &mut r,
+                    "layer parent",
+                    key.clone(),
+                    format!("parent {p} is not recorded"),
+                    false,
+                );
             }
         }
         for chain in self.layers().list()? {
@@ -211,7 +313,13 @@ impl Store {
         Ok(r)
     }
 
-    fn rebuild_image(&self, config: &Digest, manifest: &Digest, m: &ManifestRecord, existing: Option<ImageRecord>) -> Result<(), StoreError> {
+    fn rebuild_image(
+        &self,
+        config: &Digest,
+        manifest: &Digest,
+        m: &ManifestRecord,
+        existing: Option<ImageRecord>,
+    ) -> Result<(), StoreError> {
         let mut img = match existing {
             Some(img) => img,
             None => {
@@ -227,7 +335,11 @@ impl Store {
                     variant: cfg.platform.variant,
                     diff_ids: cfg.diff_ids,
                     top_layer: parent,
-                    size: m.layers.iter().filter_map(|l| self.blobs().size(l).ok().flatten()).sum(),
+                    size: m
+                        .layers
+                        .iter()
+                        .filter_map(|l| self.blobs().size(l).ok().flatten())
+                        .sum(),
                     manifests: Vec::new(),
                     stored: now(),
                 }

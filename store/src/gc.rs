@@ -29,7 +29,11 @@ pub struct GcOptions {
 
 impl Default for GcOptions {
     fn default() -> Self {
-        GcOptions { grace: Duration::from_secs(3600), partial_expiry: Duration::from_secs(24 * 3600), dry_run: false }
+        GcOptions {
+            grace: Duration::from_secs(3600),
+            partial_expiry: Duration::from_secs(24 * 3600),
+            dry_run: false,
+        }
     }
 }
 
@@ -138,7 +142,9 @@ impl Store {
         // File times come from the kernel's coarse clock, which can lag `SystemTime::now()`
         // by a few milliseconds: allow a second of slack so a blob written just after the
         // GC started never looks older than it.
-        let cutoff = started.checked_sub(opts.grace + TIMESTAMP_SLACK).unwrap_or(SystemTime::UNIX_EPOCH);
+        let cutoff = started
+            .checked_sub(opts.grace + TIMESTAMP_SLACK)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         for entry in self.blobs().list()? {
             if blobs.contains(&entry.digest) || entry.modified > cutoff {
                 report.blobs_kept += 1;
@@ -203,7 +209,9 @@ impl Store {
         }
 
         // Abandoned partial ingests.
-        let partial_cutoff = started.checked_sub(opts.partial_expiry).unwrap_or(SystemTime::UNIX_EPOCH);
+        let partial_cutoff = started
+            .checked_sub(opts.partial_expiry)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         for (stem, _, modified) in self.blobs().list_partials()? {
             if modified < partial_cutoff && (opts.dry_run || self.blobs().remove_partial(&stem)?) {
                 report.partials_removed += 1;

@@ -34,12 +34,13 @@ pub use index::{IdIndex, IdKind, IndexError};
 pub use layers::{LayerError, LayerStore, LayerUsage, chain_id};
 pub use manifest::{
     Config, DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_LIST, DOCKER_MANIFEST, MAX_MANIFEST_BYTES, Manifest,
-    ManifestError, OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD, OCI_MANIFEST, Platform, Ref,
-    is_manifest_media_type,
+    ManifestError, OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD, OCI_MANIFEST,
+    Platform, Ref, is_manifest_media_type,
 };
 #[cfg(feature = "meta")]
 pub use meta::{
-    BlobRecord, Cf, ImageRecord, LayerRecord, LeaseRecord, ManifestRecord, Meta, MetaError, SCHEMA_VERSION, TagRecord,
+    BlobRecord, Cf, ImageRecord, LayerRecord, LeaseRecord, ManifestRecord, Meta, MetaError, SCHEMA_VERSION,
+    TagRecord,
 };
 pub use pool::{InFlight, PoolError, Role};
 pub use reference::{ImageRef, ReferenceError, familiar_name, split_tag_key};

@@ -64,7 +64,11 @@ impl Platform {
             "powerpc64" => "ppc64le",
             other => other,
         };
-        Platform { os: "linux".into(), architecture: architecture.into(), variant: None }
+        Platform {
+            os: "linux".into(),
+            architecture: architecture.into(),
+            variant: None,
+        }
     }
 
     /// Parses `os/arch[/variant]`.
@@ -76,7 +80,11 @@ impl Platform {
         if parts.next().is_some() {
             return None;
         }
-        Some(Platform { os: os.into(), architecture: architecture.into(), variant })
+        Some(Platform {
+            os: os.into(),
+            architecture: architecture.into(),
+            variant,
+        })
     }
 
     /// Whether a manifest for `self` satisfies a request for `want` (a missing variant
@@ -101,8 +109,19 @@ impl std::fmt::Display for Platform {
 /// A parsed manifest.
 #[derive(Debug, Clone)]
 pub enum Manifest {
-    Image { media_type: String, config: Ref, layers: Vec<Ref>, subject: Option<Ref>, artifact_type: Option<String> },
-    Index { media_type: String, manifests: Vec<Ref>, subject: Option<Ref>, artifact_type: Option<String> },
+    Image {
+        media_type: String,
+        config: Ref,
+        layers: Vec<Ref>,
+        subject: Option<Ref>,
+        artifact_type: Option<String>,
+    },
+    Index {
+        media_type: String,
+        manifests: Vec<Ref>,
+        subject: Option<Ref>,
+        artifact_type: Option<String>,
+    },
 }
 
 impl Manifest {
@@ -114,7 +133,9 @@ impl Manifest {
         }
         let value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| ManifestError::Malformed(e.to_string()))?;
-        let obj = value.as_object().ok_or_else(|| ManifestError::Malformed("not a JSON object".into()))?;
+        let obj = value
+            .as_object()
+            .ok_or_else(|| ManifestError::Malformed("not a JSON object".into()))?;
         if obj.get("schemaVersion").and_then(|v| v.as_u64()) != Some(2) {
             return Err(ManifestError::Malformed("schemaVersion must be 2".into()));
         }
@@ -123,7 +144,9 @@ impl Manifest {
             && d != h
             && is_manifest_media_type(h)
         {
-            return Err(ManifestError::Malformed(format!("mediaType {d:?} does not match content type {h:?}")));
+            return Err(ManifestError::Malformed(format!(
+                "mediaType {d:?} does not match content type {h:?}"
+            )));
         }
         let media_type = match declared.or(hint) {
             Some(m) => m.to_string(),
@@ -132,7 +155,8 @@ impl Manifest {
         };
         match media_type.as_str() {
             OCI_MANIFEST | DOCKER_MANIFEST => {
-                let m = ImageManifest::from_reader(bytes).map_err(|e| ManifestError::Malformed(e.to_string()))?;
+                let m =
+                    ImageManifest::from_reader(bytes).map_err(|e| ManifestError::Malformed(e.to_string()))?;
                 Ok(Manifest::Image {
                     config: to_ref(m.config())?,
                     layers: m.layers().iter().map(to_ref).collect::<Result<_>>()?,
@@ -142,7 +166,8 @@ impl Manifest {
                 })
             }
             OCI_INDEX | DOCKER_LIST => {
-                let i = ImageIndex::from_reader(bytes).map_err(|e| ManifestError::Malformed(e.to_string()))?;
+                let i =
+                    ImageIndex::from_reader(bytes).map_err(|e| ManifestError::Malformed(e.to_string()))?;
                 Ok(Manifest::Index {
                     manifests: i.manifests().iter().map(to_ref).collect::<Result<_>>()?,
                     subject: i.subject().as_ref().map(to_ref).transpose()?,
@@ -177,8 +202,12 @@ impl Manifest {
     /// The child of an index for `want`, or the first child when none matches and
     /// `fallback` is set.
     pub fn select_platform(&self, want: &Platform) -> Option<&Ref> {
-        let Manifest::Index { manifests, .. } = self else { return None };
-        manifests.iter().find(|r| r.platform.as_ref().is_some_and(|p| p.satisfies(want)))
+        let Manifest::Index { manifests, .. } = self else {
+            return None;
+        };
+        manifests
+            .iter()
+            .find(|r| r.platform.as_ref().is_some_and(|p| p.satisfies(want)))
     }
 }
 
@@ -194,7 +223,12 @@ fn to_ref(d: &Descriptor) -> Result<Ref> {
         architecture: p.architecture().to_string(),
         variant: p.variant().clone(),
     });
-    Ok(Ref { digest, size: d.size(), media_type: d.media_type().to_string(), platform })
+    Ok(Ref {
+        digest,
+        size: d.size(),
+        media_type: d.media_type().to_string(),
+        platform,
+    })
 }
 
 /// The parts of an image config the store records.
@@ -210,7 +244,8 @@ impl Config {
         if bytes.len() as u64 > MAX_MANIFEST_BYTES {
             return Err(ManifestError::TooLarge);
         }
-        let c = ImageConfiguration::from_reader(bytes).map_err(|e| ManifestError::MalformedConfig(e.to_string()))?;
+        let c = ImageConfiguration::from_reader(bytes)
+            .map_err(|e| ManifestError::MalformedConfig(e.to_string()))?;
         let diff_ids = c
             .rootfs()
             .diff_ids()
@@ -253,7 +288,10 @@ mod tests {
             assert!(Manifest::parse(bad, None).is_err());
         }
         let doc = br#"{"schemaVersion":2,"mediaType":"application/x","config":{}}"#;
-        assert!(matches!(Manifest::parse(doc, None), Err(ManifestError::UnsupportedMediaType(_))));
+        assert!(matches!(
+            Manifest::parse(doc, None),
+            Err(ManifestError::UnsupportedMediaType(_))
+        ));
         let doc = br#"{"schemaVersion":2,"config":{"mediaType":"x","digest":"sha256:../../x","size":1},"layers":[]}"#;
         assert!(Manifest::parse(doc, None).is_err());
     }

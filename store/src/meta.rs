@@ -168,7 +168,10 @@ pub struct Meta {
 
 impl std::fmt::Debug for Meta {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Meta").field("path", &self.db.path()).field("read_only", &self.read_only).finish()
+        f.debug_struct("Meta")
+            .field("path", &self.db.path())
+            .field("read_only", &self.read_only)
+            .finish()
     }
 }
 
@@ -187,7 +190,9 @@ impl Meta {
     /// writer process.
     pub fn open(path: &Path) -> Result<Meta> {
         let opts = db_options();
-        let cfs = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
+        let cfs = Cf::ALL
+            .iter()
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let meta = Meta { db, read_only: false };
         meta.check_schema(true)?;
@@ -211,7 +216,9 @@ impl Meta {
         let cf = self.cf(Cf::Meta);
         match self.db.get_cf(cf, SCHEMA_KEY)? {
             Some(v) if v == SCHEMA_VERSION.to_string().as_bytes() => Ok(()),
-            Some(v) => Err(MetaError::Schema { found: String::from_utf8_lossy(&v).into_owned() }),
+            Some(v) => Err(MetaError::Schema {
+                found: String::from_utf8_lossy(&v).into_owned(),
+            }),
             None if write_if_missing => {
                 self.db.put_cf(cf, SCHEMA_KEY, SCHEMA_VERSION.to_string())?;
                 Ok(())
@@ -226,7 +233,9 @@ impl Meta {
 
     fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
         // Every family in `Cf::ALL` is created at open.
-        self.db.cf_handle(cf.name()).expect("column family opened at start")
+        self.db
+            .cf_handle(cf.name())
+            .expect("column family opened at start")
     }
 
     pub fn get<T: DeserializeOwned>(&self, cf: Cf, key: &str) -> Result<Option<T>> {
@@ -234,7 +243,11 @@ impl Meta {
             None => Ok(None),
             Some(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
-                .map_err(|source| MetaError::Corrupt { cf: cf.name(), key: key.to_string(), source }),
+                .map_err(|source| MetaError::Corrupt {
+                    cf: cf.name(),
+                    key: key.to_string(),
+                    source,
+                }),
         }
     }
 
@@ -269,8 +282,11 @@ impl Meta {
                 break;
             }
             let key = String::from_utf8_lossy(&k).into_owned();
-            let value = serde_json::from_slice(&v)
-                .map_err(|source| MetaError::Corrupt { cf: cf.name(), key: key.clone(), source })?;
+            let value = serde_json::from_slice(&v).map_err(|source| MetaError::Corrupt {
+                cf: cf.name(),
+                key: key.clone(),
+                source,
+            })?;
             out.push((key, value));
         }
         Ok(out)
@@ -291,7 +307,10 @@ impl Meta {
     }
 
     pub fn batch(&self) -> Batch<'_> {
-        Batch { meta: self, inner: WriteBatch::default() }
+        Batch {
+            meta: self,
+            inner: WriteBatch::default(),
+        }
     }
 
     /// Applies a batch atomically and durably (synced WAL).

@@ -94,7 +94,10 @@ where
                     let (tx, rx) = watch::channel(None);
                     map.insert(key.clone(), rx.clone());
                     let fut = make();
-                    let guard = Unregister { map: self.map.clone(), key: Some(key) };
+                    let guard = Unregister {
+                        map: self.map.clone(),
+                        key: Some(key),
+                    };
                     tokio::spawn(async move {
                         let out = fut.await;
                         // Unregister first: a caller arriving after this point starts
@@ -161,7 +164,9 @@ mod tests {
     #[tokio::test]
     async fn errors_reach_every_waiter_and_key_is_released() {
         let pool: InFlight<u8, u8, String> = InFlight::new();
-        let (res, _) = pool.run(1, || async { Err::<u8, _>("digest mismatch".to_string()) }).await;
+        let (res, _) = pool
+            .run(1, || async { Err::<u8, _>("digest mismatch".to_string()) })
+            .await;
         assert_eq!(res, Err(PoolError::Failed("digest mismatch".into())));
         assert!(pool.is_empty());
         let (res, role) = pool.run(1, || async { Ok::<_, String>(7) }).await;

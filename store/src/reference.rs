@@ -28,17 +28,20 @@ pub struct ImageRef {
 impl ImageRef {
     /// Parses and normalises. A reference with neither tag nor digest gets `latest`.
     pub fn parse(s: &str) -> Result<ImageRef, ReferenceError> {
-        let r: oci_spec::distribution::Reference = s
-            .parse()
-            .map_err(|e: oci_spec::distribution::ParseError| ReferenceError::Invalid {
-                input: s.to_string(),
-                reason: e.to_string(),
-            })?;
+        let r: oci_spec::distribution::Reference =
+            s.parse()
+                .map_err(|e: oci_spec::distribution::ParseError| ReferenceError::Invalid {
+                    input: s.to_string(),
+                    reason: e.to_string(),
+                })?;
         let digest = r
             .digest()
             .map(|d| d.parse::<Digest>())
             .transpose()
-            .map_err(|source| ReferenceError::Digest { input: s.to_string(), source })?;
+            .map_err(|source| ReferenceError::Digest {
+                input: s.to_string(),
+                source,
+            })?;
         Ok(ImageRef {
             registry: r.registry().to_string(),
             repository: r.repository().to_string(),
@@ -64,12 +67,18 @@ impl ImageRef {
 
     /// Whether the registry is a loopback address (spoken to over plain HTTP by default).
     pub fn is_loopback_registry(&self) -> bool {
-        let host = self.registry.rsplit_once(':').map_or(self.registry.as_str(), |(h, p)| {
-            if p.bytes().all(|b| b.is_ascii_digit()) { h } else { self.registry.as_str() }
-        });
+        let host = self
+            .registry
+            .rsplit_once(':')
+            .map_or(self.registry.as_str(), |(h, p)| {
+                if p.bytes().all(|b| b.is_ascii_digit()) {
+                    h
+                } else {
+                    self.registry.as_str()
+                }
+            });
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        host == "localhost"
-            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
     }
 }
 
@@ -98,7 +107,11 @@ pub fn familiar_name(name: &str) -> String {
 /// Splits a stored tag key `registry/repository:tag` into name and tag.
 pub fn split_tag_key(key: &str) -> Option<(&str, &str)> {
     let (name, tag) = key.rsplit_once(':')?;
-    if tag.contains('/') { None } else { Some((name, tag)) }
+    if tag.contains('/') {
+        None
+    } else {
+        Some((name, tag))
+    }
 }
 
 #[cfg(test)]
@@ -111,7 +124,11 @@ mod tests {
             ("busybox", "docker.io/library/busybox:latest", "busybox"),
             ("library/busybox:1", "docker.io/library/busybox:1", "busybox"),
             ("docker.io/foo/bar:2", "docker.io/foo/bar:2", "foo/bar"),
-            ("127.0.0.1:5000/t/busybox:1", "127.0.0.1:5000/t/busybox:1", "127.0.0.1:5000/t/busybox"),
+            (
+                "127.0.0.1:5000/t/busybox:1",
+                "127.0.0.1:5000/t/busybox:1",
+                "127.0.0.1:5000/t/busybox",
+            ),
             ("localhost/x", "localhost/x:latest", "localhost/x"),
         ];
         for (input, full, familiar) in cases {
@@ -119,11 +136,22 @@ mod tests {
             assert_eq!(r.to_string(), full, "{input}");
             assert_eq!(r.familiar_name(), familiar, "{input}");
         }
-        assert!(ImageRef::parse("127.0.0.1:5000/x").unwrap().is_loopback_registry());
-        assert!(ImageRef::parse("localhost:5000/x").unwrap().is_loopback_registry());
+        assert!(
+            ImageRef::parse("127.0.0.1:5000/x")
+                .unwrap()
+                .is_loopback_registry()
+        );
+        assert!(
+            ImageRef::parse("localhost:5000/x")
+                .unwrap()
+                .is_loopback_registry()
+        );
         assert!(!ImageRef::parse("example.com/x").unwrap().is_loopback_registry());
         assert!(ImageRef::parse("UPPER").is_err());
         assert!(ImageRef::parse("a@sha256:1234").is_err());
-        assert_eq!(split_tag_key("127.0.0.1:5000/a:b"), Some(("127.0.0.1:5000/a", "b")));
+        assert_eq!(
+            split_tag_key("127.0.0.1:5000/a:b"),
+            Some(("127.0.0.1:5000/a", "b"))
+        );
     }
 }

@@ -2,8 +2,8 @@
 //! unpacked layers, and the image-level operations over them (add a manifest, tag,
 //! resolve a reference or ID prefix, list, inspect, remove, unpack an image's layers).
 
-use std::path::{Path, PathBuf};
 use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use crate::blobs::{self, BlobError, BlobStore, Committed, LockedFile};
@@ -11,9 +11,7 @@ use crate::digest::Digest;
 use crate::index::{IdIndex, IdKind, IndexError};
 use crate::layers::{LayerError, LayerStore, chain_id};
 use crate::manifest::{Config, MAX_MANIFEST_BYTES, Manifest, ManifestError, Platform};
-use crate::meta::{
-    Cf, ImageRecord, LayerRecord, ManifestRecord, Meta, MetaError, TagRecord, repo_link_key,
-};
+use crate::meta::{Cf, ImageRecord, LayerRecord, ManifestRecord, Meta, MetaError, TagRecord, repo_link_key};
 use crate::reference::{ImageRef, ReferenceError, familiar_name, split_tag_key};
 
 /// Errors from store operations.
@@ -36,7 +34,11 @@ pub enum StoreError {
     #[error("manifest {manifest} references {digest}, which is not in the store")]
     MissingReference { manifest: Digest, digest: Digest },
     #[error("image {image} has {diff_ids} diff ids but its manifest lists {layers} layers")]
-    LayerCountMismatch { image: Digest, diff_ids: usize, layers: usize },
+    LayerCountMismatch {
+        image: Digest,
+        diff_ids: usize,
+        layers: usize,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -102,7 +104,10 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("root", &self.root).field("read_only", &self.meta.is_read_only()).finish()
+        f.debug_struct("Store")
+            .field("root", &self.root)
+            .field("read_only", &self.meta.is_read_only())
+            .finish()
     }
 }
 
@@ -201,15 +206,26 @@ impl Store {
     }
 
     pub(crate) fn index_insert(&self, id: &Digest, kind: IdKind) {
-        self.index.write().unwrap_or_else(|p| p.into_inner()).insert(&id.hex(), kind);
+        self.index
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(&id.hex(), kind);
     }
 
     pub(crate) fn index_remove(&self, id: &Digest, kind: IdKind) {
-        self.index.write().unwrap_or_else(|p| p.into_inner()).remove(&id.hex(), kind);
+        self.index
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id.hex(), kind);
     }
 
     /// Ingests a blob of known digest (see [`BlobStore::put_verified`]) and records it.
-    pub fn ingest_blob(&self, digest: &Digest, size: Option<u64>, reader: impl std::io::Read) -> Result<Committed> {
+    pub fn ingest_blob(
+        &self,
+        digest: &Digest,
+        size: Option<u64>,
+        reader: impl std::io::Read,
+    ) -> Result<Committed> {
         let c = self.blobs.put_verified(digest, size, reader)?;
         self.record_blob(&c.digest, c.size)?;
         Ok(c)
@@ -219,14 +235,20 @@ impl Store {
     pub fn record_blob(&self, digest: &Digest, size: u64) -> Result<()> {
         let key = digest.to_string();
         if !self.meta.contains(Cf::Blobs, &key)? {
-            self.meta.put(Cf::Blobs, &key, &crate::meta::BlobRecord { size, stored: now() })?;
+            self.meta
+                .put(Cf::Blobs, &key, &crate::meta::BlobRecord { size, stored: now() })?;
         }
         Ok(())
     }
 
     /// Protects `digests` from GC for `ttl` (work in progress: a pull, an upload, a load).
     /// Returns the lease ID to release.
-    pub fn create_lease(&self, holder: &str, digests: Vec<Digest>, ttl: std::time::Duration) -> Result<String> {
+    pub fn create_lease(
+        &self,
+        holder: &str,
+        digests: Vec<Digest>,
+        ttl: std::time::Duration,
+    ) -> Result<String> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let id = format!(
             "{}-{}-{}",
@@ -251,18 +273,26 @@ impl Store {
 
     /// Links a blob or manifest into a repository (the registry's per-repo visibility).
     pub fn link(&self, repository: &str, digest: &Digest) -> Result<()> {
-        self.meta.put(Cf::RepoLinks, &repo_link_key(repository, digest), &())?;
+        self.meta
+            .put(Cf::RepoLinks, &repo_link_key(repository, digest), &())?;
         Ok(())
     }
 
     pub fn is_linked(&self, repository: &str, digest: &Digest) -> Result<bool> {
-        Ok(self.meta.contains(Cf::RepoLinks, &repo_link_key(repository, digest))?)
+        Ok(self
+            .meta
+            .contains(Cf::RepoLinks, &repo_link_key(repository, digest))?)
     }
 
     /// Stores a manifest whose referenced content is already in the store: checks the
     /// references, writes the manifest blob, records manifest and (for an image manifest)
     /// image metadata, links it into `repository` if given.
-    pub fn add_manifest(&self, bytes: &[u8], media_type_hint: Option<&str>, repository: Option<&str>) -> Result<(Digest, Manifest)> {
+    pub fn add_manifest(
+        &self,
+        bytes: &[u8],
+        media_type_hint: Option<&str>,
+        repository: Option<&str>,
+    ) -> Result<(Digest, Manifest)> {
         let manifest = Manifest::parse(bytes, media_type_hint)?;
         let digest = Digest::of(bytes);
         self.note_referenced(manifest.references().iter().map(|r| r.digest).chain([digest]));
@@ -272,7 +302,10 @@ impl Store {
                 Manifest::Index { .. } => self.meta.contains(Cf::Manifests, &r.digest.to_string())?,
             };
             if !present {
-                return Err(StoreError::MissingReference { manifest: digest, digest: r.digest });
+                return Err(StoreError::MissingReference {
+                    manifest: digest,
+                    digest: r.digest,
+                });
             }
         }
         self.blobs.put_bytes(bytes)?;
@@ -292,7 +325,12 @@ impl Store {
         };
         let mut image_id = None;
         match &manifest {
-            Manifest::Image { config, layers, artifact_type, .. } => {
+            Manifest::Image {
+                config,
+                layers,
+                artifact_type,
+                ..
+            } => {
                 record.config = Some(config.digest);
                 record.layers = layers.iter().map(|l| l.digest).collect();
                 record.artifact_type = artifact_type.clone();
@@ -331,7 +369,11 @@ impl Store {
                     image_id = Some(config.digest);
                 }
             }
-            Manifest::Index { manifests, artifact_type, .. } => {
+            Manifest::Index {
+                manifests,
+                artifact_type,
+                ..
+            } => {
                 record.children = manifests.iter().map(|m| m.digest).collect();
                 record.artifact_type = artifact_type.clone();
             }
@@ -360,7 +402,15 @@ impl Store {
             .meta
             .get(Cf::Manifests, &manifest.to_string())?
             .ok_or_else(|| StoreError::NoSuchImage(manifest.to_string()))?;
-        self.meta.put(Cf::Tags, &key, &TagRecord { manifest: *manifest, media_type: record.media_type, updated: now() })?;
+        self.meta.put(
+            Cf::Tags,
+            &key,
+            &TagRecord {
+                manifest: *manifest,
+                media_type: record.media_type,
+                updated: now(),
+            },
+        )?;
         Ok(())
     }
 
@@ -379,16 +429,23 @@ impl Store {
     /// The image a manifest stands for: itself for an image manifest, the child for
     /// `platform` (or the first child) for an index.
     pub fn image_for_manifest(&self, manifest: &Digest, platform: &Platform) -> Result<Option<Digest>> {
-        let Some(record) = self.get_manifest(manifest)? else { return Ok(None) };
+        let Some(record) = self.get_manifest(manifest)? else {
+            return Ok(None);
+        };
         if let Some(config) = record.config {
-            return Ok(Some(config).filter(|c| self.meta.contains(Cf::Images, &c.to_string()).unwrap_or(false)));
+            return Ok(
+                Some(config).filter(|c| self.meta.contains(Cf::Images, &c.to_string()).unwrap_or(false))
+            );
         }
         if record.children.is_empty() {
             return Ok(None);
         }
         let bytes = self.blobs.read_small(manifest, MAX_MANIFEST_BYTES)?;
         let parsed = Manifest::parse(&bytes, Some(&record.media_type))?;
-        let child = parsed.select_platform(platform).map(|r| r.digest).unwrap_or(record.children[0]);
+        let child = parsed
+            .select_platform(platform)
+            .map(|r| r.digest)
+            .unwrap_or(record.children[0]);
         if child == *manifest {
             return Ok(None);
         }
@@ -400,14 +457,21 @@ impl Store {
     pub fn resolve(&self, s: &str) -> Result<Resolved> {
         let host = Platform::host();
         let hexish = s.strip_prefix("sha256:").unwrap_or(s);
-        let is_hex = !hexish.is_empty() && hexish.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+        let is_hex = !hexish.is_empty()
+            && hexish
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
         // A full ID or digest, or a tag.
         if !(is_hex && (hexish.len() == 64 || s.starts_with("sha256:")))
             && let Ok(r) = ImageRef::parse(s)
         {
             if let Some(d) = r.digest {
                 if self.get_manifest(&d)?.is_some() {
-                    return Ok(Resolved { tag: None, manifest: Some(d), image: self.image_for_manifest(&d, &host)? });
+                    return Ok(Resolved {
+                        tag: None,
+                        manifest: Some(d),
+                        image: self.image_for_manifest(&d, &host)?,
+                    });
                 }
             } else if let Some(key) = r.tag_key()
                 && let Some(t) = self.get_tag(&key)?
@@ -445,7 +509,9 @@ impl Store {
             }
         }
         if out.image.is_none() && out.manifest.is_none() {
-            return Err(StoreError::NoSuchImage(format!("{s} (names a layer or container, not an image)")));
+            return Err(StoreError::NoSuchImage(format!(
+                "{s} (names a layer or container, not an image)"
+            )));
         }
         Ok(out)
     }
@@ -456,7 +522,9 @@ impl Store {
         let mut rows = Vec::new();
         let mut tagged = std::collections::HashSet::new();
         for (key, tag) in self.meta.scan::<TagRecord>(Cf::Tags)? {
-            let Some((name, t)) = split_tag_key(&key) else { continue };
+            let Some((name, t)) = split_tag_key(&key) else {
+                continue;
+            };
             let image_id = self.image_for_manifest(&tag.manifest, &host)?;
             let image = match &image_id {
                 Some(id) => self.get_image(id)?,
@@ -512,16 +580,23 @@ impl Store {
         let r = self.resolve(s)?;
         let mut out = serde_json::Map::new();
         if let Some(m) = r.manifest {
-            let rec = self.get_manifest(&m)?.ok_or_else(|| StoreError::NoSuchImage(s.into()))?;
-            out.insert("manifest".into(), serde_json::json!({
-                "digest": m.to_string(),
-                "mediaType": rec.media_type,
-                "size": rec.size,
-                "children": rec.children.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
-            }));
+            let rec = self
+                .get_manifest(&m)?
+                .ok_or_else(|| StoreError::NoSuchImage(s.into()))?;
+            out.insert(
+                "manifest".into(),
+                serde_json::json!({
+                    "digest": m.to_string(),
+                    "mediaType": rec.media_type,
+                    "size": rec.size,
+                    "children": rec.children.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+                }),
+            );
         }
         if let Some(id) = r.image {
-            let image = self.get_image(&id)?.ok_or_else(|| StoreError::NoSuchImage(s.into()))?;
+            let image = self
+                .get_image(&id)?
+                .ok_or_else(|| StoreError::NoSuchImage(s.into()))?;
             let mut tags = Vec::new();
             let mut digests = Vec::new();
             for m in &image.manifests {
@@ -533,7 +608,8 @@ impl Store {
                 digests.push(m.to_string());
             }
             let config: serde_json::Value =
-                serde_json::from_slice(&self.blobs.read_small(&id, MAX_MANIFEST_BYTES)?).unwrap_or(serde_json::Value::Null);
+                serde_json::from_slice(&self.blobs.read_small(&id, MAX_MANIFEST_BYTES)?)
+                    .unwrap_or(serde_json::Value::Null);
             let mut layers = Vec::new();
             let mut parent = None;
             for diff_id in &image.diff_ids {
@@ -546,7 +622,13 @@ impl Store {
                 parent = Some(chain);
             }
             out.insert("id".into(), id.to_string().into());
-            out.insert("shortId".into(), self.index().shortest_unique(&id.hex(), 12).unwrap_or_default().into());
+            out.insert(
+                "shortId".into(),
+                self.index()
+                    .shortest_unique(&id.hex(), 12)
+                    .unwrap_or_default()
+                    .into(),
+            );
             out.insert("repoTags".into(), tags.into());
             out.insert("manifests".into(), digests.into());
             out.insert("created".into(), image.created.clone().into());
@@ -609,7 +691,9 @@ impl Store {
         }
         let mut images = Vec::new();
         for m in &manifests {
-            let Some(rec) = self.get_manifest(m)? else { continue };
+            let Some(rec) = self.get_manifest(m)? else {
+                continue;
+            };
             batch.delete(Cf::Manifests, &m.to_string());
             removed.push(format!("deleted: {m}"));
             if let Some(config) = rec.config
@@ -638,9 +722,16 @@ impl Store {
     /// Makes sure every layer of an image is unpacked in the layer store (verifying each
     /// diff ID), and returns the chain IDs, bottom first.
     pub fn ensure_unpacked(&self, image_id: &Digest) -> Result<Vec<Digest>> {
-        let image = self.get_image(image_id)?.ok_or_else(|| StoreError::NoSuchImage(image_id.to_string()))?;
-        let manifest_digest = *image.manifests.first().ok_or_else(|| StoreError::NoSuchImage(image_id.to_string()))?;
-        let manifest = self.get_manifest(&manifest_digest)?.ok_or_else(|| StoreError::NoSuchImage(manifest_digest.to_string()))?;
+        let image = self
+            .get_image(image_id)?
+            .ok_or_else(|| StoreError::NoSuchImage(image_id.to_string()))?;
+        let manifest_digest = *image
+            .manifests
+            .first()
+            .ok_or_else(|| StoreError::NoSuchImage(image_id.to_string()))?;
+        let manifest = self
+            .get_manifest(&manifest_digest)?
+            .ok_or_else(|| StoreError::NoSuchImage(manifest_digest.to_string()))?;
         if manifest.layers.len() != image.diff_ids.len() {
             return Err(StoreError::LayerCountMismatch {
                 image: *image_id,
@@ -655,8 +746,16 @@ impl Store {
             let key = chain.to_string();
             if !self.layers.is_unpacked(&chain) || !self.meta.contains(Cf::Layers, &key)? {
                 let file = self.blobs.open_blob(blob)?;
-                let report = self.layers.unpack(&chain, diff_id, std::io::BufReader::with_capacity(1 << 20, file))?;
-                let record = LayerRecord { diff_id: *diff_id, parent, size: report.bytes, blob: Some(*blob), stored: now() };
+                let report =
+                    self.layers
+                        .unpack(&chain, diff_id, std::io::BufReader::with_capacity(1 << 20, file))?;
+                let record = LayerRecord {
+                    diff_id: *diff_id,
+                    parent,
+                    size: report.bytes,
+                    blob: Some(*blob),
+                    stored: now(),
+                };
                 self.meta.put(Cf::Layers, &key, &record)?;
                 self.index_insert(&chain, IdKind::Layer);
             }
@@ -668,7 +767,10 @@ impl Store {
 }
 
 fn is_image_config(media_type: &str) -> bool {
-    matches!(media_type, crate::manifest::OCI_CONFIG | crate::manifest::DOCKER_CONFIG)
+    matches!(
+        media_type,
+        crate::manifest::OCI_CONFIG | crate::manifest::DOCKER_CONFIG
+    )
 }
 
 fn top_chain_id(diff_ids: &[Digest]) -> Option<Digest> {

@@ -11,12 +11,22 @@ fn open(dir: &Path) -> Store {
 }
 
 fn blob_set(store: &Store) -> Vec<Digest> {
-    store.blobs().list().unwrap().into_iter().map(|b| b.digest).collect()
+    store
+        .blobs()
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|b| b.digest)
+        .collect()
 }
 
 /// Everything a user could observe about a store's content.
 fn snapshot(store: &Store) -> (Vec<Digest>, String, Vec<Digest>) {
-    (blob_set(store), serde_json::to_string(&store.images().unwrap()).unwrap(), store.layers().list().unwrap())
+    (
+        blob_set(store),
+        serde_json::to_string(&store.images().unwrap()).unwrap(),
+        store.layers().list().unwrap(),
+    )
 }
 
 #[test]
@@ -29,11 +39,17 @@ fn docker_save_loads_with_docker_image_id_and_unpacks_layers() {
     let report = load(&store, &archive, &LoadOptions::default()).unwrap();
     assert_eq!(report.images.len(), 1);
     assert_eq!(report.images[0].id.unwrap().to_string(), image.id());
-    assert_eq!(report.images[0].tags, vec!["docker.io/library/busybox:fixture".to_string()]);
+    assert_eq!(
+        report.images[0].tags,
+        vec!["docker.io/library/busybox:fixture".to_string()]
+    );
     assert_eq!(report.layers_unpacked as usize, image.layers.len());
     let rows = store.images().unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!((rows[0].repository.as_str(), rows[0].tag.as_str()), ("busybox", "fixture"));
+    assert_eq!(
+        (rows[0].repository.as_str(), rows[0].tag.as_str()),
+        ("busybox", "fixture")
+    );
     assert_eq!(rows[0].id, image.id());
     // The unpacked top layer shows the whiteouts in overlay form.
     let chains = store.ensure_unpacked(&image.id().parse().unwrap()).unwrap();
@@ -92,7 +108,10 @@ fn oci_layouts_archives_compressed_and_indexes_load() {
     let zst = dir.path().join("layout.tar.zst");
     fx::compress_file(&tar, &zst, fx::LayerCompression::Zstd);
     let r = load(&store, &zst, &LoadOptions::default()).unwrap();
-    assert_eq!((r.blobs_written, r.images[0].tags.clone()), (0, vec!["docker.io/library/bbz:1".to_string()]));
+    assert_eq!(
+        (r.blobs_written, r.images[0].tags.clone()),
+        (0, vec!["docker.io/library/bbz:1".to_string()])
+    );
     // A multi-platform index: the tag points at the index, ls shows the host's image.
     let (index, images) = fx::multi_platform(fx::Flavor::Oci);
     let mlayout = dir.path().join("multi");
@@ -114,7 +133,12 @@ fn save_then_load_into_a_fresh_store_round_trips() {
     fx::write_oci_layout(&layout, &[(&img, Some("example.com/team/app:2"))]);
     load(&store, &layout, &LoadOptions::default()).unwrap();
     let out = dir.path().join("saved.tar");
-    let report = save(&store, &["example.com/team/app:2".to_string()], std::fs::File::create(&out).unwrap()).unwrap();
+    let report = save(
+        &store,
+        &["example.com/team/app:2".to_string()],
+        std::fs::File::create(&out).unwrap(),
+    )
+    .unwrap();
     assert_eq!(report.images, 1);
     drop(store);
     let other = Store::open(&dir.path().join("other")).unwrap();
@@ -129,7 +153,11 @@ fn assert_refused_and_unchanged(store: &Store, path: &Path, check: impl Fn(&Arch
     let before = snapshot(store);
     let err = load(store, path, &LoadOptions::default()).expect_err("hostile archive must be refused");
     assert!(check(&err), "unexpected error: {err}");
-    assert_eq!(snapshot(store), before, "a refused load changed the store ({err})");
+    assert_eq!(
+        snapshot(store),
+        before,
+        "a refused load changed the store ({err})"
+    );
     assert!(store.fsck(false).unwrap().faults.is_empty());
     // Staging files are gone too.
     let leftovers: Vec<_> = std::fs::read_dir(store.blobs().ingest_dir())
@@ -153,29 +181,42 @@ fn tampered_truncated_and_malformed_archives_are_refused() {
     // A config whose diff id does not match the layer's content.
     let mut bad = fx::small_image(8, 2, false);
     let wrong = Digest::of(b"not this layer").to_string();
-    let cfg = String::from_utf8(bad.config.bytes.clone()).unwrap().replace(&bad.diff_ids[1], &wrong);
+    let cfg = String::from_utf8(bad.config.bytes.clone())
+        .unwrap()
+        .replace(&bad.diff_ids[1], &wrong);
     assert_ne!(cfg.as_bytes(), &bad.config.bytes[..]);
     bad.config = fx::Blob::new(&bad.config.media_type, cfg.into_bytes());
     let tampered = dir.path().join("tampered.tar");
     fx::write_docker_save(&tampered, &[(&bad, &["bad:1"][..])]);
-    assert_refused_and_unchanged(&store, &tampered, |e| matches!(e, ArchiveError::DiffIdMismatch { .. }));
+    assert_refused_and_unchanged(&store, &tampered, |e| {
+        matches!(e, ArchiveError::DiffIdMismatch { .. })
+    });
 
     // An OCI blob whose content does not hash to its name.
     let oci = fx::small_image(9, 2, false);
     let layout = dir.path().join("oci-bad");
     fx::write_oci_layout(&layout, &[(&oci, Some("docker.io/library/x:1"))]);
-    let victim = layout.join("blobs/sha256").join(oci.layers[1].digest.trim_start_matches("sha256:"));
+    let victim = layout
+        .join("blobs/sha256")
+        .join(oci.layers[1].digest.trim_start_matches("sha256:"));
     let mut bytes = std::fs::read(&victim).unwrap();
     bytes[10] ^= 1;
     std::fs::write(&victim, bytes).unwrap();
-    assert_refused_and_unchanged(&store, &layout, |e| matches!(e, ArchiveError::DigestMismatch { .. }));
+    assert_refused_and_unchanged(&store, &layout, |e| {
+        matches!(e, ArchiveError::DigestMismatch { .. })
+    });
 
     // Truncated archive.
     let whole = std::fs::read(&good_archive).unwrap();
     let cut = dir.path().join("cut.tar");
     std::fs::write(&cut, &whole[..whole.len() / 2 + 17]).unwrap();
     let fresh = Store::open(&dir.path().join("fresh")).unwrap();
-    assert_refused_and_unchanged(&fresh, &cut, |e| matches!(e, ArchiveError::Corrupt(_) | ArchiveError::Missing(_) | ArchiveError::NotAnArchive));
+    assert_refused_and_unchanged(&fresh, &cut, |e| {
+        matches!(
+            e,
+            ArchiveError::Corrupt(_) | ArchiveError::Missing(_) | ArchiveError::NotAnArchive
+        )
+    });
 
     // Not an archive at all, and JSON that is not a manifest list.
     let junk = dir.path().join("junk.tar");
@@ -206,9 +247,12 @@ fn hostile_archives_are_refused_without_touching_the_store() {
     // Every plain-tar hostile layer the corpus expects refused, carried in a docker-save.
     for case in fx::hostile::corpus() {
         let refused = matches!(case.expect, fx::hostile::Expect::Refused { .. });
-        let plain = !case.layer.starts_with(&[0x1f, 0x8b]) && !case.layer.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
+        let plain =
+            !case.layer.starts_with(&[0x1f, 0x8b]) && !case.layer.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
         if refused && plain {
-            let image = fx::ImageBuilder::new(fx::Flavor::Docker).layer(case.layer.clone(), case.name).build();
+            let image = fx::ImageBuilder::new(fx::Flavor::Docker)
+                .layer(case.layer.clone(), case.name)
+                .build();
             let path = dir.path().join(format!("layer-{}.tar", case.name));
             fx::write_docker_save(&path, &[(&image, &["hostile:1"][..])]);
             cases.push((case.name.to_string(), std::fs::read(&path).unwrap()));

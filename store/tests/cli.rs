@@ -7,12 +7,21 @@ use strata_fixtures as fx;
 use strata_store::{LoadOptions, Store, load};
 
 fn store_cmd(root: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_store")).arg("--root").arg(root).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_store"))
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn ok(root: &Path, args: &[&str]) -> String {
     let out = store_cmd(root, args);
-    assert!(out.status.success(), "store {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "store {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -46,7 +55,10 @@ fn ls_json_lists_images_with_full_ids() {
     for key in ["repository", "tag", "id", "digest", "created", "size"] {
         assert!(rows[0].get(key).is_some(), "missing {key}");
     }
-    let listed: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap().trim_start_matches("sha256:")).collect();
+    let listed: Vec<&str> = rows
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().trim_start_matches("sha256:"))
+        .collect();
     for id in &ids {
         assert!(listed.contains(&id.as_str()));
     }
@@ -64,15 +76,30 @@ fn inspect_takes_unique_prefixes_and_names_ambiguous_candidates() {
         let v: serde_json::Value = serde_json::from_str(&ok(&root, &["inspect", &id[..12]])).unwrap();
         assert_eq!(v["id"].as_str().unwrap(), format!("sha256:{id}"));
     }
-    let c = ids.iter().map(|i| &i[..1]).find(|p| ids.iter().filter(|i| i.starts_with(*p)).count() > 1).unwrap();
+    let c = ids
+        .iter()
+        .map(|i| &i[..1])
+        .find(|p| ids.iter().filter(|i| i.starts_with(*p)).count() > 1)
+        .unwrap();
     let n = ids.iter().filter(|i| i.starts_with(c)).count();
     let out = store_cmd(&root, &["inspect", c]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with("error: "), "{err}");
-    assert!(err.contains(&format!("ambiguous prefix \"{c}\": matches")), "{err}");
+    assert!(
+        err.contains(&format!("ambiguous prefix \"{c}\": matches")),
+        "{err}"
+    );
     // At least the image IDs (manifest IDs may share the prefix too).
-    let count: usize = err.split("matches ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let count: usize = err
+        .split("matches ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(count >= n, "{err}");
     let out = store_cmd(&root, &["inspect", "ffffffffffff0000"]);
     assert!(!out.status.success());
@@ -85,7 +112,8 @@ fn tag_rm_gc_and_du() {
     let root = dir.path().join("s");
     let ids = populate(&root);
     ok(&root, &["tag", "img0:v1", "127.0.0.1:5000/t/copy:9"]);
-    let v: serde_json::Value = serde_json::from_str(&ok(&root, &["inspect", "127.0.0.1:5000/t/copy:9"])).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&root, &["inspect", "127.0.0.1:5000/t/copy:9"])).unwrap();
     assert_eq!(v["id"].as_str().unwrap(), format!("sha256:{}", ids[0]));
     let du_before: serde_json::Value = serde_json::from_str(&ok(&root, &["du", "--json"])).unwrap();
     ok(&root, &["rm", "img0:v1"]);
@@ -97,8 +125,14 @@ fn tag_rm_gc_and_du() {
     ok(&root, &["gc", "--grace", "0s"]);
     let du_after: serde_json::Value = serde_json::from_str(&ok(&root, &["du", "--json"])).unwrap();
     // config + layer + manifest gone, and the layer dir.
-    assert_eq!(du_after["blobs"].as_u64().unwrap(), du_before["blobs"].as_u64().unwrap() - 3);
-    assert_eq!(du_after["layers"].as_u64().unwrap(), du_before["layers"].as_u64().unwrap() - 1);
+    assert_eq!(
+        du_after["blobs"].as_u64().unwrap(),
+        du_before["blobs"].as_u64().unwrap() - 3
+    );
+    assert_eq!(
+        du_after["layers"].as_u64().unwrap(),
+        du_before["layers"].as_u64().unwrap() - 1
+    );
     ok(&root, &["fsck"]);
     let out = store_cmd(&root, &["inspect", &ids[0][..12]]);
     assert!(!out.status.success());
@@ -111,7 +145,10 @@ fn fsck_finds_and_repairs_a_corrupt_blob() {
     let ids = populate(&root);
     let layer_blob = {
         let store = Store::open_read_only(&root).unwrap();
-        let img = store.get_image(&format!("sha256:{}", ids[0]).parse().unwrap()).unwrap().unwrap();
+        let img = store
+            .get_image(&format!("sha256:{}", ids[0]).parse().unwrap())
+            .unwrap()
+            .unwrap();
         let m = store.get_manifest(&img.manifests[0]).unwrap().unwrap();
         store.blobs().path(&m.layers[0])
     };

@@ -28,7 +28,12 @@ fn gc_while_ingesting_never_removes_referenced_or_leased_content() {
         std::thread::spawn(move || {
             let mut runs = 0;
             while !stop.load(Ordering::Relaxed) {
-                store.gc(&GcOptions { grace: Duration::ZERO, ..GcOptions::default() }).unwrap();
+                store
+                    .gc(&GcOptions {
+                        grace: Duration::ZERO,
+                        ..GcOptions::default()
+                    })
+                    .unwrap();
                 runs += 1;
             }
             runs
@@ -45,23 +50,40 @@ fn gc_while_ingesting_never_removes_referenced_or_leased_content() {
         .unwrap();
         let config_d = Digest::of(&config);
         // The lease goes first: a GC may run between any two of these steps.
-        let lease = store.create_lease("test", vec![layer_d, config_d], Duration::from_secs(60)).unwrap();
-        store.ingest_blob(&layer_d, Some(layer.len() as u64), &layer[..]).unwrap();
-        store.ingest_blob(&config_d, Some(config.len() as u64), &config[..]).unwrap();
+        let lease = store
+            .create_lease("test", vec![layer_d, config_d], Duration::from_secs(60))
+            .unwrap();
+        store
+            .ingest_blob(&layer_d, Some(layer.len() as u64), &layer[..])
+            .unwrap();
+        store
+            .ingest_blob(&config_d, Some(config.len() as u64), &config[..])
+            .unwrap();
         let (m, _) = store
-            .add_manifest(&manifest_for(&config_d, config.len(), &layer_d, layer.len()), None, None)
+            .add_manifest(
+                &manifest_for(&config_d, config.len(), &layer_d, layer.len()),
+                None,
+                None,
+            )
             .unwrap();
         store.release_lease(&lease).unwrap();
         manifests.push((m, config_d, layer_d));
         // Unleased garbage for the GC to find.
-        store.ingest_blob(&Digest::of(&layer[1..]), None, &layer[1..]).unwrap();
+        store
+            .ingest_blob(&Digest::of(&layer[1..]), None, &layer[1..])
+            .unwrap();
     }
     stop.store(true, Ordering::Relaxed);
     let runs = gc.join().unwrap();
     assert!(runs > 1, "gc ran only {runs} times");
     // GC keeps anything written in the last second (file-time slack), even at grace 0.
     std::thread::sleep(Duration::from_millis(1100));
-    store.gc(&GcOptions { grace: Duration::ZERO, ..GcOptions::default() }).unwrap();
+    store
+        .gc(&GcOptions {
+            grace: Duration::ZERO,
+            ..GcOptions::default()
+        })
+        .unwrap();
     for (m, c, l) in &manifests {
         for d in [m, c, l] {
             assert!(store.blobs().contains(d), "{d} was collected while referenced");

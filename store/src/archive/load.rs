@@ -35,7 +35,10 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { max_entry_bytes: 64 << 30, max_entries: 100_000 }
+        LoadOptions {
+            max_entry_bytes: 64 << 30,
+            max_entries: 100_000,
+        }
     }
 }
 
@@ -91,14 +94,20 @@ fn clean_path(raw: &str) -> Result<Option<String>> {
     let mut parts = Vec::new();
     for c in Path::new(raw).components() {
         match c {
-            Component::Normal(p) => parts.push(p.to_str().ok_or_else(|| ArchiveError::UnsafePath(raw.into()))?),
+            Component::Normal(p) => {
+                parts.push(p.to_str().ok_or_else(|| ArchiveError::UnsafePath(raw.into()))?)
+            }
             Component::CurDir => {}
             Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
                 return Err(ArchiveError::UnsafePath(raw.into()));
             }
         }
     }
-    Ok(if parts.is_empty() { None } else { Some(parts.join("/")) })
+    Ok(if parts.is_empty() {
+        None
+    } else {
+        Some(parts.join("/"))
+    })
 }
 
 /// Reads every entry of a (possibly compressed) tar into the staging area.
@@ -109,11 +118,16 @@ fn scan_tar(store: &Store, path: &Path, opts: &LoadOptions) -> Result<Entries> {
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let head = {
         use std::io::BufRead;
-        reader.fill_buf().map_err(ArchiveError::io("read archive"))?.to_vec()
+        reader
+            .fill_buf()
+            .map_err(ArchiveError::io("read archive"))?
+            .to_vec()
     };
     let decoded: Box<dyn Read> = match Compression::detect(&head) {
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(reader).map_err(ArchiveError::io("zstd"))?),
+        Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(reader).map_err(ArchiveError::io("zstd"))?)
+        }
         Compression::None => Box::new(reader),
     };
     let mut archive = tar::Archive::new(decoded);
@@ -125,7 +139,10 @@ fn scan_tar(store: &Store, path: &Path, opts: &LoadOptions) -> Result<Entries> {
         let mut entry = entry.map_err(corrupt)?;
         count += 1;
         if count > opts.max_entries {
-            return Err(ArchiveError::Corrupt(format!("more than {} entries", opts.max_entries)));
+            return Err(ArchiveError::Corrupt(format!(
+                "more than {} entries",
+                opts.max_entries
+            )));
         }
         let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let Some(name) = clean_path(&raw)? else { continue };
@@ -133,16 +150,26 @@ fn scan_tar(store: &Store, path: &Path, opts: &LoadOptions) -> Result<Entries> {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let declared = entry.header().size().map_err(corrupt)?;
                 if declared > opts.max_entry_bytes {
-                    return Err(ArchiveError::Corrupt(format!("{name}: entry of {declared} bytes is over the limit")));
+                    return Err(ArchiveError::Corrupt(format!(
+                        "{name}: entry of {declared} bytes is over the limit"
+                    )));
                 }
-                let staged = store.blobs().stage(&mut entry, Some(opts.max_entry_bytes)).map_err(|e| match e {
-                    crate::blobs::BlobError::Io { source, .. } if source.kind() == std::io::ErrorKind::UnexpectedEof => {
-                        ArchiveError::Corrupt(format!("{name}: {source}"))
-                    }
-                    other => other.into(),
-                })?;
+                let staged = store
+                    .blobs()
+                    .stage(&mut entry, Some(opts.max_entry_bytes))
+                    .map_err(|e| match e {
+                        crate::blobs::BlobError::Io { source, .. }
+                            if source.kind() == std::io::ErrorKind::UnexpectedEof =>
+                        {
+                            ArchiveError::Corrupt(format!("{name}: {source}"))
+                        }
+                        other => other.into(),
+                    })?;
                 if staged.size != declared {
-                    return Err(ArchiveError::Corrupt(format!("{name}: truncated ({} of {declared} bytes)", staged.size)));
+                    return Err(ArchiveError::Corrupt(format!(
+                        "{name}: truncated ({} of {declared} bytes)",
+                        staged.size
+                    )));
                 }
                 files.insert(name, staged);
             }
@@ -157,9 +184,11 @@ fn scan_tar(store: &Store, path: &Path, opts: &LoadOptions) -> Result<Entries> {
                     if target.starts_with('/') {
                         return Err(ArchiveError::UnsafePath(format!("{name} -> {target}")));
                     }
-                    resolve_relative(dir, &target).ok_or_else(|| ArchiveError::UnsafePath(format!("{name} -> {target}")))?
+                    resolve_relative(dir, &target)
+                        .ok_or_else(|| ArchiveError::UnsafePath(format!("{name} -> {target}")))?
                 } else {
-                    clean_path(&target)?.ok_or_else(|| ArchiveError::UnsafePath(format!("{name} -> {target}")))?
+                    clean_path(&target)?
+                        .ok_or_else(|| ArchiveError::UnsafePath(format!("{name} -> {target}")))?
                 };
                 links.insert(name, resolved);
             }
@@ -215,11 +244,16 @@ impl Loader<'_> {
                 .clone();
             for d in descriptors {
                 let (digest, size, media_type) = descriptor_fields(&d, "index.json")?;
-                let Some(stored) = self.load_manifest_tree(&digest, size, &media_type, &mut by_config, 0)? else {
+                let Some(stored) = self.load_manifest_tree(&digest, size, &media_type, &mut by_config, 0)?
+                else {
                     continue;
                 };
                 if !self.report.images.iter().any(|i| i.manifest == stored) {
-                    self.report.images.push(LoadedImage { id: None, manifest: stored, tags: Vec::new() });
+                    self.report.images.push(LoadedImage {
+                        id: None,
+                        manifest: stored,
+                        tags: Vec::new(),
+                    });
                 }
                 if let Some(name) = image_name(&d) {
                     pending_tags.push((name, stored));
@@ -236,7 +270,11 @@ impl Loader<'_> {
                     pending_tags.push((r, manifest));
                 }
                 if !self.report.images.iter().any(|i| i.manifest == manifest) {
-                    self.report.images.push(LoadedImage { id: None, manifest, tags: Vec::new() });
+                    self.report.images.push(LoadedImage {
+                        id: None,
+                        manifest,
+                        tags: Vec::new(),
+                    });
                 }
             }
         }
@@ -281,7 +319,11 @@ impl Loader<'_> {
         let parsed = Manifest::parse(&bytes, Some(media_type)).map_err(|e| malformed(&path, e))?;
         match &parsed {
             Manifest::Image { config, layers, .. } => {
-                self.need_blob(&blob_path(&config.digest), Some(&config.digest), Some(config.size))?;
+                self.need_blob(
+                    &blob_path(&config.digest),
+                    Some(&config.digest),
+                    Some(config.size),
+                )?;
                 let layer_digests: Vec<Digest> = layers.iter().map(|l| l.digest).collect();
                 for l in layers {
                     self.need_blob(&blob_path(&l.digest), Some(&l.digest), Some(l.size))?;
@@ -300,8 +342,13 @@ impl Loader<'_> {
                     if !self.has(&child_path) && !self.store.blobs().contains(&child.digest) {
                         continue;
                     }
-                    let loaded =
-                        self.load_manifest_tree(&child.digest, child.size, &child.media_type, by_config, depth + 1)?;
+                    let loaded = self.load_manifest_tree(
+                        &child.digest,
+                        child.size,
+                        &child.media_type,
+                        by_config,
+                        depth + 1,
+                    )?;
                     if loaded == Some(child.digest) {
                         present.push(child.clone());
                     }
@@ -322,19 +369,32 @@ impl Loader<'_> {
 
     /// Loads one docker-save `manifest.json` entry, synthesising an OCI manifest unless the
     /// archive's OCI index already stored one for the same config.
-    fn load_docker_entry(&mut self, entry: &DockerSaveEntry, by_config: &HashMap<Digest, Digest>) -> Result<Digest> {
-        let config_path = clean_path(&entry.config)?.ok_or_else(|| malformed("manifest.json", "empty Config"))?;
+    fn load_docker_entry(
+        &mut self,
+        entry: &DockerSaveEntry,
+        by_config: &HashMap<Digest, Digest>,
+    ) -> Result<Digest> {
+        let config_path =
+            clean_path(&entry.config)?.ok_or_else(|| malformed("manifest.json", "empty Config"))?;
         let expected_config = config_name_digest(&config_path);
         let config_digest = self.need_blob(&config_path, expected_config.as_ref(), None)?;
         if let Some(m) = by_config.get(&config_digest) {
             return Ok(*m);
         }
-        let config_bytes = self.store.blobs().read_small(&config_digest, MAX_MANIFEST_BYTES).map_err(|e| malformed(&config_path, e))?;
+        let config_bytes = self
+            .store
+            .blobs()
+            .read_small(&config_digest, MAX_MANIFEST_BYTES)
+            .map_err(|e| malformed(&config_path, e))?;
         let config = Config::parse(&config_bytes).map_err(|e| malformed(&config_path, e))?;
         if config.diff_ids.len() != entry.layers.len() {
             return Err(malformed(
                 "manifest.json",
-                format!("{} layers listed, config has {} diff ids", entry.layers.len(), config.diff_ids.len()),
+                format!(
+                    "{} layers listed, config has {} diff ids",
+                    entry.layers.len(),
+                    config.diff_ids.len()
+                ),
             ));
         }
         let mut layers = Vec::new();
@@ -396,7 +456,11 @@ impl Loader<'_> {
         for (i, (blob, diff_id)) in layers.iter().zip(&cfg.diff_ids).enumerate() {
             let chain = chain_id(parent.as_ref(), diff_id);
             let key = chain.to_string();
-            let recorded = self.store.meta().contains(Cf::Layers, &key).map_err(crate::store::StoreError::from)?;
+            let recorded = self
+                .store
+                .meta()
+                .contains(Cf::Layers, &key)
+                .map_err(crate::store::StoreError::from)?;
             if !(recorded && self.store.layers().is_unpacked(&chain)) {
                 let was_unpacked = self.store.layers().is_unpacked(&chain);
                 let file = self.store.blobs().open_blob(blob)?;
@@ -406,7 +470,12 @@ impl Loader<'_> {
                     .unpack(&chain, diff_id, BufReader::with_capacity(1 << 20, file))
                     .map_err(|e| match e {
                         crate::layers::LayerError::DiffIdMismatch { expected, actual } => {
-                            ArchiveError::DiffIdMismatch { image: *config, index: i, expected, actual }
+                            ArchiveError::DiffIdMismatch {
+                                image: *config,
+                                index: i,
+                                expected,
+                                actual,
+                            }
                         }
                         other => crate::store::StoreError::from(other).into(),
                     })?;
@@ -414,8 +483,17 @@ impl Loader<'_> {
                     self.new_layers.push(chain);
                     self.report.layers_unpacked += 1;
                 }
-                let record = LayerRecord { diff_id: *diff_id, parent, size: report.bytes, blob: Some(*blob), stored: now() };
-                self.store.meta().put(Cf::Layers, &key, &record).map_err(crate::store::StoreError::from)?;
+                let record = LayerRecord {
+                    diff_id: *diff_id,
+                    parent,
+                    size: report.bytes,
+                    blob: Some(*blob),
+                    stored: now(),
+                };
+                self.store
+                    .meta()
+                    .put(Cf::Layers, &key, &record)
+                    .map_err(crate::store::StoreError::from)?;
                 self.store.index_insert(&chain, IdKind::Layer);
             }
             parent = Some(chain);
@@ -432,8 +510,16 @@ impl Loader<'_> {
             self.store.index_remove(&chain, IdKind::Layer);
         }
         for d in self.new_blobs.drain(..) {
-            let referenced = self.store.meta().contains(Cf::Manifests, &d.to_string()).unwrap_or(true)
-                || self.store.meta().contains(Cf::Images, &d.to_string()).unwrap_or(true);
+            let referenced = self
+                .store
+                .meta()
+                .contains(Cf::Manifests, &d.to_string())
+                .unwrap_or(true)
+                || self
+                    .store
+                    .meta()
+                    .contains(Cf::Images, &d.to_string())
+                    .unwrap_or(true);
             if !referenced {
                 let _ = self.store.blobs().remove(&d);
                 let _ = self.store.meta().delete(Cf::Blobs, &d.to_string());
@@ -464,7 +550,9 @@ impl Loader<'_> {
         if let Some(name) = self.resolve_link(path) {
             return Ok(name);
         }
-        let Some(dir) = &self.dir else { return Err(ArchiveError::Missing(path.to_string())) };
+        let Some(dir) = &self.dir else {
+            return Err(ArchiveError::Missing(path.to_string()));
+        };
         let full = dir.join(path);
         let file = std::fs::File::open(&full).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
@@ -473,7 +561,10 @@ impl Loader<'_> {
                 ArchiveError::io(format!("open {}", full.display()))(e)
             }
         })?;
-        let staged = self.store.blobs().stage(BufReader::with_capacity(1 << 20, file), Some(self.opts.max_entry_bytes))?;
+        let staged = self.store.blobs().stage(
+            BufReader::with_capacity(1 << 20, file),
+            Some(self.opts.max_entry_bytes),
+        )?;
         self.staged.insert(path.to_string(), staged);
         Ok(path.to_string())
     }
@@ -485,16 +576,23 @@ impl Loader<'_> {
         }
         let key = self.stage_path(name)?;
         let bytes = self.read_staged_small(&key)?;
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| malformed(name, e))
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| malformed(name, e))
     }
 
     fn read_staged_small(&self, key: &str) -> Result<Vec<u8>> {
-        let staged = self.staged.get(key).ok_or_else(|| ArchiveError::Missing(key.to_string()))?;
+        let staged = self
+            .staged
+            .get(key)
+            .ok_or_else(|| ArchiveError::Missing(key.to_string()))?;
         if staged.size > MAX_MANIFEST_BYTES {
             return Err(malformed(key, format!("larger than {MAX_MANIFEST_BYTES} bytes")));
         }
         let mut out = Vec::with_capacity(staged.size as usize);
-        self.open_staged(staged)?.read_to_end(&mut out).map_err(ArchiveError::io(format!("read {key}")))?;
+        self.open_staged(staged)?
+            .read_to_end(&mut out)
+            .map_err(ArchiveError::io(format!("read {key}")))?;
         Ok(out)
     }
 
@@ -519,10 +617,18 @@ impl Loader<'_> {
         let key = self.stage_path(path)?;
         let staged = &self.staged[&key];
         if staged.digest != *digest {
-            return Err(ArchiveError::DigestMismatch { path: path.to_string(), expected: *digest, actual: staged.digest });
+            return Err(ArchiveError::DigestMismatch {
+                path: path.to_string(),
+                expected: *digest,
+                actual: staged.digest,
+            });
         }
         if staged.size != size {
-            return Err(ArchiveError::SizeMismatch { path: path.to_string(), expected: size, actual: staged.size });
+            return Err(ArchiveError::SizeMismatch {
+                path: path.to_string(),
+                expected: size,
+                actual: staged.size,
+            });
         }
         self.read_staged_small(&key)
     }
@@ -533,7 +639,9 @@ impl Loader<'_> {
         let staged = &self.staged[&key];
         let mut head = [0u8; 8];
         let mut f = self.open_staged(staged)?;
-        let n = f.read(&mut head).map_err(ArchiveError::io(format!("read {path}")))?;
+        let n = f
+            .read(&mut head)
+            .map_err(ArchiveError::io(format!("read {path}")))?;
         Ok((staged.digest, staged.size, Compression::detect(&head[..n])))
     }
 
@@ -548,16 +656,27 @@ impl Loader<'_> {
         }
         let key = self.stage_path(path)?;
         let store = self.store;
-        let staged = self.staged.get_mut(&key).ok_or_else(|| ArchiveError::Missing(path.to_string()))?;
+        let staged = self
+            .staged
+            .get_mut(&key)
+            .ok_or_else(|| ArchiveError::Missing(path.to_string()))?;
         if let Some(d) = expected
             && staged.digest != *d
         {
-            return Err(ArchiveError::DigestMismatch { path: path.to_string(), expected: *d, actual: staged.digest });
+            return Err(ArchiveError::DigestMismatch {
+                path: path.to_string(),
+                expected: *d,
+                actual: staged.digest,
+            });
         }
         if let Some(s) = size
             && staged.size != s
         {
-            return Err(ArchiveError::SizeMismatch { path: path.to_string(), expected: s, actual: staged.size });
+            return Err(ArchiveError::SizeMismatch {
+                path: path.to_string(),
+                expected: s,
+                actual: staged.size,
+            });
         }
         let committed = store.blobs().commit_staged(staged)?;
         store.record_blob(&committed.digest, committed.size)?;
@@ -584,7 +703,10 @@ fn is_config(media_type: &str) -> bool {
 }
 
 fn malformed(file: &str, detail: impl std::fmt::Display) -> ArchiveError {
-    ArchiveError::Malformed { file: file.to_string(), detail: detail.to_string() }
+    ArchiveError::Malformed {
+        file: file.to_string(),
+        detail: detail.to_string(),
+    }
 }
 
 fn descriptor_fields(d: &serde_json::Value, file: &str) -> Result<(Digest, u64, String)> {
@@ -594,8 +716,15 @@ fn descriptor_fields(d: &serde_json::Value, file: &str) -> Result<(Digest, u64, 
         .ok_or_else(|| malformed(file, "descriptor without digest"))?
         .parse()
         .map_err(|e| malformed(file, e))?;
-    let size = d.get("size").and_then(|v| v.as_u64()).ok_or_else(|| malformed(file, "descriptor without size"))?;
-    let media_type = d.get("mediaType").and_then(|v| v.as_str()).unwrap_or(manifest::OCI_MANIFEST).to_string();
+    let size = d
+        .get("size")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| malformed(file, "descriptor without size"))?;
+    let media_type = d
+        .get("mediaType")
+        .and_then(|v| v.as_str())
+        .unwrap_or(manifest::OCI_MANIFEST)
+        .to_string();
     Ok((digest, size, media_type))
 }
 
@@ -609,10 +738,13 @@ fn image_name(d: &serde_json::Value) -> Option<ImageRef> {
     }
     let n = ann.get(ANNOTATION_REF_NAME).and_then(|v| v.as_str())?;
     // A bare tag ("1.0") names no repository.
-    if n.contains('/') || n.contains(':') { ImageRef::parse(n).ok() } else { None }
+    if n.contains('/') || n.contains(':') {
+        ImageRef::parse(n).ok()
+    } else {
+        None
+    }
 }
 
 fn blob_path(d: &Digest) -> String {
     format!("blobs/sha256/{}", d.hex())
 }
-

@@ -24,11 +24,24 @@ pub enum ArchiveError {
     #[error("archive is missing {0}")]
     Missing(String),
     #[error("{path}: digest mismatch: expected {expected}, got {actual}")]
-    DigestMismatch { path: String, expected: Digest, actual: Digest },
+    DigestMismatch {
+        path: String,
+        expected: Digest,
+        actual: Digest,
+    },
     #[error("{path}: size mismatch: expected {expected} bytes, got {actual}")]
-    SizeMismatch { path: String, expected: u64, actual: u64 },
+    SizeMismatch {
+        path: String,
+        expected: u64,
+        actual: u64,
+    },
     #[error("image {image}: layer {index}: diff id mismatch: config says {expected}, layer is {actual}")]
-    DiffIdMismatch { image: Digest, index: usize, expected: Digest, actual: Digest },
+    DiffIdMismatch {
+        image: Digest,
+        index: usize,
+        expected: Digest,
+        actual: Digest,
+    },
     #[error("truncated or corrupt archive: {0}")]
     Corrupt(String),
     #[error("{0} is not a tagged image reference")]

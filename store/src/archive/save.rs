@@ -41,17 +41,29 @@ pub fn save(store: &Store, refs: &[String], out: impl Write) -> Result<SaveRepor
         let manifest_digest = match (resolved.manifest, resolved.image) {
             (Some(m), Some(id)) => {
                 // For an index, save the platform's image manifest.
-                let rec = store.get_manifest(&m)?.ok_or_else(|| StoreError::NoSuchImage(r.clone()))?;
+                let rec = store
+                    .get_manifest(&m)?
+                    .ok_or_else(|| StoreError::NoSuchImage(r.clone()))?;
                 if rec.config.is_some() {
                     m
                 } else {
-                    let image = store.get_image(&id)?.ok_or_else(|| StoreError::NoSuchImage(r.clone()))?;
-                    *image.manifests.first().ok_or_else(|| StoreError::NoSuchImage(r.clone()))?
+                    let image = store
+                        .get_image(&id)?
+                        .ok_or_else(|| StoreError::NoSuchImage(r.clone()))?;
+                    *image
+                        .manifests
+                        .first()
+                        .ok_or_else(|| StoreError::NoSuchImage(r.clone()))?
                 }
             }
             (None, Some(id)) => {
-                let image = store.get_image(&id)?.ok_or_else(|| StoreError::NoSuchImage(r.clone()))?;
-                *image.manifests.first().ok_or_else(|| StoreError::NoSuchImage(r.clone()))?
+                let image = store
+                    .get_image(&id)?
+                    .ok_or_else(|| StoreError::NoSuchImage(r.clone()))?;
+                *image
+                    .manifests
+                    .first()
+                    .ok_or_else(|| StoreError::NoSuchImage(r.clone()))?
             }
             _ => return Err(StoreError::NoSuchImage(format!("{r} (no image for {host})")).into()),
         };
@@ -74,7 +86,10 @@ pub fn save(store: &Store, refs: &[String], out: impl Write) -> Result<SaveRepor
 
     let mut tar = tar::Builder::new(out);
     tar.mode(tar::HeaderMode::Deterministic);
-    let mut report = SaveReport { images: images.len(), ..SaveReport::default() };
+    let mut report = SaveReport {
+        images: images.len(),
+        ..SaveReport::default()
+    };
     let mut written: HashSet<Digest> = HashSet::new();
     append_dir(&mut tar, "blobs/")?;
     append_dir(&mut tar, "blobs/sha256/")?;
@@ -120,13 +135,20 @@ pub fn save(store: &Store, refs: &[String], out: impl Write) -> Result<SaveRepor
             }))));
             repo_tags.push(format!("{}:{tag}", n.familiar_name()));
             if let Some(top) = image.layers.last() {
-                repositories.entry(n.familiar_name()).or_default().insert(tag, top.hex());
+                repositories
+                    .entry(n.familiar_name())
+                    .or_default()
+                    .insert(tag, top.hex());
             }
         }
         docker_entries.push(DockerSaveEntry {
             config: format!("blobs/sha256/{}", image.config.hex()),
             repo_tags: Some(repo_tags),
-            layers: image.layers.iter().map(|l| format!("blobs/sha256/{}", l.hex())).collect(),
+            layers: image
+                .layers
+                .iter()
+                .map(|l| format!("blobs/sha256/{}", l.hex()))
+                .collect(),
         });
     }
     let index = json!({"schemaVersion": 2, "mediaType": manifest::OCI_INDEX, "manifests": index_entries});
@@ -167,7 +189,10 @@ fn as_oci_manifest(bytes: &[u8], media_type: &str) -> Result<Vec<u8>> {
 }
 
 fn to_json(v: &impl serde::Serialize) -> Result<Vec<u8>> {
-    serde_json::to_vec(v).map_err(|e| ArchiveError::Malformed { file: "archive metadata".into(), detail: e.to_string() })
+    serde_json::to_vec(v).map_err(|e| ArchiveError::Malformed {
+        file: "archive metadata".into(),
+        detail: e.to_string(),
+    })
 }
 
 fn header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
@@ -183,14 +208,21 @@ fn header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
 
 fn append_dir(tar: &mut tar::Builder<impl Write>, path: &str) -> Result<()> {
     let mut h = header(tar::EntryType::Directory, 0, 0o755);
-    tar.append_data(&mut h, path, std::io::empty()).map_err(ArchiveError::io("write archive"))
+    tar.append_data(&mut h, path, std::io::empty())
+        .map_err(ArchiveError::io("write archive"))
 }
 
 fn append_bytes(tar: &mut tar::Builder<impl Write>, path: &str, bytes: &[u8]) -> Result<()> {
     append_file(tar, path, bytes.len() as u64, bytes)
 }
 
-fn append_file(tar: &mut tar::Builder<impl Write>, path: &str, size: u64, data: impl std::io::Read) -> Result<()> {
+fn append_file(
+    tar: &mut tar::Builder<impl Write>,
+    path: &str,
+    size: u64,
+    data: impl std::io::Read,
+) -> Result<()> {
     let mut h = header(tar::EntryType::Regular, size, 0o644);
-    tar.append_data(&mut h, path, data).map_err(ArchiveError::io(format!("write {path}")))
+    tar.append_data(&mut h, path, data)
+        .map_err(ArchiveError::io(format!("write {path}")))
 }

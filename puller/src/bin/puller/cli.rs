@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "puller", version, about = "Fetch, push, save and load container images")]
+#[command(
+    name = "puller",
+    version,
+    about = "Fetch, push, save and load container images"
+)]
 pub struct Cli {
     /// Store root directory [default: /var/lib/strata as root, else $XDG_DATA_HOME/strata]
     #[arg(long, global = true, env = "STRATA_ROOT", value_name = "DIR")]

@@ -32,9 +32,13 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Load { file } => {
             let store = open()?;
-            let report = strata_puller::load_file(&store, &file).with_context(|| format!("load {}", file.display()))?;
+            let report = strata_puller::load_file(&store, &file)
+                .with_context(|| format!("load {}", file.display()))?;
             for img in &report.images {
-                let id = img.id.map(|d| d.to_string()).unwrap_or_else(|| img.manifest.to_string());
+                let id = img
+                    .id
+                    .map(|d| d.to_string())
+                    .unwrap_or_else(|| img.manifest.to_string());
                 if img.tags.is_empty() {
                     println!("Loaded image ID: {id}");
                 }
@@ -48,10 +52,17 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Save { references, output } => {
-            let store = Store::open_read_only(&root).with_context(|| format!("open store {}", root.display()))?;
+            let store =
+                Store::open_read_only(&root).with_context(|| format!("open store {}", root.display()))?;
             let report = strata_puller::save_file(&store, &references, &output)
                 .with_context(|| format!("save to {}", output.display()))?;
-            eprintln!("saved {} images, {} blobs ({} bytes) to {}", report.images, report.blobs, report.bytes, output.display());
+            eprintln!(
+                "saved {} images, {} blobs ({} bytes) to {}",
+                report.images,
+                report.blobs,
+                report.bytes,
+                output.display()
+            );
         }
         Command::Fetch { .. } | Command::Push { .. } => {
             bail!("registry fetch and push are not available in this build yet (use `puller load`)")

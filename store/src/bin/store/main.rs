@@ -55,7 +55,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         ]
                     })
                     .collect();
-                print_table(&mut out, ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], &table)?;
+                print_table(
+                    &mut out,
+                    ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],
+                    &table,
+                )?;
             }
         }
         Command::Inspect { target } => {
@@ -67,7 +71,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Tag { src, dst } => {
             let store = open_rw()?;
             let resolved = store.resolve(&src)?;
-            let manifest = resolved.manifest.with_context(|| format!("{src} names no manifest"))?;
+            let manifest = resolved
+                .manifest
+                .with_context(|| format!("{src} names no manifest"))?;
             let dst_ref = ImageRef::parse(&dst)?;
             if dst_ref.digest.is_some() {
                 bail!("cannot tag with a digest reference: {dst}");
@@ -82,7 +88,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Gc { grace, dry_run } => {
             let store = open_rw()?;
-            let report = store.gc(&GcOptions { grace, dry_run, ..GcOptions::default() })?;
+            let report = store.gc(&GcOptions {
+                grace,
+                dry_run,
+                ..GcOptions::default()
+            })?;
             writeln!(
                 out,
                 "{}removed {} blobs ({}), {} layers, {} pooled files, {} partial ingests; expired {} leases; kept {} blobs",
@@ -132,7 +142,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 serde_json::to_writer_pretty(&mut out, &u)?;
                 writeln!(out)?;
             } else {
-                writeln!(out, "blobs:   {:>8}  {:>10}  ({} on disk)", u.blobs, human_size(u.blob_bytes), human_size(u.blob_disk_bytes))?;
+                writeln!(
+                    out,
+                    "blobs:   {:>8}  {:>10}  ({} on disk)",
+                    u.blobs,
+                    human_size(u.blob_bytes),
+                    human_size(u.blob_disk_bytes)
+                )?;
                 writeln!(
                     out,
                     "layers:  {:>8}  {:>10}  ({} on disk, {} shared between layers)",
@@ -141,8 +157,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     human_size(u.layer_disk_bytes),
                     human_size(u.layer_shared_bytes)
                 )?;
-                writeln!(out, "images:  {:>8}\nmanifests: {:>6}\ntags:    {:>8}", u.images, u.manifests, u.tags)?;
-                writeln!(out, "total on disk: {}", human_size(u.blob_disk_bytes + u.layer_disk_bytes))?;
+                writeln!(
+                    out,
+                    "images:  {:>8}\nmanifests: {:>6}\ntags:    {:>8}",
+                    u.images, u.manifests, u.tags
+                )?;
+                writeln!(
+                    out,
+                    "total on disk: {}",
+                    human_size(u.blob_disk_bytes + u.layer_disk_bytes)
+                )?;
             }
         }
     }
@@ -183,13 +207,25 @@ fn human_size(n: u64) -> String {
         v /= 1000.0;
         i += 1;
     }
-    if i == 0 { format!("{n}B") } else { format!("{:.3}", v).trim_end_matches('0').trim_end_matches('.').to_string() + UNITS[i] }
+    if i == 0 {
+        format!("{n}B")
+    } else {
+        format!("{:.3}", v)
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+            + UNITS[i]
+    }
 }
 
 /// `2 days ago`, from an RFC 3339 timestamp.
 fn human_created(created: &str) -> String {
-    let Ok(t) = chrono::DateTime::parse_from_rfc3339(created) else { return "N/A".into() };
-    let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds().max(0);
+    let Ok(t) = chrono::DateTime::parse_from_rfc3339(created) else {
+        return "N/A".into();
+    };
+    let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+        .num_seconds()
+        .max(0);
     let (n, unit) = match secs {
         s if s < 60 => (s, "second"),
         s if s < 3600 => (s / 60, "minute"),
