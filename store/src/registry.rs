@@ -50,20 +50,7 @@ fn referrer_prefix(repository: &str, subject: &Digest) -> String {
 impl Store {
     /// Points `<registry>/<repository>:<tag>` at a stored manifest.
     pub fn set_repo_tag(&self, registry: &str, repository: &str, tag: &str, manifest: &Digest) -> Result<()> {
-        let record = self
-            .get_manifest(manifest)?
-            .ok_or_else(|| StoreError::NoSuchImage(manifest.to_string()))?;
-        let key = repo_tag_key(registry, repository, tag);
-        self.meta().put(
-            Cf::Tags,
-            &key,
-            &TagRecord {
-                manifest: *manifest,
-                media_type: record.media_type,
-                updated: now(),
-            },
-        )?;
-        Ok(())
+        self.put_tag(&repo_tag_key(registry, repository, tag), manifest)
     }
 
     pub fn repo_tag(&self, registry: &str, repository: &str, tag: &str) -> Result<Option<TagRecord>> {

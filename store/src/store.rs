@@ -398,19 +398,20 @@ impl Store {
         let key = reference
             .tag_key()
             .ok_or_else(|| StoreError::NoSuchImage(format!("{reference} has no tag")))?;
-        let record: ManifestRecord = self
-            .meta
-            .get(Cf::Manifests, &manifest.to_string())?
+        self.put_tag(&key, manifest)
+    }
+
+    /// Points the tag stored under `key` at a stored manifest.
+    pub(crate) fn put_tag(&self, key: &str, manifest: &Digest) -> Result<()> {
+        let record = self
+            .get_manifest(manifest)?
             .ok_or_else(|| StoreError::NoSuchImage(manifest.to_string()))?;
-        self.meta.put(
-            Cf::Tags,
-            &key,
-            &TagRecord {
-                manifest: *manifest,
-                media_type: record.media_type,
-                updated: now(),
-            },
-        )?;
+        let tag = TagRecord {
+            manifest: *manifest,
+            media_type: record.media_type,
+            updated: now(),
+        };
+        self.meta.put(Cf::Tags, key, &tag)?;
         Ok(())
     }
 
@@ -719,6 +720,30 @@ impl Store {
         Ok(removed)
     }
 
+    /// Unpacks one layer (verifying its diff ID) and records it.
+    pub(crate) fn unpack_and_record(
+        &self,
+        chain: &Digest,
+        parent: Option<Digest>,
+        diff_id: &Digest,
+        blob: &Digest,
+    ) -> Result<crate::unpack::UnpackReport> {
+        let file = self.blobs.open_blob(blob)?;
+        let report = self
+            .layers
+            .unpack(chain, diff_id, std::io::BufReader::with_capacity(1 << 20, file))?;
+        let record = LayerRecord {
+            diff_id: *diff_id,
+            parent,
+            size: report.bytes,
+            blob: Some(*blob),
+            stored: now(),
+        };
+        self.meta.put(Cf::Layers, &chain.to_string(), &record)?;
+        self.index_insert(chain, IdKind::Layer);
+        Ok(report)
+    }
+
     /// Makes sure every layer of an image is unpacked in the layer store (verifying each
     /// diff ID), and returns the chain IDs, bottom first.
     pub fn ensure_unpacked(&self, image_id: &Digest) -> Result<Vec<Digest>> {
@@ -745,19 +770,7 @@ impl Store {
             let chain = chain_id(parent.as_ref(), diff_id);
             let key = chain.to_string();
             if !self.layers.is_unpacked(&chain) || !self.meta.contains(Cf::Layers, &key)? {
-                let file = self.blobs.open_blob(blob)?;
-                let report =
-                    self.layers
-                        .unpack(&chain, diff_id, std::io::BufReader::with_capacity(1 << 20, file))?;
-                let record = LayerRecord {
-                    diff_id: *diff_id,
-                    parent,
-                    size: report.bytes,
-                    blob: Some(*blob),
-                    stored: now(),
-                };
-                self.meta.put(Cf::Layers, &key, &record)?;
-                self.index_insert(&chain, IdKind::Layer);
+                self.unpack_and_record(&chain, parent, diff_id, blob)?;
             }
             chains.push(chain);
             parent = Some(chain);

@@ -17,9 +17,9 @@ use crate::digest::Digest;
 use crate::index::IdKind;
 use crate::layers::chain_id;
 use crate::manifest::{self, Config, MAX_MANIFEST_BYTES, Manifest, Platform};
-use crate::meta::{Cf, LayerRecord};
+use crate::meta::Cf;
 use crate::reference::ImageRef;
-use crate::store::{Store, now};
+use crate::store::Store;
 use crate::unpack::Compression;
 
 type Result<T, E = ArchiveError> = std::result::Result<T, E>;
@@ -463,38 +463,24 @@ impl Loader<'_> {
                 .map_err(crate::store::StoreError::from)?;
             if !(recorded && self.store.layers().is_unpacked(&chain)) {
                 let was_unpacked = self.store.layers().is_unpacked(&chain);
-                let file = self.store.blobs().open_blob(blob)?;
-                let report = self
-                    .store
-                    .layers()
-                    .unpack(&chain, diff_id, BufReader::with_capacity(1 << 20, file))
+                self.store
+                    .unpack_and_record(&chain, parent, diff_id, blob)
                     .map_err(|e| match e {
-                        crate::layers::LayerError::DiffIdMismatch { expected, actual } => {
-                            ArchiveError::DiffIdMismatch {
-                                image: *config,
-                                index: i,
-                                expected,
-                                actual,
-                            }
-                        }
-                        other => crate::store::StoreError::from(other).into(),
+                        crate::store::StoreError::Layer(crate::layers::LayerError::DiffIdMismatch {
+                            expected,
+                            actual,
+                        }) => ArchiveError::DiffIdMismatch {
+                            image: *config,
+                            index: i,
+                            expected,
+                            actual,
+                        },
+                        other => other.into(),
                     })?;
                 if !was_unpacked {
                     self.new_layers.push(chain);
                     self.report.layers_unpacked += 1;
                 }
-                let record = LayerRecord {
-                    diff_id: *diff_id,
-                    parent,
-                    size: report.bytes,
-                    blob: Some(*blob),
-                    stored: now(),
-                };
-                self.store
-                    .meta()
-                    .put(Cf::Layers, &key, &record)
-                    .map_err(crate::store::StoreError::from)?;
-                self.store.index_insert(&chain, IdKind::Layer);
             }
             parent = Some(chain);
         }
