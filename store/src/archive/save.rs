@@ -38,33 +38,22 @@ pub fn save(store: &Store, refs: &[String], out: impl Write) -> Result<SaveRepor
     for r in refs {
         let resolved = store.resolve(r)?;
         let name = resolved.tag.as_deref().and_then(|t| ImageRef::parse(t).ok());
+        let no_image = || StoreError::NoSuchImage(r.clone());
+        let first_manifest_of = |id: &Digest| -> Result<Digest> {
+            let image = store.get_image(id)?.ok_or_else(no_image)?;
+            Ok(*image.manifests.first().ok_or_else(no_image)?)
+        };
         let manifest_digest = match (resolved.manifest, resolved.image) {
+            // An image manifest is saved as named; for an index, the platform's image.
             (Some(m), Some(id)) => {
-                // For an index, save the platform's image manifest.
-                let rec = store
-                    .get_manifest(&m)?
-                    .ok_or_else(|| StoreError::NoSuchImage(r.clone()))?;
+                let rec = store.get_manifest(&m)?.ok_or_else(no_image)?;
                 if rec.config.is_some() {
                     m
                 } else {
-                    let image = store
-                        .get_image(&id)?
-                        .ok_or_else(|| StoreError::NoSuchImage(r.clone()))?;
-                    *image
-                        .manifests
-                        .first()
-                        .ok_or_else(|| StoreError::NoSuchImage(r.clone()))?
+                    first_manifest_of(&id)?
                 }
             }
-            (None, Some(id)) => {
-                let image = store
-                    .get_image(&id)?
-                    .ok_or_else(|| StoreError::NoSuchImage(r.clone()))?;
-                *image
-                    .manifests
-                    .first()
-                    .ok_or_else(|| StoreError::NoSuchImage(r.clone()))?
-            }
+            (None, Some(id)) => first_manifest_of(&id)?,
             _ => return Err(StoreError::NoSuchImage(format!("{r} (no image for {host})")).into()),
         };
         let bytes = store.blobs().read_small(&manifest_digest, MAX_MANIFEST_BYTES)?;
