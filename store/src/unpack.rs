@@ -251,6 +251,27 @@ pub fn unpack_layer(
     unpack_layer_tracked(reader, dest, opts, &mut new_pool_keys)
 }
 
+/// Creates `path` (and parents) and opens it as a directory fd with `extra` flags.
+fn create_and_open_dir(
+    path: &Path,
+    extra: OFlags,
+    creating: &'static str,
+    opening: &'static str,
+) -> Result<OwnedFd, UnpackError> {
+    let err = |reason, source| UnpackError::Destination {
+        path: path.to_path_buf(),
+        reason,
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(|e| err(creating, e))?;
+    rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | extra,
+        Mode::empty(),
+    )
+    .map_err(|e| err(opening, e.into()))
+}
+
 /// Like [`unpack_layer`], recording the dedup pool entries this unpack created (so the
 /// layer store can remove them again if the layer is rejected).
 pub(crate) fn unpack_layer_tracked(
@@ -264,13 +285,7 @@ pub(crate) fn unpack_layer_tracked(
         reason,
         source,
     };
-    std::fs::create_dir_all(dest).map_err(|e| dest_err("creating", e))?;
-    let root = rustix::fs::open(
-        dest,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| dest_err("opening", e.into()))?;
+    let root = create_and_open_dir(dest, OFlags::NOFOLLOW, "creating", "opening")?;
     let pool = match &opts.dedup_pool {
         None => None,
         Some(path) => {
@@ -279,13 +294,8 @@ pub(crate) fn unpack_layer_tracked(
                 reason,
                 source,
             };
-            std::fs::create_dir_all(path).map_err(|e| err("creating dedup pool", e))?;
-            let pool = rustix::fs::open(
-                path,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| err("opening dedup pool", e.into()))?;
+            let pool =
+                create_and_open_dir(path, OFlags::empty(), "creating dedup pool", "opening dedup pool")?;
             let pool_dev = rustix::fs::fstat(&pool)
                 .map_err(|e| err("dedup pool", e.into()))?
                 .st_dev;
