@@ -8,7 +8,9 @@
 //! `$STRATA_BENCH_OUT` (default `/dev/shm/strata-bench-unpack`, tmpfs); the previous
 //! output is deleted and the filesystem synced outside the timed part. As root both
 //! restore owners, modes and mtimes. Also measured: (a) with the dedup pool at its
-//! default threshold and with every file pooled, to justify the threshold.
+//! default threshold and with every file pooled, to justify the threshold; and the plain
+//! layer as the store unpacks a blob it verified at ingest (`plain-verified-blob`: the
+//! blob digest is the diff ID, no second hash).
 //!
 //! Why tmpfs by default: on ext4, creating 20,000 files right after deleting the
 //! previous run's 20,000 makes ext4's inode allocator skip "recently deleted" inodes
@@ -222,6 +224,25 @@ fn bench_unpack(c: &mut Criterion) {
                 || fresh(&dir),
                 |out| {
                     strata(&layer.tar, &out.0, &opts);
+                    out
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        // How the store unpacks an uncompressed layer blob it verified at ingest: the
+        // blob's digest is the diff ID, so the stream is not hashed again.
+        let verified = UnpackOptions {
+            verified_blob: Some((
+                strata_store::Digest::of(&fs::read(&layer.tar).unwrap()),
+                fs::metadata(&layer.tar).unwrap().len(),
+            )),
+            ..opts.clone()
+        };
+        group.bench_function("strata/plain-verified-blob", |b| {
+            b.iter_batched(
+                || fresh(&dir),
+                |out| {
+                    strata(&layer.tar, &out.0, &verified);
                     out
                 },
                 BatchSize::PerIteration,

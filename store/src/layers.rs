@@ -340,6 +340,28 @@ impl LayerStore {
         expected_diff_id: &Digest,
         reader: impl Read,
     ) -> Result<UnpackReport, LayerError> {
+        self.unpack_from(chain_id, expected_diff_id, None, reader)
+    }
+
+    /// Like [`LayerStore::unpack`], reading a blob the store verified at ingest (digest
+    /// and size): an uncompressed layer is then not hashed again for its diff ID.
+    pub fn unpack_blob(
+        &self,
+        chain_id: &Digest,
+        expected_diff_id: &Digest,
+        blob: (Digest, u64),
+        reader: impl Read,
+    ) -> Result<UnpackReport, LayerError> {
+        self.unpack_from(chain_id, expected_diff_id, Some(blob), reader)
+    }
+
+    fn unpack_from(
+        &self,
+        chain_id: &Digest,
+        expected_diff_id: &Digest,
+        verified_blob: Option<(Digest, u64)>,
+        reader: impl Read,
+    ) -> Result<UnpackReport, LayerError> {
         if let Some(report) = self.existing(chain_id, expected_diff_id)? {
             return Ok(report);
         }
@@ -352,6 +374,7 @@ impl LayerStore {
         let diff = tmp.path.join(DIFF);
         let mut opts = self.opts.clone();
         opts.dedup_pool = self.dedup.then(|| self.pool_dir());
+        opts.verified_blob = verified_blob;
         let mut new_keys = Vec::new();
         let outcome = unpack_layer_tracked(reader, &diff, &opts, &mut new_keys);
         let report = match outcome {

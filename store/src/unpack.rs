@@ -116,6 +116,10 @@ pub struct UnpackOptions {
     pub dedup_pool: Option<PathBuf>,
     /// Regular files smaller than this are never deduplicated.
     pub dedup_min_size: u64,
+    /// The input is a blob the store verified at ingest, with this digest and size. If it
+    /// turns out uncompressed, its bytes are the layer's tar, so its diff ID is that
+    /// digest: the stream is not hashed a second time (only its length is checked).
+    pub verified_blob: Option<(Digest, u64)>,
 }
 
 /// Default for [`UnpackOptions::dedup_min_size`]: 16 KiB. Pooling a file costs a
@@ -135,6 +139,7 @@ impl Default for UnpackOptions {
             max_pax_len: 1 << 20,
             allow_devices: rustix::process::geteuid().is_root(),
             skip_devices: false,
+            verified_blob: None,
             dedup_pool: None,
             dedup_min_size: DEFAULT_DEDUP_MIN_SIZE,
         }
@@ -342,6 +347,11 @@ pub(crate) fn unpack_layer_tracked(
         ),
     };
 
+    // An uncompressed blob the store already verified is its own diff ID.
+    let known_diff_id = match (compression, opts.verified_blob) {
+        (Compression::None, Some(blob)) => Some(blob),
+        _ => None,
+    };
     let (to_writer, from_reader) = sync_channel::<Piece>(IN_FLIGHT);
     let (to_hasher, hasher_rx) = sync_channel::<Piece>(IN_FLIGHT);
     let (recycle_tx, recycle_rx) = channel::<Arc<Vec<u8>>>();
@@ -373,7 +383,9 @@ pub(crate) fn unpack_layer_tracked(
             .spawn_scoped(scope, move || {
                 let mut hasher = Hasher::new();
                 for piece in hasher_rx {
-                    hasher.update(&piece.buf[..piece.len]);
+                    if known_diff_id.is_none() {
+                        hasher.update(&piece.buf[..piece.len]);
+                    }
                     let _ = hasher_recycle.send(piece.buf);
                 }
                 hasher
@@ -422,8 +434,17 @@ pub(crate) fn unpack_layer_tracked(
             }
         };
         let c = written?;
+        let diff_id = match known_diff_id {
+            None => hashed.finish(),
+            Some((digest, size)) if size == uncompressed_size => digest,
+            Some((digest, size)) => {
+                return Err(UnpackError::Truncated {
+                    context: format!("(blob {digest} is {uncompressed_size} bytes, not {size})"),
+                });
+            }
+        };
         Ok(UnpackReport {
-            diff_id: hashed.finish(),
+            diff_id,
             compression,
             uncompressed_size,
             entries: c.entries,

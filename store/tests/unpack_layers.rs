@@ -457,3 +457,52 @@ fn dedup_never_clobbers_later_entries() {
     assert_ne!(ino(&diff.join("x")), ino(&store.diff_path(&c1).join("x")));
     assert_eq!(fs::read(store.diff_path(&c1).join("x")).unwrap(), c);
 }
+
+#[test]
+fn verified_uncompressed_blob_is_its_own_diff_id_and_its_length_is_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path());
+    let layer = big_layer(5);
+    let diff = Digest::of(&layer);
+    let chain = chain_id(None, &diff);
+    let size = layer.len() as u64;
+    // The diff ID comes from the verified blob: a wrong claimed digest is what the layer
+    // store then compares against the config, and refuses.
+    let claimed = Digest::of(b"not this layer");
+    let err = store
+        .unpack_blob(&chain, &diff, (claimed, size), &layer[..])
+        .unwrap_err();
+    assert!(
+        matches!(err, LayerError::DiffIdMismatch { actual, .. } if actual == claimed),
+        "{err}"
+    );
+    assert!(!store.is_unpacked(&chain));
+    // A blob shorter than its verified size (a truncated file) is refused.
+    let err = store
+        .unpack_blob(&chain, &diff, (diff, size + 1), &layer[..])
+        .unwrap_err();
+    assert!(err.to_string().contains("not"), "{err}");
+    assert!(!store.is_unpacked(&chain));
+    let report = store
+        .unpack_blob(&chain, &diff, (diff, size), &layer[..])
+        .unwrap();
+    assert_eq!(report.diff_id, diff);
+    assert!(store.diff_path(&chain).join("data/f7").is_file());
+
+    // A compressed blob is still hashed after decompression: its digest is not the diff ID.
+    let other = big_layer(6);
+    let other_diff = Digest::of(&other);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    io::Write::write_all(&mut gz, &other).unwrap();
+    let gz = gz.finish().unwrap();
+    let other_chain = chain_id(None, &other_diff);
+    let report = store
+        .unpack_blob(
+            &other_chain,
+            &other_diff,
+            (Digest::of(&gz), gz.len() as u64),
+            &gz[..],
+        )
+        .unwrap();
+    assert_eq!(report.diff_id, other_diff);
+}
