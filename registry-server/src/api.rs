@@ -385,11 +385,17 @@ enum Reference {
     Digest(Digest),
 }
 
-fn parse_reference(reference: &str) -> ApiResult<Reference> {
+/// Parses a manifest reference. A malformed tag is `MANIFEST_INVALID` (400) on a push, but
+/// on a read or delete it names nothing that can exist, so it is `MANIFEST_UNKNOWN` (404),
+/// as the spec's conformance suite expects.
+fn parse_reference(reference: &str, push: bool) -> ApiResult<Reference> {
     if reference.contains(':') {
         return Ok(Reference::Digest(parse_digest(reference)?));
     }
     if !valid_tag(reference) {
+        if !push {
+            return Err(ApiError::manifest_unknown(reference));
+        }
         return Err(
             ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid, "invalid tag")
                 .with_detail(serde_json::json!({ "tag": reference })),
@@ -444,7 +450,7 @@ async fn get_manifest(
     headers: &HeaderMap,
     head: bool,
 ) -> ApiResult {
-    let r = parse_reference(&reference)?;
+    let r = parse_reference(&reference, false)?;
     let accept = accepted(headers);
     let st2 = st.clone();
     let (digest, m) = blocking(move || {
@@ -537,7 +543,7 @@ async fn put_manifest(
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let r = parse_reference(&reference)?;
+    let r = parse_reference(&reference, true)?;
     let limit = st.inner.config.limits.max_manifest_bytes;
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
@@ -633,7 +639,7 @@ fn check_delete(st: &AppState) -> ApiResult<()> {
 
 async fn delete_manifest(st: &AppState, name: String, reference: String) -> ApiResult {
     check_delete(st)?;
-    let r = parse_reference(&reference)?;
+    let r = parse_reference(&reference, false)?;
     let st2 = st.clone();
     blocking(move || {
         let store = st2.store();

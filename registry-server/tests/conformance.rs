@@ -328,10 +328,18 @@ async fn manifests_by_tag_and_digest_byte_exact() {
         "{rows:?}"
     );
     assert_eq!(reg.get("/v2/m/0/manifests/nope").await.code(), "MANIFEST_UNKNOWN");
-    assert_eq!(
-        reg.get("/v2/m/0/manifests/-bad-tag").await.status,
-        StatusCode::BAD_REQUEST
-    );
+    // A malformed tag names nothing on a read (404, as the spec's conformance suite
+    // expects) and is refused on a push (400).
+    let r = reg.get("/v2/m/0/manifests/-bad-tag").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.code(), "MANIFEST_UNKNOWN");
+    let r = reg
+        .req(Method::HEAD, "/v2/m/0/manifests/.bad", &[], Body::empty())
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = reg.put_manifest("m/0", "-bad-tag", OCI_MANIFEST, b"{}").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.code(), "MANIFEST_INVALID");
 }
 
 fn docker_image() -> strata_fixtures::Image {
