@@ -276,7 +276,10 @@ impl Uploads {
     }
 }
 
-/// Streams `body` into `ingest` on a blocking thread. Always hands the ingest back (its
+/// Streams `body` into `ingest` on a blocking thread. The request's chunks go over in
+/// batches of about `WRITE_BATCH` bytes (few wake-ups), written with one `writev` each
+/// (no copy); small chunks are first gathered into one buffer so a client sending tiny
+/// chunks cannot make a batch of millions of slices. Always hands the ingest back (its
 /// offset then says what was kept).
 async fn write_body(
     ingest: Ingest,
@@ -285,49 +288,30 @@ async fn write_body(
     limit: Option<u64>,
     metrics: Arc<Metrics>,
 ) -> (Option<Ingest>, ApiResult<()>) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(4);
     let writer = tokio::task::spawn_blocking(move || {
         let mut ingest = ingest;
-        let mut buf = BytesMut::with_capacity(WRITE_BATCH);
         let mut result: ApiResult<()> = Ok(());
-        let flush = |ingest: &mut Ingest, buf: &mut BytesMut| -> ApiResult<()> {
-            if !buf.is_empty() {
-                ingest.write_all(buf)?;
-                buf.clear();
-            }
-            Ok(())
-        };
-        while let Some(chunk) = rx.blocking_recv() {
+        while let Some(batch) = rx.blocking_recv() {
+            let len: usize = batch.iter().map(Bytes::len).sum();
             if let Some(limit) = limit
-                && ingest.offset() + (buf.len() + chunk.len()) as u64 > limit
+                && ingest.offset() + len as u64 > limit
             {
                 result = Err(ApiError::size_invalid(format!(
                     "blob exceeds the limit of {limit} bytes"
                 )));
                 break;
             }
-            if buf.len() + chunk.len() > WRITE_BATCH
-                && let Err(e) = flush(&mut ingest, &mut buf)
-            {
-                result = Err(e);
+            if let Err(e) = ingest.write_all_vectored(&batch) {
+                result = Err(e.into());
                 break;
             }
-            if chunk.len() >= WRITE_BATCH {
-                if let Err(e) = ingest.write_all(&chunk) {
-                    result = Err(e.into());
-                    break;
-                }
-            } else {
-                buf.extend_from_slice(&chunk);
-            }
-        }
-        if result.is_ok() {
-            result = flush(&mut ingest, &mut buf);
         }
         (ingest, result)
     });
     let mut body = body.into_data_stream();
     let mut read_result: ApiResult<()> = Ok(());
+    let mut batch = Batch::default();
     loop {
         let next = match tokio::time::timeout(idle, futures::StreamExt::next(&mut body)).await {
             Ok(n) => n,
@@ -340,7 +324,9 @@ async fn write_body(
             None => break,
             Some(Ok(chunk)) => {
                 metrics.add_bytes_in(chunk.len() as u64);
-                if tx.send(chunk).await.is_err() {
+                if let Some(full) = batch.push(chunk)
+                    && tx.send(full).await.is_err()
+                {
                     break; // the writer stopped: its result says why
                 }
             }
@@ -350,9 +336,94 @@ async fn write_body(
             }
         }
     }
+    if let Some(rest) = batch.finish() {
+        let _ = tx.send(rest).await;
+    }
     drop(tx);
     match writer.await {
         Ok((ingest, write_result)) => (Some(ingest), write_result.and(read_result)),
         Err(e) => (None, Err(e.into())),
+    }
+}
+
+/// Request chunks gathered for one write: chunks of `SMALL_CHUNK` bytes or more are kept
+/// as they are; smaller ones are copied together.
+#[derive(Default)]
+struct Batch {
+    parts: Vec<Bytes>,
+    small: BytesMut,
+    len: usize,
+}
+
+/// Chunks below this size are copied into a shared buffer rather than kept as slices.
+const SMALL_CHUNK: usize = 32 << 10;
+
+impl Batch {
+    /// Adds a chunk; returns a full batch to write.
+    fn push(&mut self, chunk: Bytes) -> Option<Vec<Bytes>> {
+        self.len += chunk.len();
+        if chunk.len() >= SMALL_CHUNK {
+            self.seal_small();
+            self.parts.push(chunk);
+        } else {
+            self.small.extend_from_slice(&chunk);
+        }
+        (self.len >= WRITE_BATCH).then(|| self.take())
+    }
+
+    fn seal_small(&mut self) {
+        if !self.small.is_empty() {
+            self.parts.push(self.small.split().freeze());
+        }
+    }
+
+    fn take(&mut self) -> Vec<Bytes> {
+        self.seal_small();
+        self.len = 0;
+        std::mem::take(&mut self.parts)
+    }
+
+    /// What is left at the end of the body, if anything.
+    fn finish(mut self) -> Option<Vec<Bytes>> {
+        (self.len > 0).then(|| self.take())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn concat(parts: &[Bytes]) -> Vec<u8> {
+        parts.iter().flat_map(|b| b.iter().copied()).collect()
+    }
+
+    #[test]
+    fn batches_keep_order_and_gather_tiny_chunks() {
+        let mut batch = Batch::default();
+        let mut sent = Vec::new();
+        let mut expected = Vec::new();
+        // A hostile client: a million one-byte chunks, then big ones.
+        for i in 0..1_000_000u32 {
+            let chunk = Bytes::from(vec![i as u8]);
+            expected.push(i as u8);
+            if let Some(full) = batch.push(chunk) {
+                assert!(full.len() <= 2, "tiny chunks are gathered, not kept as slices");
+                sent.push(full);
+            }
+        }
+        for i in 0..5u8 {
+            let chunk = Bytes::from(vec![i; 300 << 10]);
+            expected.extend_from_slice(&chunk);
+            if let Some(full) = batch.push(chunk) {
+                sent.push(full);
+            }
+        }
+        sent.extend(batch.finish());
+        for full in &sent[..sent.len() - 1] {
+            assert!(full.iter().map(Bytes::len).sum::<usize>() >= WRITE_BATCH);
+        }
+        let got: Vec<u8> = sent.iter().flat_map(|b| concat(b)).collect();
+        assert_eq!(got, expected);
+        assert!(Batch::default().finish().is_none());
     }
 }

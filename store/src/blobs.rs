@@ -7,7 +7,7 @@
 //! next ingest of the same key resumes from its length.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -199,6 +199,7 @@ impl BlobStore {
             key,
             partial_path,
             file,
+            kicked: hasher.len(),
             hasher,
             _lock: lock,
         }))
@@ -416,6 +417,8 @@ pub struct Ingest {
     partial_path: PathBuf,
     file: File,
     hasher: Hasher,
+    /// Offset up to which writeback has been started (see `start_writeback`).
+    kicked: u64,
     _lock: LockedFile,
 }
 
@@ -440,11 +443,40 @@ impl Ingest {
 
     /// Appends bytes.
     pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
-        self.file
-            .write_all(bytes)
-            .map_err(BlobError::io("write ingest"))?;
-        self.hasher.update(bytes);
+        self.write_all_vectored(&[bytes])
+    }
+
+    /// Appends several buffers in order, with as few `writev` calls as the kernel allows
+    /// (no copy into one buffer first). On error the partial file is cut back to what
+    /// the hash state covers, so a later resume stays sound.
+    pub fn write_all_vectored<B: AsRef<[u8]>>(&mut self, bufs: &[B]) -> Result<()> {
+        let start = self.offset();
+        let mut slices: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b.as_ref())).collect();
+        let mut rest = &mut slices[..];
+        IoSlice::advance_slices(&mut rest, 0); // drops leading empty buffers
+        while !rest.is_empty() {
+            match self.file.write_vectored(rest) {
+                Ok(0) => return Err(self.cut_back(start, io::ErrorKind::WriteZero.into())),
+                Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.cut_back(start, e)),
+            }
+        }
+        for b in bufs {
+            self.hasher.update(b.as_ref());
+        }
+        let written = self.offset();
+        if written - self.kicked >= WRITEBACK_WINDOW {
+            start_writeback(&self.file, self.kicked, written - self.kicked);
+            self.kicked = written;
+        }
         Ok(())
+    }
+
+    fn cut_back(&mut self, len: u64, e: io::Error) -> BlobError {
+        let _ = self.file.set_len(len);
+        let _ = self.file.seek(SeekFrom::Start(len));
+        BlobError::io("write ingest")(e)
     }
 
     /// Appends everything from `reader`; stops with `TooLarge` past `limit` total bytes.
@@ -452,6 +484,7 @@ impl Ingest {
         let hasher = std::mem::take(&mut self.hasher);
         let (hasher, result) = copy_hashing(reader, &mut self.file, hasher, limit);
         self.hasher = hasher;
+        self.kicked = self.offset();
         if result.is_err() {
             // Keep the partial file exactly what the hash state covers, so a resume is sound.
             let _ = self.file.set_len(self.hasher.len());
