@@ -2,10 +2,12 @@
 # Side by side: strata registry-server vs CNCF Distribution (docker-registry), one run on
 # this machine, alternating A B A B. Prints medians of blob GET throughput (1 and 4
 # parallel), push throughput and server CPU-seconds per GB pushed, manifest GET req/s and
-# p99 (wrk, 50 connections), blob HEAD req/s, RSS idle and peak.
+# p99 (wrk, 50 connections), blob HEAD req/s, RSS idle and peak. Blob GETs are also
+# measured against nginx (sendfile on) serving the same blob file from strata's store,
+# the ceiling for serving a file over loopback HTTP.
 #
 #   benches/scripts/registry-vs-distribution.sh [ROUNDS]
-# Needs: docker-registry, wrk, curl, jq, python3; a release build of registry-server
+# Needs: docker-registry, nginx, wrk, curl, jq, python3; a release build of registry-server
 # (cargo build --release -p strata-registry) in $CARGO_TARGET_DIR or ./target.
 set -euo pipefail
 ROUNDS=${1:-3}
@@ -17,7 +19,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-PA=$(free_port); PB=$(free_port)
+PA=$(free_port); PB=$(free_port); PN=$(free_port)
 cat > "$W/dist.yml" <<YML
 version: 0.1
 log: {level: error}
@@ -51,6 +53,26 @@ push() { # port repo file digest -> seconds
   t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l
 }
 
+# nginx serves strata's blob directory: the same file, read with sendfile.
+mkdir -p "$W/nginx"
+cat > "$W/nginx.conf" <<CONF
+daemon off;
+worker_processes 2;
+user $(id -un);
+pid $W/nginx/pid;
+error_log $W/nginx/error.log;
+events { worker_connections 256; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  client_body_temp_path $W/nginx; proxy_temp_path $W/nginx; fastcgi_temp_path $W/nginx;
+  uwsgi_temp_path $W/nginx; scgi_temp_path $W/nginx;
+  server { listen 127.0.0.1:$PN; root $W/strata/blobs; }
+}
+CONF
+nginx -c "$W/nginx.conf" -p "$W/nginx" >"$W/nginx/out.log" 2>&1 & PIDS+=($!)
+
 declare -A R
 for round in $(seq "$ROUNDS"); do
   for side in dist strata; do
@@ -58,9 +80,16 @@ for round in $(seq "$ROUNDS"); do
     c0=$(cpu $pid); s=$(push $port "bench/r$round" "$W/blob256" "$D256"); c1=$(cpu $pid)
     R[$side.push]+="$(echo "256/$s" | bc -l) "; R[$side.cpugb]+="$(echo "($c1-$c0)*4" | bc -l) "
     push $port bench/get "$W/blob64" "$D64" >/dev/null
-    R[$side.get1]+="$(curl -s -o /dev/null -w '%{speed_download}' http://127.0.0.1:$port/v2/bench/get/blobs/$D64 | awk '{print $1/1e6}') "
+  done
+  for side in dist strata nginx; do
+    case $side in
+      dist) url=http://127.0.0.1:$PA/v2/bench/get/blobs/$D64 ;;
+      strata) url=http://127.0.0.1:$PB/v2/bench/get/blobs/$D64 ;;
+      nginx) url=http://127.0.0.1:$PN/sha256/${D64#sha256:} ;;
+    esac
+    R[$side.get1]+="$(curl -sf -o /dev/null -w '%{speed_download}' "$url" | awk '{print $1/1e6}') "
     t0=$(date +%s.%N)
-    cp=(); for i in 1 2 3 4; do curl -s -o /dev/null http://127.0.0.1:$port/v2/bench/get/blobs/$D64 & cp+=($!); done; wait "${cp[@]}"
+    cp=(); for i in 1 2 3 4; do curl -sf -o /dev/null "$url" & cp+=($!); done; wait "${cp[@]}"
     t1=$(date +%s.%N); R[$side.get4]+="$(echo "4*64*1.048576/($t1-$t0)" | bc -l) "
   done
 done
@@ -93,6 +122,10 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
+for key in get1 get4; do
+  n=$(tr ' ' '\n' <<<"${R[nginx.$key]}" | grep . | median); b=$(tr ' ' '\n' <<<"${R[strata.$key]}" | grep . | median)
+  printf 'nginx sendfile %-19s %14.2f  strata/nginx %.2f\n' "$key" "$n" "$(echo "$b/$n" | bc -l)"
+done
 printf '%-34s %14s %14s %8s\n' metric distribution strata ratio
 for k in push:push_MiB/s cpugb:CPU-s_per_GB_pushed get1:blob_GET_MB/s_x1 get4:blob_GET_MB/s_x4 mrps:manifest_GET_req/s p99:manifest_GET_p99_ms hrps:blob_HEAD_req/s; do
   key=${k%%:*}; label=${k#*:}

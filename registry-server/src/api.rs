@@ -28,6 +28,8 @@ use crate::uploads::Uploads;
 const API_VERSION: &str = "registry/2.0";
 const MANIFEST_CACHE_BYTES: usize = 8 << 20;
 const BLOB_READ_CHUNK: usize = 1 << 20;
+/// Chunks of a blob GET read ahead of the socket.
+const BLOB_READ_AHEAD: usize = 2;
 
 /// The server's shared state: the store, the configuration, upload sessions, the
 /// manifest cache, metrics and the authenticator.
@@ -452,8 +454,11 @@ async fn get_manifest(
 ) -> ApiResult {
     let r = parse_reference(&reference, false)?;
     let accept = accepted(headers);
-    let st2 = st.clone();
-    let (digest, m) = blocking(move || {
+    let st2 = st;
+    // Point reads (RocksDB, usually from memory, and the manifest cache) run inline: a hop
+    // to the blocking pool costs more than they do, and under load it sets the tail
+    // latency (see `benches/RESULTS.md`).
+    let (digest, m) = (move || {
         let digest = match r {
             Reference::Digest(d) => d,
             Reference::Tag(t) => match st2.store().repo_tag(&st2.inner.registry, &name, &t)? {
@@ -461,7 +466,7 @@ async fn get_manifest(
                 None => return Err(ApiError::manifest_unknown(&t)),
             },
         };
-        let m = load_manifest(&st2, &name, &digest)?;
+        let m = load_manifest(st2, &name, &digest)?;
         // An index to a client that does not take indexes: its manifest for this platform.
         if let Some(accept) = &accept
             && matches!(m.media_type.as_str(), OCI_INDEX | DOCKER_LIST)
@@ -469,13 +474,12 @@ async fn get_manifest(
             && accept.iter().any(|a| a == OCI_MANIFEST || a == DOCKER_MANIFEST)
             && let Ok(parsed) = Manifest::parse(&m.body, Some(&m.media_type))
             && let Some(child) = parsed.select_platform(&Platform::host())
-            && let Ok(c) = load_manifest(&st2, &name, &child.digest)
+            && let Ok(c) = load_manifest(st2, &name, &child.digest)
         {
             return Ok((child.digest, c));
         }
         Ok((digest, m))
-    })
-    .await?;
+    })()?;
     let mut resp = if head {
         Body::empty()
     } else {
@@ -684,8 +688,9 @@ fn parse_range(v: &str, len: u64) -> Option<(u64, u64)> {
 
 async fn get_blob(st: &AppState, name: String, digest: String, headers: &HeaderMap, head: bool) -> ApiResult {
     let d = parse_digest(&digest)?;
-    let store = st.store().clone();
-    let (file, len) = blocking(move || {
+    let store = st.store();
+    // Inline, like manifest reads: a link lookup, `open` and `fstat`.
+    let (file, len) = (move || {
         if !store.is_linked(&name, &d)? {
             return Err(ApiError::blob_unknown(d));
         }
@@ -695,8 +700,7 @@ async fn get_blob(st: &AppState, name: String, digest: String, headers: &HeaderM
             .map_err(|e| ApiError::internal(format!("stat blob: {e}")))?
             .len();
         Ok((f, len))
-    })
-    .await?;
+    })()?;
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let (status, start, count) = match range {
         None => (StatusCode::OK, 0, len),
@@ -739,23 +743,49 @@ async fn get_blob(st: &AppState, name: String, digest: String, headers: &HeaderM
     Ok(resp)
 }
 
-/// Streams `count` bytes of `file` from `start` in large reads. Each read is a short
-/// blocking-pool task: a slow client holds no thread while it is not reading.
+/// Streams `count` bytes of `file` from `start`. Each chunk is one `pread` straight into
+/// the buffer that goes to the socket (no zeroing, no second copy), run on the blocking
+/// pool; the next chunk is read while the current one is sent. A slow client holds at
+/// most `BLOB_READ_AHEAD` chunks in memory and no thread.
 fn file_body(file: std::fs::File, start: u64, count: u64) -> Body {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let stream = futures::stream::once(async move {
-        let mut f = tokio::fs::File::from_std(file);
-        f.set_max_buf_size(BLOB_READ_CHUNK);
-        if start > 0 {
-            f.seek(std::io::SeekFrom::Start(start)).await?;
-        }
-        Ok::<_, std::io::Error>(tokio_util::io::ReaderStream::with_capacity(
-            f.take(count),
-            BLOB_READ_CHUNK,
-        ))
-    });
-    let stream = futures::TryStreamExt::try_flatten(stream);
+    use futures::StreamExt;
+    let file = Arc::new(file);
+    let chunks = count.div_ceil(BLOB_READ_CHUNK as u64);
+    let stream = futures::stream::iter(0..chunks)
+        .map(move |i| {
+            let file = file.clone();
+            let offset = start + i * BLOB_READ_CHUNK as u64;
+            let len = (start + count - offset).min(BLOB_READ_CHUNK as u64) as usize;
+            async move {
+                tokio::task::spawn_blocking(move || read_chunk(&file, offset, len))
+                    .await
+                    .map_err(std::io::Error::other)?
+            }
+        })
+        .buffered(BLOB_READ_AHEAD);
     Body::from_stream(stream)
+}
+
+/// Reads exactly `len` bytes at `offset` into a new buffer.
+fn read_chunk(file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<Bytes> {
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let at = offset + buf.len() as u64;
+        let want = len - buf.len();
+        let n = match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("blob ends {want} bytes early"),
+            ));
+        }
+    }
+    buf.truncate(len); // the allocation may have had room for more than was asked
+    Ok(Bytes::from(buf))
 }
 
 async fn delete_blob(st: &AppState, name: String, digest: String) -> ApiResult {
