@@ -8,12 +8,12 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{Extension, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, Version, header};
 use strata_store::{
     DOCKER_LIST, DOCKER_MANIFEST, Digest, Manifest, OCI_INDEX, OCI_MANIFEST, Platform, Referrer, Store,
 };
@@ -23,11 +23,14 @@ use crate::config::Config;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::metrics::Metrics;
 use crate::names::{Route, parse_route, valid_name, valid_tag};
+use crate::sendfile::{SendfileBody, SendfileSlot};
 use crate::uploads::Uploads;
 
 const API_VERSION: &str = "registry/2.0";
 const MANIFEST_CACHE_BYTES: usize = 8 << 20;
 const BLOB_READ_CHUNK: usize = 1 << 20;
+/// Blob bodies at least this long go out by `sendfile` where the connection allows.
+const SENDFILE_MIN: u64 = 64 << 10;
 /// Chunks of a blob GET read ahead of the socket.
 const BLOB_READ_AHEAD: usize = 2;
 
@@ -223,11 +226,17 @@ async fn token(State(st): State<AppState>, uri: Uri, headers: HeaderMap) -> Resp
 async fn dispatch(
     State(st): State<AppState>,
     method: Method,
+    version: Version,
     uri: Uri,
+    slot: Option<Extension<SendfileSlot>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match handle(&st, method, uri, headers, body).await {
+    // Zero-copy blob bodies only on plain HTTP/1 connections (see `sendfile`).
+    let slot = slot
+        .filter(|_| matches!(version, Version::HTTP_10 | Version::HTTP_11))
+        .map(|Extension(s)| s);
+    match handle(&st, method, uri, headers, body, slot).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -267,7 +276,14 @@ fn need_for(method: &Method, route: &Route, q: &[(String, String)]) -> Need {
     need
 }
 
-async fn handle(st: &AppState, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> ApiResult {
+async fn handle(
+    st: &AppState,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+    slot: Option<SendfileSlot>,
+) -> ApiResult {
     let Some(route) = parse_route(uri.path()) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -307,7 +323,7 @@ async fn handle(st: &AppState, method: Method, uri: Uri, headers: HeaderMap, bod
         }
         (&Method::DELETE, Route::Manifest { name, reference }) => delete_manifest(st, name, reference).await,
         (&Method::GET | &Method::HEAD, Route::Blob { name, digest }) => {
-            get_blob(st, name, digest, &headers, head).await
+            get_blob(st, name, digest, &headers, head, slot).await
         }
         (&Method::DELETE, Route::Blob { name, digest }) => delete_blob(st, name, digest).await,
         (&Method::POST, Route::Uploads { name }) => start_upload(st, name, &q, &headers, body).await,
@@ -686,7 +702,14 @@ fn parse_range(v: &str, len: u64) -> Option<(u64, u64)> {
     (start <= end && start < len).then_some((start, end))
 }
 
-async fn get_blob(st: &AppState, name: String, digest: String, headers: &HeaderMap, head: bool) -> ApiResult {
+async fn get_blob(
+    st: &AppState,
+    name: String,
+    digest: String,
+    headers: &HeaderMap,
+    head: bool,
+    slot: Option<SendfileSlot>,
+) -> ApiResult {
     let d = parse_digest(&digest)?;
     let store = st.store();
     // Inline, like manifest reads: a link lookup, `open` and `fstat`.
@@ -720,7 +743,12 @@ async fn get_blob(st: &AppState, name: String, digest: String, headers: &HeaderM
         Body::empty()
     } else {
         st.inner.metrics.add_bytes_out(count);
-        file_body(file, start, count)
+        match slot {
+            Some(slot) if count >= SENDFILE_MIN => {
+                Body::new(SendfileBody::new(slot, Arc::new(file), start, count))
+            }
+            _ => file_body(file, start, count),
+        }
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = status;

@@ -9,6 +9,7 @@ mod config;
 mod error;
 mod metrics;
 mod names;
+mod sendfile;
 mod serve;
 mod uploads;
 

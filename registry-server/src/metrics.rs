@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const BUCKETS: [f64; 12] = [
@@ -20,6 +20,9 @@ pub struct Metrics {
     latency_sum_micros: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    /// Of `bytes_out`, those sent from the page cache with `sendfile` (shared with the
+    /// connections' `SendfileSlot`s).
+    sendfile_bytes: Arc<AtomicU64>,
     uploads: AtomicU64,
 }
 
@@ -48,6 +51,11 @@ impl Metrics {
 
     pub fn add_bytes_out(&self, n: u64) {
         self.bytes_out.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The counter plain connections add their `sendfile` bytes to.
+    pub(crate) fn sendfile_counter(&self) -> Arc<AtomicU64> {
+        self.sendfile_bytes.clone()
     }
 
     pub fn set_uploads(&self, n: usize) {
@@ -94,6 +102,12 @@ impl Metrics {
                 "counter",
                 "Blob and manifest bytes sent.",
                 &self.bytes_out,
+            ),
+            (
+                "strata_registry_sendfile_bytes_total",
+                "counter",
+                "Blob bytes sent with sendfile (zero-copy), part of the bytes sent.",
+                &*self.sendfile_bytes,
             ),
             (
                 "strata_registry_uploads_in_flight",

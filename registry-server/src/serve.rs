@@ -14,9 +14,11 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tower::ServiceExt;
 
 use crate::api::{AppState, app};
 use crate::config::TlsConfig;
+use crate::sendfile::{SendfileIo, SendfileSlot};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -79,13 +81,17 @@ pub async fn serve(
     let config = state.config().clone();
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
     let upkeep = tokio::spawn(upkeep(state.clone()));
+    let sendfile_counter = state.metrics().sendfile_counter();
     let router = app(state);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.limits.header_timeout)
-        .keep_alive(true);
+        .keep_alive(true)
+        // Queue body chunks as given, never copy them into one buffer: `SendfileIo`
+        // relies on seeing the blob bodies' placeholder slices.
+        .writev(true);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
@@ -105,7 +111,8 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let svc = TowerToHyperService::new(router.clone());
+        let router = router.clone();
+        let sendfile_counter = sendfile_counter.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
@@ -115,6 +122,7 @@ pub async fn serve(
                     let accepted = tokio::time::timeout(header_timeout, acceptor.accept(stream)).await;
                     match accepted {
                         Ok(Ok(s)) => {
+                            let svc = TowerToHyperService::new(router);
                             let conn = builder.serve_connection_with_upgrades(TokioIo::new(s), svc);
                             let _ = watcher.watch(conn.into_owned()).await;
                         }
@@ -130,7 +138,16 @@ pub async fn serve(
                         let _ = stream.shutdown().await;
                         return;
                     }
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    let slot = SendfileSlot::new(sendfile_counter.clone());
+                    let for_requests = slot.clone();
+                    let svc = TowerToHyperService::new(router.map_request(
+                        move |mut req: http::Request<hyper::body::Incoming>| {
+                            req.extensions_mut().insert(for_requests.clone());
+                            req
+                        },
+                    ));
+                    let io = TokioIo::new(SendfileIo::new(stream, slot));
+                    let conn = builder.serve_connection_with_upgrades(io, svc);
                     if let Err(e) = watcher.watch(conn.into_owned()).await {
                         tracing::debug!("connection from {peer}: {e}");
                     }
