@@ -639,6 +639,28 @@ pub(crate) struct LockedFile {
     _file: File,
 }
 
+impl LockedFile {
+    /// Writes who holds the lock (`PID PROGRAM`) into the lock file, for the message of
+    /// whoever waits for it next. Best effort.
+    pub(crate) fn record_holder(&self) {
+        let program = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_default();
+        let line = format!("{} {program}\n", std::process::id());
+        let _ = self._file.set_len(0);
+        let _ = std::os::unix::fs::FileExt::write_all_at(&self._file, line.as_bytes(), 0);
+    }
+}
+
+/// Who holds the lock at `path`, as recorded by [`LockedFile::record_holder`]: the PID
+/// and the program name.
+pub(crate) fn lock_holder(path: &Path) -> Option<(u32, String)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (pid, program) = text.trim().split_once(' ')?;
+    Some((pid.parse().ok()?, program.to_string()))
+}
+
 /// Takes an exclusive lock on `path`, blocking (in the kernel, not polling) until free.
 /// The lock file may be unlinked by its holder: after locking, check that the path still
 /// names the file we locked, and retry otherwise.

@@ -122,10 +122,15 @@ impl Store {
         let lock = match blobs::try_lock_file(&lock_path)? {
             Some(lock) => lock,
             None => {
-                tracing::warn!("store {} is in use by another process; waiting", root.display());
+                let holder = match blobs::lock_holder(&lock_path) {
+                    Some((pid, program)) => format!("{program} (pid {pid})"),
+                    None => "another process".into(),
+                };
+                tracing::warn!("store {} is in use by {holder}; waiting for it", root.display());
                 blobs::lock_file(&lock_path)?
             }
         };
+        lock.record_holder();
         let blobs = BlobStore::open(root)?;
         let layers = LayerStore::open(root)?;
         let meta = Meta::open(&root.join("meta"))?;
@@ -141,6 +146,18 @@ impl Store {
         };
         store.rebuild_index()?;
         Ok(store)
+    }
+
+    /// The process that holds the store for writing, if one does: its PID and program.
+    pub fn writer(root: &Path) -> Option<(u32, String)> {
+        let lock_path = root.join("store.lock");
+        if !lock_path.exists() {
+            return None;
+        }
+        match blobs::try_lock_file(&lock_path) {
+            Ok(Some(_free)) => None,
+            _ => blobs::lock_holder(&lock_path),
+        }
     }
 
     /// Opens a read-only view that works while another process writes the store.

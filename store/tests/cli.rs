@@ -166,3 +166,35 @@ fn fsck_finds_and_repairs_a_corrupt_blob() {
     let _ = store_cmd(&root, &["fsck", "--repair"]);
     assert!(root.join("quarantine").read_dir().unwrap().count() == 1);
 }
+
+#[test]
+fn a_writer_waits_for_the_holder_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("s");
+    let held = Store::open(&root).unwrap();
+    let (pid, program) = Store::writer(&root).expect("the lock names its holder");
+    assert_eq!(pid, std::process::id());
+    assert!(std::env::current_exe().unwrap().ends_with(&program), "{program}");
+
+    let mut gc = Command::new(env!("CARGO_BIN_EXE_store"))
+        .arg("--root")
+        .arg(&root)
+        .args(["gc", "--grace", "0s"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert!(
+        gc.try_wait().unwrap().is_none(),
+        "gc must wait while the store is held"
+    );
+    drop(held);
+    let out = gc.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("in use by {program} (pid {pid}); waiting")),
+        "{stderr}"
+    );
+    assert_eq!(Store::writer(&root), None);
+}

@@ -31,7 +31,18 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let root = cli.root.unwrap_or_else(default_root);
-    let open_rw = || Store::open(&root).with_context(|| format!("open store {}", root.display()));
+    let open_rw = || {
+        if let Some((pid, program)) = Store::writer(&root)
+            && program == "registry-server"
+        {
+            eprintln!(
+                "note: registry-server (pid {pid}) holds this store while it runs; this waits until \
+                 it stops. It collects garbage itself ([gc] interval in its config); \
+                 `kill -USR1 {pid}` makes it collect now."
+            );
+        }
+        Store::open(&root).with_context(|| format!("open store {}", root.display()))
+    };
     let open_ro = || Store::open_read_only(&root).with_context(|| format!("open store {}", root.display()));
     let mut out = std::io::stdout().lock();
     match cli.command {
