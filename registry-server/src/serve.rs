@@ -178,6 +178,13 @@ async fn upkeep(state: AppState) {
     let gc_every = config.gc.interval.unwrap_or(Duration::from_secs(365 * 24 * 3600));
     let mut gc_tick = tokio::time::interval(gc_every);
     gc_tick.tick().await; // the first tick is immediate: skip it
+    // `kill -USR1 PID` runs a collection now (`store gc` cannot while the server holds
+    // the store, and says so).
+    let mut gc_signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
+    let gc_requested = async |s: &mut Option<tokio::signal::unix::Signal>| match s {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    };
     loop {
         tokio::select! {
             _ = upload_tick.tick() => {
@@ -188,19 +195,31 @@ async fn upkeep(state: AppState) {
                     _ => {}
                 }
             }
-            _ = gc_tick.tick(), if config.gc.interval.is_some() => {
-                let st = state.clone();
-                let opts = strata_store::GcOptions {
-                    grace: config.gc.grace,
-                    partial_expiry: config.uploads.expiry,
-                    dry_run: false,
-                };
-                match tokio::task::spawn_blocking(move || st.store().gc(&opts)).await {
-                    Ok(Ok(r)) => tracing::info!(blobs_removed = r.blobs_removed, bytes_removed = r.bytes_removed, "gc done"),
-                    Ok(Err(e)) => tracing::warn!("gc: {e}"),
-                    Err(e) => tracing::warn!("gc task: {e}"),
-                }
+            _ = gc_tick.tick(), if config.gc.interval.is_some() => collect(&state).await,
+            _ = gc_requested(&mut gc_signal) => {
+                tracing::info!("SIGUSR1: collecting garbage now");
+                collect(&state).await;
             }
         }
+    }
+}
+
+/// One online GC run with the configured grace period.
+async fn collect(state: &AppState) {
+    let config = state.config();
+    let opts = strata_store::GcOptions {
+        grace: config.gc.grace,
+        partial_expiry: config.uploads.expiry,
+        dry_run: false,
+    };
+    let st = state.clone();
+    match tokio::task::spawn_blocking(move || st.store().gc(&opts)).await {
+        Ok(Ok(r)) => tracing::info!(
+            blobs_removed = r.blobs_removed,
+            bytes_removed = r.bytes_removed,
+            "gc done"
+        ),
+        Ok(Err(e)) => tracing::warn!("gc: {e}"),
+        Err(e) => tracing::warn!("gc task: {e}"),
     }
 }

@@ -289,3 +289,45 @@ async fn abandoned_uploads_expire() {
     assert_eq!(reg.get(&loc).await.code(), "BLOB_UPLOAD_UNKNOWN");
     assert!(reg.state.store().blobs().list_partials().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn sigusr1_runs_a_collection_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[gc]\ngrace = 0\n").unwrap();
+    let proc = common::Proc::start(&root, &["--config", config.to_str().unwrap()]);
+    // An uploaded blob no manifest references: garbage once the grace period (0) is over.
+    let blob = b"unreferenced".to_vec();
+    let digest = Digest::of(&blob);
+    let client = reqwest::Client::new();
+    let base = format!("http://{}", proc.addr());
+    let r = client
+        .post(format!("{base}/v2/t/gc/blobs/uploads/?digest={digest}"))
+        .body(blob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let path = root.join("blobs/sha256").join(digest.hex());
+    assert!(path.is_file());
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // `store gc` cannot run now (the server holds the store); the server collects on SIGUSR1.
+    assert_eq!(
+        strata_store::Store::writer(&root).map(|(_, program)| program),
+        Some("registry-server".to_string())
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-USR1", &proc.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while path.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!path.exists(), "SIGUSR1 did not collect the unreferenced blob");
+    let r = client.get(format!("{base}/v2/")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the server keeps serving after a collection");
+    assert!(proc.stop().success());
+}
