@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::metrics::Metrics;
 use crate::names::{Route, parse_route, valid_name, valid_tag};
+use crate::proxy::{self, Proxy};
 use crate::sendfile::{SendfileBody, SendfileSlot};
 use crate::uploads::Uploads;
 
@@ -49,6 +50,16 @@ struct Inner {
     cache: ManifestCache,
     metrics: Arc<Metrics>,
     auth: Option<Auth>,
+    proxy: Option<Arc<Proxy>>,
+}
+
+/// Errors setting up the server state.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("proxy upstream: {0}")]
+    Proxy(#[from] strata_puller::ClientError),
 }
 
 impl std::fmt::Debug for AppState {
@@ -61,10 +72,12 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// Builds the state over an open store (reads the htpasswd file if auth is set).
-    pub fn new(store: Arc<Store>, config: Config) -> Result<AppState, AuthError> {
+    /// Builds the state over an open store (reads the htpasswd file if auth is set; sets
+    /// up the upstream client in proxy mode).
+    pub fn new(store: Arc<Store>, config: Config) -> Result<AppState, StateError> {
         let metrics = Arc::new(Metrics::default());
         let auth = config.auth.clone().map(Auth::new).transpose()?;
+        let proxy = config.proxy.as_ref().map(Proxy::new).transpose()?.map(Arc::new);
         Ok(AppState {
             inner: Arc::new(Inner {
                 uploads: Uploads::new(store.clone(), config.limits.max_upload_sessions, metrics.clone()),
@@ -74,6 +87,7 @@ impl AppState {
                 cache: ManifestCache::default(),
                 metrics,
                 auth,
+                proxy,
             }),
         })
     }
@@ -86,6 +100,10 @@ impl AppState {
     }
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
+    }
+    /// The pull-through cache, in proxy mode.
+    pub(crate) fn proxy(&self) -> Option<&Arc<Proxy>> {
+        self.inner.proxy.as_ref()
     }
     /// The name tags are stored under (`<registry>/<repo>:<tag>`).
     pub fn registry_name(&self) -> &str {
@@ -242,7 +260,9 @@ async fn dispatch(
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
     tokio::task::spawn_blocking(f).await?
 }
 
@@ -309,12 +329,19 @@ async fn handle(
         .await?;
     }
     let head = method == Method::HEAD;
+    let proxying = st.inner.proxy.is_some();
+    if proxying && proxy::is_push(&method, &route) {
+        return Err(proxy::push_refused());
+    }
     match (&method, route) {
         (&Method::GET | &Method::HEAD, Route::Base) => {
             Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{}").into_response())
         }
         (&Method::GET, Route::Catalog) => catalog(st, &q).await,
         (&Method::GET, Route::Tags { name }) => tags(st, name, &q).await,
+        (&Method::GET | &Method::HEAD, Route::Manifest { name, reference }) if proxying => {
+            proxy::get_manifest(st, name, reference, &headers, head).await
+        }
         (&Method::GET | &Method::HEAD, Route::Manifest { name, reference }) => {
             get_manifest(st, name, reference, &headers, head).await
         }
@@ -323,6 +350,9 @@ async fn handle(
         }
         (&Method::DELETE, Route::Manifest { name, reference }) => delete_manifest(st, name, reference).await,
         (&Method::GET | &Method::HEAD, Route::Blob { name, digest }) => {
+            if proxying {
+                proxy::ensure_blob(st, &name, &digest).await?;
+            }
             get_blob(st, name, digest, &headers, head, slot).await
         }
         (&Method::DELETE, Route::Blob { name, digest }) => delete_blob(st, name, digest).await,
@@ -398,7 +428,7 @@ async fn tags(st: &AppState, name: String, q: &[(String, String)]) -> ApiResult 
     Ok(resp)
 }
 
-enum Reference {
+pub(crate) enum Reference {
     Tag(String),
     Digest(Digest),
 }
@@ -406,7 +436,7 @@ enum Reference {
 /// Parses a manifest reference. A malformed tag is `MANIFEST_INVALID` (400) on a push, but
 /// on a read or delete it names nothing that can exist, so it is `MANIFEST_UNKNOWN` (404),
 /// as the spec's conformance suite expects.
-fn parse_reference(reference: &str, push: bool) -> ApiResult<Reference> {
+pub(crate) fn parse_reference(reference: &str, push: bool) -> ApiResult<Reference> {
     if reference.contains(':') {
         return Ok(Reference::Digest(parse_digest(reference)?));
     }
@@ -461,7 +491,7 @@ fn load_manifest(st: &AppState, name: &str, digest: &Digest) -> ApiResult<Arc<Ca
     Ok(st.inner.cache.put(*digest, record.media_type, Bytes::from(bytes)))
 }
 
-async fn get_manifest(
+pub(crate) async fn get_manifest(
     st: &AppState,
     name: String,
     reference: String,

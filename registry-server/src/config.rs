@@ -40,6 +40,8 @@ pub struct Config {
     pub gc: GcConfig,
     pub tls: Option<TlsConfig>,
     pub auth: Option<AuthConfig>,
+    /// Pull-through cache mode: serve an upstream registry's content, caching it here.
+    pub proxy: Option<ProxyConfig>,
 }
 
 impl Default for Config {
@@ -55,6 +57,7 @@ impl Default for Config {
             gc: GcConfig::default(),
             tls: None,
             auth: None,
+            proxy: None,
         }
     }
 }
@@ -104,6 +107,24 @@ impl Config {
                         return Err(ConfigError::Invalid(format!("auth.access: unknown action {a:?}")));
                     }
                 }
+            }
+        }
+        if let Some(proxy) = &self.proxy {
+            let url = proxy.remote_url.trim_end_matches('/');
+            let rest = url
+                .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"))
+                .unwrap_or("");
+            if rest.is_empty() || rest.contains('/') {
+                return Err(ConfigError::Invalid(format!(
+                    "proxy.remote_url must be http(s)://host[:port], not {:?}",
+                    proxy.remote_url
+                )));
+            }
+            if proxy.username.is_some() != proxy.password.is_some() {
+                return Err(ConfigError::Invalid(
+                    "proxy.username and proxy.password go together".into(),
+                ));
             }
         }
         Ok(())
@@ -246,6 +267,26 @@ impl Default for AuthConfig {
     }
 }
 
+/// Pull-through cache mode (like Distribution's `proxy.remoteurl`): content is fetched
+/// from the upstream on demand and kept in the store; pushes are refused.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// The upstream registry, `http://host:port` or `https://host`.
+    pub remote_url: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for ProxyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyConfig")
+            .field("remote_url", &self.remote_url)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Who may do what on which repositories.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -319,6 +360,16 @@ mod tests {
         assert_eq!(c.gc.interval, Some(Duration::from_secs(600)));
         assert!(c.auth.unwrap().token);
         assert!(Config::from_toml("nope = 1").is_err());
+        let p = Config::from_toml(
+            "[proxy]\nremote_url = \"http://127.0.0.1:5001\"\nusername = \"u\"\npassword = \"p\"",
+        )
+        .unwrap()
+        .proxy
+        .unwrap();
+        assert_eq!(p.remote_url, "http://127.0.0.1:5001");
+        assert!(!format!("{p:?}").contains("\"p\""), "password leaked into Debug");
+        assert!(Config::from_toml("[proxy]\nremote_url = \"ftp://x\"").is_err());
+        assert!(Config::from_toml("[proxy]\nremote_url = \"http://x\"\nusername = \"u\"").is_err());
         assert!(Config::from_toml("[[auth.access]]\nrepositories = \"*\"\nactions = [\"fly\"]").is_err());
     }
 }

@@ -1,6 +1,6 @@
 //! strata's registry server: the OCI Distribution v1.1 API over the strata store, with
 //! repository-scoped blob links, resumable uploads, auth (htpasswd basic and a bearer
-//! token issuer), TLS, metrics and graceful shutdown. `app(state)` is the service as an
+//! token issuer), TLS, metrics, graceful shutdown, and a pull-through cache mode. `app(state)` is the service as an
 //! axum `Router` (tests drive it without a socket); `serve` runs it on a listener.
 
 mod api;
@@ -9,14 +9,16 @@ mod config;
 mod error;
 mod metrics;
 mod names;
+mod proxy;
 mod sendfile;
 mod serve;
 mod uploads;
 
-pub use api::{AppState, app};
+pub use api::{AppState, StateError, app};
 pub use auth::{Action, AuthError};
 pub use config::{
-    AccessRule, AuthConfig, Config, ConfigError, GcConfig, Limits, LogConfig, TlsConfig, UploadConfig,
+    AccessRule, AuthConfig, Config, ConfigError, GcConfig, Limits, LogConfig, ProxyConfig, TlsConfig,
+    UploadConfig,
 };
 pub use error::{ApiError, ErrorCode};
 pub use metrics::Metrics;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use strata_registry::Config;
+use strata_registry::{Config, ProxyConfig};
 
 /// An OCI distribution registry over a strata store.
 #[derive(Debug, Parser)]
@@ -26,6 +26,20 @@ pub struct Cli {
     /// Log one JSON object per line
     #[arg(long)]
     pub log_json: bool,
+    /// Pull-through cache mode: the upstream registry (`http://host:port`); pushes are refused
+    #[arg(long)]
+    pub proxy_remote_url: Option<String>,
+    /// User name for the upstream registry
+    #[arg(long, requires = "proxy_password")]
+    pub proxy_username: Option<String>,
+    /// Password for the upstream registry
+    #[arg(
+        long,
+        env = "STRATA_PROXY_PASSWORD",
+        hide_env_values = true,
+        requires = "proxy_username"
+    )]
+    pub proxy_password: Option<String>,
 }
 
 impl Cli {
@@ -46,6 +60,21 @@ impl Cli {
         }
         if self.log_json {
             config.log.json = true;
+        }
+        if let Some(url) = self.proxy_remote_url {
+            let proxy = config.proxy.get_or_insert(ProxyConfig {
+                remote_url: String::new(),
+                username: None,
+                password: None,
+            });
+            proxy.remote_url = url;
+        }
+        if let (Some(user), Some(password)) = (self.proxy_username, self.proxy_password) {
+            let Some(proxy) = config.proxy.as_mut() else {
+                anyhow::bail!("--proxy-username needs --proxy-remote-url (or [proxy] in the config)");
+            };
+            proxy.username = Some(user);
+            proxy.password = Some(password);
         }
         config.validate()?;
         Ok(config)

@@ -44,7 +44,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         let store = tokio::task::spawn_blocking(move || Store::open(&root))
             .await?
             .with_context(|| format!("open store {}", config.root.display()))?;
-        let state = AppState::new(Arc::new(store), config.clone()).context("set up authentication")?;
+        let state = AppState::new(Arc::new(store), config.clone()).context("set up the server")?;
         if let Some(tls) = &config.tls {
             strata_registry::tls_acceptor(tls).context("load TLS certificate and key")?;
         }

@@ -1,0 +1,664 @@
+//! A registry HTTP client (OCI distribution API): the `/v2/` ping, the auth challenge flow
+//! (bearer tokens from the challenge's realm, anonymous or with basic credentials; basic
+//! challenges answered with the credentials), manifest GET/HEAD with the OCI and Docker
+//! media types, and blobs streamed straight into a store ingest (never held whole in
+//! memory; the ingest checks the digest).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE, WWW_AUTHENTICATE};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use strata_store::{
+    BlobError, BlobStore, Committed, Digest, Ingest, IngestKey, MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST,
+};
+
+/// The manifest media types a client accepts, most preferred first.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json, \
+     application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.docker.distribution.manifest.v2+json";
+
+/// Chunks of a blob download queued for the writer thread.
+const BLOB_QUEUE: usize = 16;
+/// The writer batches queued chunks up to this many bytes per `writev`.
+const WRITE_BATCH: usize = 1 << 20;
+
+/// Errors talking to a registry.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid registry url {0:?}")]
+    InvalidUrl(String),
+    #[error("request {url}: {source}")]
+    Http {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url}: not found")]
+    NotFound { url: String },
+    #[error("{url}: unauthorized{}", if *.with_credentials { " (credentials refused)" } else { " (no credentials)" })]
+    Unauthorized { url: String, with_credentials: bool },
+    #[error("{url}: unexpected status {status}: {body}")]
+    Status { url: String, status: u16, body: String },
+    #[error("token from {realm}: {message}")]
+    Token { realm: String, message: String },
+    #[error("manifest {reference} exceeds {limit} bytes")]
+    ManifestTooLarge { reference: String, limit: u64 },
+    #[error("manifest {reference}: digest is {actual}, expected {expected}")]
+    DigestMismatch {
+        reference: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("{url}: invalid {header} header {value:?}")]
+    BadHeader {
+        url: String,
+        header: &'static str,
+        value: String,
+    },
+    #[error("store blob {digest}: {source}")]
+    Store {
+        digest: Digest,
+        #[source]
+        source: BlobError,
+    },
+    #[error("blob writer stopped: {0}")]
+    Writer(String),
+}
+
+impl ClientError {
+    /// Whether the registry answered that the thing does not exist (as opposed to being
+    /// unreachable or failing).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ClientError::NotFound { .. })
+    }
+}
+
+type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// Credentials for a registry.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A manifest as the registry served it.
+#[derive(Debug, Clone)]
+pub struct FetchedManifest {
+    pub bytes: Bytes,
+    pub media_type: String,
+    pub digest: Digest,
+}
+
+/// What a manifest HEAD tells.
+#[derive(Debug, Clone)]
+pub struct ManifestHead {
+    pub digest: Digest,
+    pub media_type: Option<String>,
+    pub size: Option<u64>,
+}
+
+/// How to authenticate requests, learnt from challenges.
+#[derive(Debug, Clone)]
+enum Scheme {
+    Basic,
+    Bearer(String),
+}
+
+/// A client for one registry (`http://host:port` or `https://…`).
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    credentials: Option<Credentials>,
+    /// Per scope (e.g. `repository:x:pull`): how to authenticate.
+    auth: Mutex<HashMap<String, Scheme>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("credentials", &self.credentials)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A parsed `WWW-Authenticate` challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    pub scheme: String,
+    pub params: HashMap<String, String>,
+}
+
+/// Parses `Bearer realm="…",service="…",scope="…"` (or `Basic realm="…"`).
+pub fn parse_challenge(v: &str) -> Option<Challenge> {
+    let v = v.trim();
+    let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
+    if scheme.is_empty() {
+        return None;
+    }
+    let mut params = HashMap::new();
+    let mut s = rest.trim();
+    while !s.is_empty() {
+        let (key, after) = s.split_once('=')?;
+        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let after = after.trim_start();
+        let (value, next) = if let Some(q) = after.strip_prefix('"') {
+            let mut out = String::new();
+            let mut chars = q.char_indices();
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, n)) = chars.next() {
+                            out.push(n);
+                        }
+                    }
+                    '"' => {
+                        end = Some(i + 1);
+                        break;
+                    }
+                    c => out.push(c),
+                }
+            }
+            (out, &q[end?..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (after[..end].trim().to_string(), &after[end..])
+        };
+        params.insert(key, value);
+        s = next.trim_start().trim_start_matches(',').trim_start();
+    }
+    Some(Challenge {
+        scheme: scheme.to_ascii_lowercase(),
+        params,
+    })
+}
+
+impl Client {
+    /// A client for `base` (`http://127.0.0.1:5000`), optionally with credentials.
+    pub fn new(base: &str, credentials: Option<Credentials>) -> Result<Client> {
+        let base = base.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) || base.len() < 9 {
+            return Err(ClientError::InvalidUrl(base));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(60))
+            .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|source| ClientError::Http {
+                url: base.clone(),
+                source,
+            })?;
+        Ok(Client {
+            http,
+            base,
+            credentials,
+            auth: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The registry's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn scheme_for(&self, scope: &str) -> Option<Scheme> {
+        self.auth
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(scope)
+            .cloned()
+    }
+
+    fn authorize(&self, rb: RequestBuilder, scheme: Option<&Scheme>) -> RequestBuilder {
+        match (scheme, &self.credentials) {
+            (Some(Scheme::Bearer(t)), _) => rb.bearer_auth(t),
+            (Some(Scheme::Basic), Some(c)) => rb.basic_auth(&c.username, Some(&c.password)),
+            _ => rb,
+        }
+    }
+
+    /// Sends a request, answering one auth challenge (then retrying once).
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        scope: &str,
+        headers: &[(&str, String)],
+    ) -> Result<Response> {
+        let build = |scheme: Option<&Scheme>| {
+            let mut rb = self.http.request(method.clone(), url);
+            for (k, v) in headers {
+                rb = rb.header(*k, v);
+            }
+            self.authorize(rb, scheme)
+        };
+        let http_err = |source| ClientError::Http {
+            url: url.to_string(),
+            source,
+        };
+        let known = self.scheme_for(scope);
+        let resp = build(known.as_ref()).send().await.map_err(http_err)?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        let challenge = resp
+            .headers()
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok().and_then(parse_challenge))
+            .find(|c| c.scheme == "bearer" || c.scheme == "basic");
+        let unauthorized = || ClientError::Unauthorized {
+            url: url.to_string(),
+            with_credentials: self.credentials.is_some(),
+        };
+        let scheme = match challenge {
+            Some(c) if c.scheme == "bearer" => Scheme::Bearer(self.token(&c, scope).await?),
+            Some(_) if self.credentials.is_some() => Scheme::Basic,
+            _ => return Err(unauthorized()),
+        };
+        if known.is_some() && matches!((&known, &scheme), (Some(Scheme::Basic), Scheme::Basic)) {
+            // The credentials were sent already and refused.
+            return Err(unauthorized());
+        }
+        let resp = build(Some(&scheme)).send().await.map_err(http_err)?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            return Err(unauthorized());
+        }
+        self.auth
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(scope.to_string(), scheme);
+        Ok(resp)
+    }
+
+    /// Gets a bearer token from a challenge's realm (with basic credentials if any).
+    async fn token(&self, c: &Challenge, scope: &str) -> Result<String> {
+        let realm = c.params.get("realm").cloned().unwrap_or_default();
+        let terr = |message: String| ClientError::Token {
+            realm: realm.clone(),
+            message,
+        };
+        if !(realm.starts_with("http://") || realm.starts_with("https://")) {
+            return Err(terr("the challenge has no usable realm".into()));
+        }
+        let mut query: Vec<(&str, &str)> = Vec::new();
+        if let Some(s) = c.params.get("service") {
+            query.push(("service", s));
+        }
+        let scope = c.params.get("scope").map_or(scope, String::as_str);
+        query.push(("scope", scope));
+        let mut rb = self.http.get(&realm).query(&query);
+        if let Some(cr) = &self.credentials {
+            rb = rb.basic_auth(&cr.username, Some(&cr.password));
+        }
+        let resp = rb.send().await.map_err(|e| terr(e.to_string()))?;
+        if resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN {
+            return Err(ClientError::Unauthorized {
+                url: realm.clone(),
+                with_credentials: self.credentials.is_some(),
+            });
+        }
+        if !resp.status().is_success() {
+            return Err(terr(format!("status {}", resp.status().as_u16())));
+        }
+        let body: serde_json::Value = resp.json().await.map_err(|e| terr(e.to_string()))?;
+        body.get("token")
+            .or_else(|| body.get("access_token"))
+            .and_then(|t| t.as_str())
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| terr("no token in the response".into()))
+    }
+
+    async fn check(&self, resp: Response, url: &str) -> Result<Response> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        if status == StatusCode::NOT_FOUND {
+            return Err(ClientError::NotFound { url: url.to_string() });
+        }
+        let mut body = resp.text().await.unwrap_or_default();
+        body.truncate(512);
+        Err(ClientError::Status {
+            url: url.to_string(),
+            status: status.as_u16(),
+            body,
+        })
+    }
+
+    /// `GET /v2/`: whether the registry answers (and, with credentials, accepts them).
+    pub async fn ping(&self) -> Result<()> {
+        let url = format!("{}/v2/", self.base);
+        let resp = self.send(Method::GET, &url, "registry:catalog:*", &[]).await?;
+        self.check(resp, &url).await.map(|_| ())
+    }
+
+    fn scope(name: &str) -> String {
+        format!("repository:{name}:pull")
+    }
+
+    /// `HEAD` of a manifest by tag or digest. `None` digest header: asks with GET.
+    pub async fn head_manifest(&self, name: &str, reference: &str) -> Result<ManifestHead> {
+        let url = format!("{}/v2/{name}/manifests/{reference}", self.base);
+        let accept = [(ACCEPT.as_str(), MANIFEST_ACCEPT.to_string())];
+        let resp = self.send(Method::HEAD, &url, &Self::scope(name), &accept).await?;
+        let resp = self.check(resp, &url).await?;
+        let h = resp.headers();
+        let digest = match h.get("docker-content-digest").and_then(|v| v.to_str().ok()) {
+            Some(v) => v.parse::<Digest>().map_err(|_| ClientError::BadHeader {
+                url: url.clone(),
+                header: "Docker-Content-Digest",
+                value: v.to_string(),
+            })?,
+            None => {
+                let m = self.get_manifest(name, reference).await?;
+                return Ok(ManifestHead {
+                    digest: m.digest,
+                    media_type: Some(m.media_type),
+                    size: Some(m.bytes.len() as u64),
+                });
+            }
+        };
+        Ok(ManifestHead {
+            digest,
+            media_type: media_type(h),
+            size: h.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()),
+        })
+    }
+
+    /// `GET` of a manifest by tag or digest. By digest the body must hash to it; by tag
+    /// it must hash to the `Docker-Content-Digest` the registry sent, if any.
+    pub async fn get_manifest(&self, name: &str, reference: &str) -> Result<FetchedManifest> {
+        let url = format!("{}/v2/{name}/manifests/{reference}", self.base);
+        let accept = [(ACCEPT.as_str(), MANIFEST_ACCEPT.to_string())];
+        let resp = self.send(Method::GET, &url, &Self::scope(name), &accept).await?;
+        let resp = self.check(resp, &url).await?;
+        let too_large = || ClientError::ManifestTooLarge {
+            reference: reference.to_string(),
+            limit: MAX_MANIFEST_BYTES,
+        };
+        if resp.content_length().is_some_and(|n| n > MAX_MANIFEST_BYTES) {
+            return Err(too_large());
+        }
+        let header_digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok()?.parse::<Digest>().ok());
+        let mt = media_type(resp.headers());
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|source| ClientError::Http {
+                url: url.clone(),
+                source,
+            })?;
+            if (body.len() + chunk.len()) as u64 > MAX_MANIFEST_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let actual = Digest::of(&body);
+        let expected = match reference.parse::<Digest>() {
+            Ok(d) if reference.contains(':') => Some(d),
+            _ => header_digest,
+        };
+        if let Some(expected) = expected
+            && expected != actual
+        {
+            return Err(ClientError::DigestMismatch {
+                reference: reference.to_string(),
+                expected,
+                actual,
+            });
+        }
+        let media_type = mt
+            .filter(|m| strata_store::is_manifest_media_type(m))
+            .or_else(|| sniff_media_type(&body))
+            .unwrap_or_else(|| OCI_MANIFEST.to_string());
+        Ok(FetchedManifest {
+            bytes: Bytes::from(body),
+            media_type,
+            digest: actual,
+        })
+    }
+
+    /// `HEAD` of a blob: its size, `None` when the registry does not have it.
+    pub async fn blob_size(&self, name: &str, digest: &Digest) -> Result<Option<u64>> {
+        let url = format!("{}/v2/{name}/blobs/{digest}", self.base);
+        let resp = self.send(Method::HEAD, &url, &Self::scope(name), &[]).await?;
+        match self.check(resp, &url).await {
+            Ok(r) => Ok(Some(
+                r.headers()
+                    .get(CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse().ok())
+                    .unwrap_or(0),
+            )),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET` of a blob (from `offset` with a Range request when non-zero). The response
+    /// is checked; its body is the byte stream.
+    pub async fn get_blob(&self, name: &str, digest: &Digest, offset: u64) -> Result<Response> {
+        let url = format!("{}/v2/{name}/blobs/{digest}", self.base);
+        let range;
+        let headers: &[(&str, String)] = if offset > 0 {
+            range = [(RANGE.as_str(), format!("bytes={offset}-"))];
+            &range
+        } else {
+            &[]
+        };
+        let resp = self.send(Method::GET, &url, &Self::scope(name), headers).await?;
+        self.check(resp, &url).await
+    }
+
+    /// Downloads a blob into `blobs` through an ingest keyed by its digest: the body
+    /// streams through a bounded queue to a blocking writer, which commits only if the
+    /// content hashes to `digest` (and has the registry's announced size). An interrupted
+    /// earlier ingest is resumed with a Range request. Returns without downloading when
+    /// the blob is already stored (`written: false`).
+    pub async fn fetch_blob(&self, name: &str, digest: &Digest, blobs: &BlobStore) -> Result<Committed> {
+        let d = *digest;
+        let store_err = move |source| ClientError::Store { digest: d, source };
+        let bs = blobs.clone();
+        let begun = tokio::task::spawn_blocking(move || bs.begin(IngestKey::Digest(d)))
+            .await
+            .map_err(|e| ClientError::Writer(e.to_string()))?
+            .map_err(store_err)?;
+        let Some(mut ingest) = begun else {
+            return already_stored(blobs, digest);
+        };
+        let offset = ingest.offset();
+        let resp = self.get_blob(name, digest, offset).await?;
+        let url = resp.url().to_string();
+        let mut total = None;
+        if offset > 0 {
+            let resumed = resp.status() == StatusCode::PARTIAL_CONTENT
+                && resp
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_content_range)
+                    .is_some_and(|(start, len)| {
+                        total = len;
+                        start == offset
+                    });
+            if !resumed {
+                // The registry sent the whole blob: start the ingest afresh.
+                let bs = blobs.clone();
+                let again = tokio::task::spawn_blocking(move || {
+                    ingest.discard()?;
+                    bs.begin(IngestKey::Digest(d))
+                })
+                .await
+                .map_err(|e| ClientError::Writer(e.to_string()))?
+                .map_err(store_err)?;
+                let Some(i) = again else {
+                    return already_stored(blobs, digest);
+                };
+                ingest = i;
+                total = resp.content_length();
+            }
+        } else {
+            total = resp.content_length();
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(BLOB_QUEUE);
+        let writer = tokio::task::spawn_blocking(move || write_ingest(ingest, rx, &d, total));
+        let mut stream = resp.bytes_stream();
+        let mut failed = None;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(c) => {
+                    if tx.send(Ok(c)).await.is_err() {
+                        break; // the writer stopped; its error says why
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string())).await;
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let written = writer.await.map_err(|e| ClientError::Writer(e.to_string()))?;
+        if let Some(source) = failed {
+            return Err(ClientError::Http { url, source });
+        }
+        written
+    }
+}
+
+fn already_stored(blobs: &BlobStore, digest: &Digest) -> Result<Committed> {
+    let d = *digest;
+    let size = blobs
+        .size(digest)
+        .map_err(|source| ClientError::Store { digest: d, source })?
+        .ok_or(ClientError::Store {
+            digest: d,
+            source: BlobError::NotFound(d),
+        })?;
+    Ok(Committed {
+        digest: d,
+        size,
+        written: false,
+    })
+}
+
+/// The blocking side of a blob download: appends queued chunks (batched into one
+/// `writev` up to `WRITE_BATCH`), then commits. A download error leaves the partial
+/// ingest in place for a resume.
+fn write_ingest(
+    mut ingest: Ingest,
+    mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, String>>,
+    digest: &Digest,
+    total: Option<u64>,
+) -> Result<Committed> {
+    let store_err = |source| ClientError::Store {
+        digest: *digest,
+        source,
+    };
+    let mut batch: Vec<Bytes> = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut size = 0;
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                Ok(b) => {
+                    size += b.len();
+                    batch.push(b);
+                }
+                Err(e) => return Err(ClientError::Writer(format!("download of {digest} failed: {e}"))),
+            }
+            if size < WRITE_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        ingest.write_all_vectored(&batch).map_err(store_err)?;
+        batch.clear();
+    }
+    ingest.commit(digest, total).map_err(store_err)
+}
+
+/// `bytes START-END/TOTAL` → (START, TOTAL if known).
+fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
+    let spec = v.trim().strip_prefix("bytes")?.trim();
+    let (range, total) = spec.split_once('/')?;
+    let (start, _) = range.split_once('-')?;
+    Some((start.trim().parse().ok()?, total.trim().parse().ok()))
+}
+
+fn media_type(h: &reqwest::header::HeaderMap) -> Option<String> {
+    h.get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.split(';').next().unwrap_or("").trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// The media type a manifest declares in its body.
+fn sniff_media_type(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    if let Some(m) = v.get("mediaType").and_then(|m| m.as_str()) {
+        return Some(m.to_string());
+    }
+    if v.get("manifests").is_some() {
+        return Some(OCI_INDEX.to_string());
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges() {
+        let c = parse_challenge(
+            r#"Bearer realm="http://127.0.0.1:5000/token",service="reg",scope="repository:a/b:pull,push""#,
+        )
+        .unwrap();
+        assert_eq!(c.scheme, "bearer");
+        assert_eq!(c.params["realm"], "http://127.0.0.1:5000/token");
+        assert_eq!(c.params["service"], "reg");
+        assert_eq!(c.params["scope"], "repository:a/b:pull,push");
+        let c = parse_challenge(r#"Basic realm="basic-realm""#).unwrap();
+        assert_eq!(c.scheme, "basic");
+        assert_eq!(c.params["realm"], "basic-realm");
+        let c = parse_challenge("Bearer realm=http://x/t, service=s").unwrap();
+        assert_eq!(c.params["realm"], "http://x/t");
+        assert_eq!(c.params["service"], "s");
+        assert!(parse_challenge("").is_none());
+    }
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(parse_content_range("bytes 10-99/100"), Some((10, Some(100))));
+        assert_eq!(parse_content_range("bytes 10-99/*"), Some((10, None)));
+        assert_eq!(parse_content_range("items 1-2/3"), None);
+    }
+
+    #[test]
+    fn urls() {
+        assert!(Client::new("ftp://x", None).is_err());
+        let c = Client::new("http://127.0.0.1:5000/", None).unwrap();
+        assert_eq!(c.base(), "http://127.0.0.1:5000");
+    }
+}

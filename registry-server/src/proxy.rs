@@ -1,0 +1,403 @@
+//! Pull-through cache mode (Distribution's `proxy.remoteurl`): reads the store cannot
+//! answer are fetched from the upstream registry, served, and kept. A manifest by tag asks
+//! the upstream for the tag's current digest (the cached tag is served when the upstream
+//! is unreachable); a missing manifest is served as fetched and cached in the background
+//! once everything it references is stored (an image's blobs, an index's children); a
+//! missing blob is streamed into the store (digest checked by the ingest), linked, then
+//! served. One download per digest at a time (`InFlight`). Pushes are refused.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use futures::future::BoxFuture;
+use futures::{StreamExt, TryStreamExt};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use strata_puller::client::{Client, ClientError, Credentials, FetchedManifest};
+use strata_store::{Digest, InFlight, Manifest, PoolError};
+
+use crate::api::{self, AppState, Reference};
+use crate::config::ProxyConfig;
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::names::Route;
+
+/// Blobs of one manifest fetched at once while caching it.
+const CACHE_JOBS: usize = 3;
+
+/// Why content could not be had from the upstream (cloneable, for every waiter).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    #[error("not found upstream")]
+    NotFound,
+    #[error("upstream: {0}")]
+    Upstream(String),
+    #[error("store: {0}")]
+    Store(String),
+}
+
+impl From<ClientError> for FetchError {
+    fn from(e: ClientError) -> FetchError {
+        if e.is_not_found() {
+            FetchError::NotFound
+        } else {
+            FetchError::Upstream(e.to_string())
+        }
+    }
+}
+
+fn flatten(r: Result<(), PoolError<FetchError>>) -> Result<(), FetchError> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(PoolError::Failed(e)) => Err(e),
+        Err(PoolError::Abandoned) => Err(FetchError::Store("fetch abandoned".into())),
+    }
+}
+
+/// A blob fetched for a repository.
+#[derive(Debug, Clone)]
+struct Fetched {
+    repository: String,
+}
+
+/// The pull-through cache's state: the upstream client and the in-flight work.
+pub struct Proxy {
+    client: Client,
+    blobs: InFlight<Digest, Fetched, FetchError>,
+    manifests: InFlight<(String, Digest), (), FetchError>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").field("client", &self.client).finish()
+    }
+}
+
+impl Proxy {
+    pub fn new(config: &ProxyConfig) -> Result<Proxy, ClientError> {
+        let credentials = match (&config.username, &config.password) {
+            (Some(u), Some(p)) => Some(Credentials {
+                username: u.clone(),
+                password: p.clone(),
+            }),
+            _ => None,
+        };
+        Ok(Proxy {
+            client: Client::new(&config.remote_url, credentials)?,
+            blobs: InFlight::new(),
+            manifests: InFlight::new(),
+        })
+    }
+}
+
+/// Whether a request would write to the registry (refused in proxy mode).
+pub fn is_push(method: &Method, route: &Route) -> bool {
+    match route {
+        Route::Uploads { .. } | Route::Upload { .. } => true,
+        Route::Manifest { .. } | Route::Blob { .. } => !matches!(*method, Method::GET | Method::HEAD),
+        _ => false,
+    }
+}
+
+pub fn push_refused() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::Unsupported,
+        "this registry is a pull-through cache: pushes are refused",
+    )
+}
+
+fn upstream_error(e: FetchError, unknown: impl FnOnce() -> ApiError) -> ApiError {
+    match e {
+        FetchError::NotFound => unknown(),
+        FetchError::Upstream(m) => ApiError::new(StatusCode::BAD_GATEWAY, ErrorCode::Internal, m),
+        FetchError::Store(m) => ApiError::internal(m),
+    }
+}
+
+fn proxy_of(st: &AppState) -> &Arc<Proxy> {
+    st.proxy().expect("proxy mode")
+}
+
+/// Makes sure blob `digest` is linked into `name`, fetching it from the upstream first
+/// when it is not (the blob GET/HEAD path).
+pub async fn ensure_blob(st: &AppState, name: &str, digest: &str) -> ApiResult<()> {
+    let Ok(d) = digest.parse::<Digest>() else {
+        return Ok(()); // the normal path reports the bad digest
+    };
+    if st.store().is_linked(name, &d)? {
+        return Ok(());
+    }
+    fetch_blob(st, name, d)
+        .await
+        .map_err(|e| upstream_error(e, || ApiError::blob_unknown(d)))
+}
+
+/// Fetches `d` for `name` unless it is linked there, once per digest however many ask.
+async fn fetch_blob(st: &AppState, name: &str, d: Digest) -> Result<(), FetchError> {
+    let proxy = proxy_of(st);
+    let (res, _) = proxy
+        .blobs
+        .run(d, || download(st.clone(), name.to_string(), d))
+        .await;
+    let fetched = match res {
+        Ok(f) => f,
+        Err(PoolError::Failed(e)) => return Err(e),
+        Err(PoolError::Abandoned) => return Err(FetchError::Store("fetch abandoned".into())),
+    };
+    if fetched.repository != name {
+        // Joined a fetch for another repository: this one must have the blob upstream too.
+        let size = proxy
+            .client
+            .blob_size(name, &d)
+            .await?
+            .ok_or(FetchError::NotFound)?;
+        record(st, name, d, size).await?;
+    }
+    Ok(())
+}
+
+/// The leader's work: stream the blob into the store (or, when another repository already
+/// brought it, check that the upstream has it in this one), then record and link it.
+async fn download(st: AppState, name: String, d: Digest) -> Result<Fetched, FetchError> {
+    let proxy = proxy_of(&st);
+    let blobs = st.store().blobs();
+    let size = if blobs.contains(&d) {
+        proxy
+            .client
+            .blob_size(&name, &d)
+            .await?
+            .ok_or(FetchError::NotFound)?;
+        blobs
+            .size(&d)
+            .map_err(|e| FetchError::Store(e.to_string()))?
+            .ok_or_else(|| FetchError::Store(format!("blob {d} vanished")))?
+    } else {
+        let c = proxy.client.fetch_blob(&name, &d, blobs).await?;
+        tracing::info!(repository = %name, digest = %d, size = c.size, written = c.written, "cached blob from upstream");
+        c.size
+    };
+    record(&st, &name, d, size).await?;
+    Ok(Fetched { repository: name })
+}
+
+async fn record(st: &AppState, name: &str, d: Digest, size: u64) -> Result<(), FetchError> {
+    let store = st.store().clone();
+    let name = name.to_string();
+    tokio::task::spawn_blocking(move || store.record_uploaded_blob(&name, &d, size))
+        .await
+        .map_err(|e| FetchError::Store(e.to_string()))?
+        .map_err(|e| FetchError::Store(e.to_string()))
+}
+
+/// Whether manifest `d` is stored and linked into `name`.
+fn have_manifest(st: &AppState, name: &str, d: &Digest) -> ApiResult<bool> {
+    Ok(st.store().is_linked(name, d)? && st.store().get_manifest(d)?.is_some())
+}
+
+/// Manifest GET/HEAD in proxy mode.
+pub async fn get_manifest(
+    st: &AppState,
+    name: String,
+    reference: String,
+    headers: &HeaderMap,
+    head: bool,
+) -> ApiResult {
+    let proxy = proxy_of(st);
+    match api::parse_reference(&reference, false)? {
+        Reference::Tag(tag) => match proxy.client.head_manifest(&name, &tag).await {
+            Ok(h) => {
+                if have_manifest(st, &name, &h.digest)? {
+                    let store = st.store().clone();
+                    let registry = st.registry_name().to_string();
+                    let (n2, d) = (name.clone(), h.digest);
+                    api::blocking(move || {
+                        if store.repo_tag(&registry, &n2, &tag)?.map(|t| t.manifest) != Some(d) {
+                            store.set_repo_tag(&registry, &n2, &tag, &d)?;
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                    return api::get_manifest(st, name, h.digest.to_string(), headers, head).await;
+                }
+                let m = proxy
+                    .client
+                    .get_manifest(&name, &h.digest.to_string())
+                    .await
+                    .map_err(|e| upstream_error(e.into(), || ApiError::manifest_unknown(&tag)))?;
+                spawn_cache(st, &name, m.clone(), Some(tag));
+                Ok(serve(&m, head))
+            }
+            Err(e) if e.is_not_found() => Err(ApiError::manifest_unknown(&tag)),
+            Err(e) => {
+                tracing::warn!(repository = %name, %tag, "upstream unavailable ({e}); serving the cached tag");
+                api::get_manifest(st, name, tag, headers, head).await
+            }
+        },
+        Reference::Digest(d) => {
+            if have_manifest(st, &name, &d)? {
+                return api::get_manifest(st, name, reference, headers, head).await;
+            }
+            let m = proxy
+                .client
+                .get_manifest(&name, &reference)
+                .await
+                .map_err(|e| upstream_error(e.into(), || ApiError::manifest_unknown(&reference)))?;
+            spawn_cache(st, &name, m.clone(), None);
+            Ok(serve(&m, head))
+        }
+    }
+}
+
+/// A manifest as the upstream sent it.
+fn serve(m: &FetchedManifest, head: bool) -> Response {
+    let mut resp = if head {
+        Body::empty()
+    } else {
+        Body::from(m.bytes.clone())
+    }
+    .into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&m.media_type).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(m.bytes.len()));
+    if let Ok(v) = HeaderValue::from_str(&m.digest.to_string()) {
+        h.insert("Docker-Content-Digest", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", m.digest)) {
+        h.insert(header::ETAG, v);
+    }
+    resp
+}
+
+/// Caches `m` (and what it references) in the background, then points `tag` at it.
+fn spawn_cache(st: &AppState, name: &str, m: FetchedManifest, tag: Option<String>) {
+    let st = st.clone();
+    let name = name.to_string();
+    tokio::spawn(async move {
+        let d = m.digest;
+        let result = cache_manifest(st.clone(), name.clone(), m).await;
+        let result = match (result, tag) {
+            (Ok(()), Some(tag)) => {
+                let store = st.store().clone();
+                let registry = st.registry_name().to_string();
+                let n2 = name.clone();
+                tokio::task::spawn_blocking(move || store.set_repo_tag(&registry, &n2, &tag, &d))
+                    .await
+                    .map_err(|e| FetchError::Store(e.to_string()))
+                    .and_then(|r| r.map_err(|e| FetchError::Store(e.to_string())))
+            }
+            (r, _) => r,
+        };
+        match result {
+            Ok(()) => tracing::info!(repository = %name, digest = %d, "cached manifest from upstream"),
+            Err(e) => tracing::warn!(repository = %name, digest = %d, "caching manifest failed: {e}"),
+        }
+    });
+}
+
+/// Stores `m` in `name` once everything it references is stored: an image manifest's
+/// config and layers, an index's child manifests (recursively). Once per (repository,
+/// manifest) at a time.
+fn cache_manifest(
+    st: AppState,
+    name: String,
+    m: FetchedManifest,
+) -> BoxFuture<'static, Result<(), FetchError>> {
+    Box::pin(async move {
+        let key = (name.clone(), m.digest);
+        let proxy = proxy_of(&st).clone();
+        let (res, _) = proxy
+            .manifests
+            .run(key, || cache_manifest_work(st.clone(), name, m))
+            .await;
+        flatten(res.map(|_| ()))
+    })
+}
+
+async fn cache_manifest_work(st: AppState, name: String, m: FetchedManifest) -> Result<(), FetchError> {
+    if have_manifest(&st, &name, &m.digest).map_err(|e| FetchError::Store(e.message.clone()))? {
+        return Ok(());
+    }
+    let parsed =
+        Manifest::parse(&m.bytes, Some(&m.media_type)).map_err(|e| FetchError::Upstream(e.to_string()))?;
+    let refs: Vec<Digest> = parsed.references().iter().map(|r| r.digest).collect();
+    match parsed {
+        Manifest::Image { .. } => {
+            futures::stream::iter(refs)
+                .map(|d| {
+                    let st = st.clone();
+                    let name = name.clone();
+                    async move {
+                        if st
+                            .store()
+                            .is_linked(&name, &d)
+                            .map_err(|e| FetchError::Store(e.to_string()))?
+                        {
+                            return Ok(());
+                        }
+                        fetch_blob(&st, &name, d).await
+                    }
+                })
+                .buffer_unordered(CACHE_JOBS)
+                .try_collect::<Vec<()>>()
+                .await?;
+        }
+        Manifest::Index { .. } => {
+            let client = &proxy_of(&st).client;
+            for d in refs {
+                if have_manifest(&st, &name, &d).map_err(|e| FetchError::Store(e.message.clone()))? {
+                    continue;
+                }
+                let child = client.get_manifest(&name, &d.to_string()).await?;
+                cache_manifest(st.clone(), name.clone(), child).await?;
+            }
+        }
+    }
+    let store = st.store().clone();
+    tokio::task::spawn_blocking(move || {
+        store
+            .add_manifest(&m.bytes, Some(&m.media_type), Some(&name))
+            .map(|_| ())
+    })
+    .await
+    .map_err(|e| FetchError::Store(e.to_string()))?
+    .map_err(|e| FetchError::Store(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushes_are_recognised() {
+        let m = |name: &str| Route::Manifest {
+            name: name.into(),
+            reference: "1".into(),
+        };
+        assert!(is_push(&Method::PUT, &m("a")));
+        assert!(is_push(&Method::DELETE, &m("a")));
+        assert!(!is_push(&Method::GET, &m("a")));
+        assert!(!is_push(&Method::HEAD, &m("a")));
+        assert!(is_push(&Method::POST, &Route::Uploads { name: "a".into() }));
+        assert!(is_push(
+            &Method::GET,
+            &Route::Upload {
+                name: "a".into(),
+                id: "x".into()
+            }
+        ));
+        assert!(!is_push(&Method::GET, &Route::Catalog));
+    }
+
+    #[test]
+    fn fetch_errors() {
+        let e = upstream_error(FetchError::Upstream("down".into()), || {
+            ApiError::blob_unknown("x")
+        });
+        assert_eq!(e.status, StatusCode::BAD_GATEWAY);
+        let e = upstream_error(FetchError::NotFound, || ApiError::blob_unknown("x"));
+        assert_eq!(e.status, StatusCode::NOT_FOUND);
+    }
+}
