@@ -229,6 +229,11 @@ pub async fn get_manifest(
             }
             Err(e) if e.is_not_found() => Err(ApiError::manifest_unknown(&tag)),
             Err(e) => {
+                // Unreachable or refusing: the cached tag if there is one, else say why.
+                let cached = st.store().repo_tag(st.registry_name(), &name, &tag)?;
+                if cached.is_none() {
+                    return Err(upstream_error(e.into(), || ApiError::manifest_unknown(&tag)));
+                }
                 tracing::warn!(repository = %name, %tag, "upstream unavailable ({e}); serving the cached tag");
                 api::get_manifest(st, name, tag, headers, head).await
             }
