@@ -487,7 +487,16 @@ impl Client {
             return already_stored(blobs, digest);
         };
         let offset = ingest.offset();
-        let resp = self.get_blob(name, digest, offset).await?;
+        let resp = match self.get_blob(name, digest, offset).await {
+            Ok(r) => r,
+            Err(e) => {
+                if offset == 0 {
+                    // Leave no empty partial behind for a blob that never came.
+                    let _ = tokio::task::spawn_blocking(move || ingest.discard()).await;
+                }
+                return Err(e);
+            }
+        };
         let url = resp.url().to_string();
         let mut total = None;
         if offset > 0 {

@@ -452,3 +452,36 @@ async fn bearer_token_upstream() {
     let r = proxy.get("/v2/t/tok/manifests/1").await;
     assert_eq!(r.status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_resumes_an_interrupted_blob_download_with_a_range_request() {
+    // The upstream: a strata registry (it answers Range requests with 206).
+    let up = Reg::new();
+    let blob: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let d: Digest = up.push_blob("t/r", &blob).await.parse().unwrap();
+    let upstream = Served::start(up.state.clone()).await;
+    let client = strata_puller::Client::new(&format!("http://{}", upstream.addr), None).unwrap();
+    client.ping().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = strata_store::BlobStore::open(dir.path()).unwrap();
+    // An earlier download stopped after 1 MB (the partial ingest stays for a resume).
+    let mut ingest = blobs.begin(strata_store::IngestKey::Digest(d)).unwrap().unwrap();
+    ingest.write_all(&blob[..1_000_000]).unwrap();
+    drop(ingest);
+    let c = client.fetch_blob("t/r", &d, &blobs).await.unwrap();
+    assert!(c.written);
+    assert_eq!(c.size, blob.len() as u64);
+    assert_eq!(std::fs::read(blobs.path(&d)).unwrap(), blob);
+    // Stored already: nothing to do.
+    assert!(!client.fetch_blob("t/r", &d, &blobs).await.unwrap().written);
+    // Unknown upstream: not found.
+    let missing = Digest::of(b"missing");
+    let e = client.fetch_blob("t/r", &missing, &blobs).await.unwrap_err();
+    assert!(e.is_not_found(), "{e}");
+    assert!(
+        blobs.list_partials().unwrap().is_empty(),
+        "a partial ingest was left behind"
+    );
+    upstream.stop().await;
+}
