@@ -162,6 +162,16 @@ impl From<StoreError> for ApiError {
                 ApiError::size_invalid(e.to_string())
             }
             StoreError::Blob(BlobError::NotFound(d)) => ApiError::blob_unknown(d),
+            StoreError::Blob(BlobError::Io { ref source, .. })
+                if source.kind() == std::io::ErrorKind::StorageFull =>
+            {
+                tracing::error!("{e}");
+                ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    ErrorCode::Internal,
+                    e.to_string(),
+                )
+            }
             StoreError::Manifest(_) | StoreError::LayerCountMismatch { .. } => {
                 ApiError::manifest_invalid(e.to_string())
             }

@@ -327,7 +327,10 @@ async fn write_body(
                 if let Some(full) = batch.push(chunk)
                     && tx.send(full).await.is_err()
                 {
-                    break; // the writer stopped: its result says why
+                    // The writer stopped (its result says why). Read on, discarding, so
+                    // the client is still listening when the error response comes.
+                    drain(&mut body, idle).await;
+                    break;
                 }
             }
             Some(Err(e)) => {
@@ -343,6 +346,22 @@ async fn write_body(
     match writer.await {
         Ok((ingest, write_result)) => (Some(ingest), write_result.and(read_result)),
         Err(e) => (None, Err(e.into())),
+    }
+}
+
+/// Most request bytes read and dropped after a failed write, so the client gets the error
+/// response instead of a reset; past this the connection is closed on it.
+const DRAIN_LIMIT: u64 = 256 << 20;
+
+/// Reads and drops the rest of a request body (up to `DRAIN_LIMIT`, each read within
+/// `idle`).
+async fn drain(body: &mut axum::body::BodyDataStream, idle: Duration) {
+    let mut drained = 0u64;
+    while drained < DRAIN_LIMIT {
+        match tokio::time::timeout(idle, futures::StreamExt::next(body)).await {
+            Ok(Some(Ok(chunk))) => drained += chunk.len() as u64,
+            _ => return,
+        }
     }
 }
 

@@ -331,3 +331,77 @@ async fn sigusr1_runs_a_collection_now() {
     assert_eq!(r.status(), 200, "the server keeps serving after a collection");
     assert!(proc.stop().success());
 }
+
+#[tokio::test]
+async fn a_push_onto_a_full_disk_fails_cleanly_and_the_server_recovers() {
+    let Some(fs) = strata_fixtures::SmallFs::mount(24 << 20) else {
+        return;
+    };
+    let root = fs.path().join("root");
+    let proc = Proc::start(&root, &[]);
+    let base = format!("http://{}", proc.addr());
+    let client = reqwest::Client::new();
+    let free_before = fs.free();
+
+    // 32 MiB into 24 MiB of disk, chunked, as docker pushes.
+    let big: Vec<u8> = (0..32u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    let r = client
+        .post(format!("{base}/v2/t/full/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let loc = if loc.starts_with("http") {
+        loc
+    } else {
+        format!("{base}{loc}")
+    };
+    let r = client
+        .patch(&loc)
+        .header("Content-Type", "application/octet-stream")
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body = r.text().await.unwrap();
+    assert_eq!(status, 507, "{body}");
+    assert!(body.contains("No space left on device"), "unclear error: {body}");
+    // What the upload kept is cut back to what was hashed: a resume stays sound. Cancel.
+    let r = client.delete(&loc).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let given_back = fs.free() as i64 - free_before as i64;
+    assert!(
+        given_back.abs() < (2 << 20),
+        "the failed push kept {} bytes",
+        -given_back
+    );
+
+    // The server goes on: a push that fits succeeds and reads back.
+    let small = b"fits".to_vec();
+    let digest = Digest::of(&small);
+    let r = client
+        .post(format!("{base}/v2/t/full/blobs/uploads/?digest={digest}"))
+        .body(small.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = client
+        .get(format!("{base}/v2/t/full/blobs/{digest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap(), small);
+    assert!(proc.stop().success());
+    let out = std::process::Command::new(peers::bin("store"))
+        .arg("--root")
+        .arg(&root)
+        .arg("fsck")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
