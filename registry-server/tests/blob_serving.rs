@@ -6,7 +6,6 @@ mod common;
 
 use common::{Reg, Served};
 use rand::{RngCore, SeedableRng};
-use strata_registry::TlsConfig;
 use strata_store::Digest;
 
 fn random(len: usize, seed: u64) -> Vec<u8> {
@@ -99,14 +98,7 @@ async fn blob_gets_are_byte_exact_on_every_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serves_the_same_bytes_without_sendfile() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
-    let (cp, kp) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cp, cert.cert.pem()).unwrap();
-    std::fs::write(&kp, cert.signing_key.serialize_pem()).unwrap();
-    let mut cfg = common::config(dir.path());
-    cfg.tls = Some(TlsConfig { cert: cp, key: kp });
-    let reg = Reg::with_config(dir, cfg);
+    let (reg, _) = Reg::with_tls();
     let big = random(3 << 20, 3);
     let digest = reg.push_blob("t/b", &big).await;
     let served = Served::start(reg.state.clone()).await;

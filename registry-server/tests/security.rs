@@ -10,7 +10,7 @@ use base64::Engine;
 use common::{Reg, Served};
 use http::{Method, StatusCode};
 use strata_fixtures::peers;
-use strata_registry::{AccessRule, AuthConfig, TlsConfig};
+use strata_registry::{AccessRule, AuthConfig};
 
 fn htpasswd(dir: &std::path::Path) -> std::path::PathBuf {
     let p = dir.join("htpasswd");
@@ -293,17 +293,10 @@ fn docker_login_and_push_with_token_auth() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serving() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let (cp, kp) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cp, cert.cert.pem()).unwrap();
-    std::fs::write(&kp, cert.signing_key.serialize_pem()).unwrap();
-    let mut cfg = common::config(dir.path());
-    cfg.tls = Some(TlsConfig { cert: cp, key: kp });
-    let reg = Reg::with_config(dir, cfg);
+    let (reg, cert_pem) = Reg::with_tls();
     let served = Served::start(reg.state.clone()).await;
     let http = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap())
         .build()
         .unwrap();
     let r = http

@@ -52,6 +52,19 @@ pub fn config(dir: &std::path::Path) -> Config {
 }
 
 impl Reg {
+    /// A registry serving TLS with a fresh self-signed certificate for localhost and
+    /// 127.0.0.1; returns the certificate's PEM for clients to trust.
+    pub fn with_tls() -> (Reg, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+        let (cp, kp) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cp, cert.cert.pem()).unwrap();
+        std::fs::write(&kp, cert.signing_key.serialize_pem()).unwrap();
+        let mut cfg = config(dir.path());
+        cfg.tls = Some(strata_registry::TlsConfig { cert: cp, key: kp });
+        (Reg::with_config(dir, cfg), cert.cert.pem())
+    }
+
     pub fn new() -> Reg {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(dir.path());
