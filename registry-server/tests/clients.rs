@@ -190,3 +190,41 @@ fn containerd_ctr_pull_and_push() {
     assert!(reg.stop().success());
     store_fsck(&root);
 }
+
+#[test]
+fn docker_pulls_through_the_cache_and_from_cache_when_the_upstream_is_gone() {
+    let Some(d) = peers::Dockerd::shared() else { return };
+    let Some(dist) = peers::Distribution::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let img = busybox(Flavor::Docker, LayerCompression::Gzip);
+    let upstream_name = format!("{}/t/cached:1", dist.addr());
+    let archive = tmp.path().join("bb.tar");
+    strata_fixtures::write_docker_save(&archive, &[(&img, &[upstream_name.as_str()])]);
+    d.docker_ok(["load", "-i", archive.to_str().unwrap()]);
+    d.docker_ok(["push", &upstream_name]);
+    d.docker_ok(["rmi", &upstream_name]);
+
+    let proxy = Proc::start(&root, &["--proxy-remote-url", &dist.url()]);
+    let name = format!("{}/t/cached:1", proxy.addr());
+    d.docker_ok(["pull", &name]);
+    let out = d.docker_ok(["run", "--rm", "--network", "none", &name]);
+    assert!(out.contains(BUSYBOX_HELLO), "{out}");
+    d.docker_ok(["rmi", &name]);
+
+    // The upstream is gone: the cache serves the pull.
+    drop(dist);
+    d.docker_ok(["pull", &name]);
+    let out = d.docker_ok(["run", "--rm", "--network", "none", &name]);
+    assert!(out.contains(BUSYBOX_HELLO), "{out}");
+    // Pushes to a cache are refused.
+    d.docker_ok(["tag", &name, &format!("{}/t/pushed:1", proxy.addr())]);
+    d.docker_ok(["rmi", &name]);
+    let out = d.docker(["push", &format!("{}/t/pushed:1", proxy.addr())]);
+    assert!(!out.status.success(), "a push to a pull-through cache must fail");
+    d.docker_ok(["rmi", &format!("{}/t/pushed:1", proxy.addr())]);
+    assert!(proxy.stop().success());
+    store_fsck(&root);
+}
