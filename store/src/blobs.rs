@@ -441,6 +441,14 @@ impl Ingest {
         &self.key
     }
 
+    /// Opens the partial file read-only, for a reader that follows the writer (serving
+    /// a blob while it is ingested). The handle stays valid when the ingest commits (the
+    /// file is renamed into place) or is discarded (unlinked); it sees bytes as soon as
+    /// `write_all` returns. Only the first `offset()` bytes are meaningful.
+    pub fn reader(&self) -> Result<File> {
+        File::open(&self.partial_path).map_err(BlobError::io(format!("open {}", self.partial_path.display())))
+    }
+
     /// Appends bytes.
     pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
         self.write_all_vectored(&[bytes])
@@ -728,6 +736,28 @@ mod tests {
         assert_eq!(std::fs::read(store.path(&d)).unwrap(), data);
         // Nothing left in the ingest dir.
         assert_eq!(std::fs::read_dir(store.ingest_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_reader_follows_the_ingest_across_commit() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let data = b"0123456789".repeat(100);
+        let d = Digest::of(&data);
+        let mut ingest = store.begin(IngestKey::Digest(d)).unwrap().unwrap();
+        let reader = ingest.reader().unwrap();
+        ingest.write_all(&data[..400]).unwrap();
+        let mut buf = vec![0u8; 400];
+        reader.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(buf, data[..400]);
+        ingest.write_all(&data[400..]).unwrap();
+        ingest.commit(&d, Some(data.len() as u64)).unwrap();
+        // Renamed into place: the same handle reads the whole blob.
+        let mut buf = vec![0u8; data.len()];
+        reader.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(buf, data);
+        assert!(reader.write_at(b"x", 0).is_err(), "the reader is read-only");
     }
 
     #[test]
