@@ -2,10 +2,12 @@
 //! (bearer tokens from the challenge's realm, anonymous or with basic credentials; basic
 //! challenges answered with the credentials), manifest GET/HEAD with the OCI and Docker
 //! media types, and blobs streamed straight into a store ingest (never held whole in
-//! memory; the ingest checks the digest).
+//! memory; the ingest checks the digest), optionally publishing their progress on a watch
+//! channel so that readers can follow the partial file while it is written.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::fs::File;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +17,7 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use strata_store::{
     BlobError, BlobStore, Committed, Digest, Ingest, IngestKey, MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST,
 };
+use tokio::sync::watch;
 
 /// The manifest media types a client accepts, most preferred first.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -79,6 +82,23 @@ impl ClientError {
 }
 
 type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// How far a blob download has got, published on a `watch` channel by
+/// [`Client::fetch_blob_following`]: a reader may `pread` bytes `0..written` of `file`
+/// while the download runs, and the rest once `done` is `Some(Ok(()))` (the digest and
+/// size verified, the blob committed).
+#[derive(Debug, Clone, Default)]
+pub struct BlobProgress {
+    /// The partial ingest file, read-only, once the body is flowing into it (it becomes
+    /// the stored blob on commit). `None` when nothing is downloaded (already stored).
+    pub file: Option<Arc<File>>,
+    /// The blob's size as the registry announced it (checked at commit), if it did.
+    pub size: Option<u64>,
+    /// Bytes of the blob written to `file` so far (from offset 0, resumed bytes included).
+    pub written: u64,
+    /// `Some(Ok(()))` once committed (or found stored), `Some(Err(why))` if it failed.
+    pub done: Option<Result<(), String>>,
+}
 
 /// Credentials for a registry.
 #[derive(Clone)]
@@ -476,6 +496,37 @@ impl Client {
     /// earlier ingest is resumed with a Range request. Returns without downloading when
     /// the blob is already stored (`written: false`).
     pub async fn fetch_blob(&self, name: &str, digest: &Digest, blobs: &BlobStore) -> Result<Committed> {
+        self.fetch_blob_following(name, digest, blobs, watch::Sender::new(BlobProgress::default()))
+            .await
+    }
+
+    /// [`Client::fetch_blob`], publishing its progress on `progress`: the partial file and
+    /// the announced size when the body starts, the bytes written after each write, and
+    /// the outcome at the end (a dropped sender, e.g. a cancelled download, also ends it).
+    pub async fn fetch_blob_following(
+        &self,
+        name: &str,
+        digest: &Digest,
+        blobs: &BlobStore,
+        progress: watch::Sender<BlobProgress>,
+    ) -> Result<Committed> {
+        let result = self.fetch_blob_inner(name, digest, blobs, &progress).await;
+        progress.send_modify(|p| {
+            p.done = Some(match &result {
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            })
+        });
+        result
+    }
+
+    async fn fetch_blob_inner(
+        &self,
+        name: &str,
+        digest: &Digest,
+        blobs: &BlobStore,
+        progress: &watch::Sender<BlobProgress>,
+    ) -> Result<Committed> {
         let d = *digest;
         let store_err = move |source| ClientError::Store { digest: d, source };
         let bs = blobs.clone();
@@ -529,8 +580,16 @@ impl Client {
         } else {
             total = resp.content_length();
         }
+        let file = Arc::new(ingest.reader().map_err(store_err)?);
+        progress.send_modify(|p| {
+            p.file = Some(file);
+            p.size = total;
+            p.written = ingest.offset();
+        });
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(BLOB_QUEUE);
-        let writer = tokio::task::spawn_blocking(move || write_ingest(ingest, rx, &d, total));
+        let writer_progress = progress.clone();
+        let writer =
+            tokio::task::spawn_blocking(move || write_ingest(ingest, rx, &d, total, &writer_progress));
         let mut stream = resp.bytes_stream();
         let mut failed = None;
         while let Some(chunk) = stream.next().await {
@@ -573,13 +632,14 @@ fn already_stored(blobs: &BlobStore, digest: &Digest) -> Result<Committed> {
 }
 
 /// The blocking side of a blob download: appends queued chunks (batched into one
-/// `writev` up to `WRITE_BATCH`), then commits. A download error leaves the partial
-/// ingest in place for a resume.
+/// `writev` up to `WRITE_BATCH`, each then published as progress), then commits. A
+/// download error leaves the partial ingest in place for a resume.
 fn write_ingest(
     mut ingest: Ingest,
     mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, String>>,
     digest: &Digest,
     total: Option<u64>,
+    progress: &watch::Sender<BlobProgress>,
 ) -> Result<Committed> {
     let store_err = |source| ClientError::Store {
         digest: *digest,
@@ -603,6 +663,8 @@ fn write_ingest(
         }
         ingest.write_all_vectored(&batch).map_err(store_err)?;
         batch.clear();
+        let written = ingest.offset();
+        progress.send_modify(|p| p.written = written);
     }
     ingest.commit(digest, total).map_err(store_err)
 }
