@@ -29,7 +29,7 @@ use crate::uploads::Uploads;
 
 const API_VERSION: &str = "registry/2.0";
 const MANIFEST_CACHE_BYTES: usize = 8 << 20;
-const BLOB_READ_CHUNK: usize = 1 << 20;
+pub(crate) const BLOB_READ_CHUNK: usize = 1 << 20;
 /// Blob bodies at least this long go out by `sendfile` where the connection allows.
 const SENDFILE_MIN: u64 = 64 << 10;
 /// Chunks of a blob GET read ahead of the socket.
@@ -351,9 +351,10 @@ async fn handle(
         (&Method::DELETE, Route::Manifest { name, reference }) => delete_manifest(st, name, reference).await,
         (&Method::GET | &Method::HEAD, Route::Blob { name, digest }) => {
             if proxying {
-                proxy::ensure_blob(st, &name, &digest).await?;
+                proxy::get_blob(st, name, digest, &headers, head, slot).await
+            } else {
+                get_blob(st, name, digest, &headers, head, slot).await
             }
-            get_blob(st, name, digest, &headers, head, slot).await
         }
         (&Method::DELETE, Route::Blob { name, digest }) => delete_blob(st, name, digest).await,
         (&Method::POST, Route::Uploads { name }) => start_upload(st, name, &q, &headers, body).await,
@@ -732,7 +733,7 @@ fn parse_range(v: &str, len: u64) -> Option<(u64, u64)> {
     (start <= end && start < len).then_some((start, end))
 }
 
-async fn get_blob(
+pub(crate) async fn get_blob(
     st: &AppState,
     name: String,
     digest: String,
@@ -825,7 +826,7 @@ fn file_body(file: std::fs::File, start: u64, count: u64) -> Body {
 }
 
 /// Reads exactly `len` bytes at `offset` into a new buffer.
-fn read_chunk(file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<Bytes> {
+pub(crate) fn read_chunk(file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<Bytes> {
     let mut buf = Vec::with_capacity(len);
     while buf.len() < len {
         let at = offset + buf.len() as u64;

@@ -3,23 +3,32 @@
 //! the upstream for the tag's current digest (the cached tag is served when the upstream
 //! is unreachable); a missing manifest is served as fetched and cached in the background
 //! once everything it references is stored (an image's blobs, an index's children); a
-//! missing blob is streamed into the store (digest checked by the ingest), linked, then
-//! served. One download per digest at a time (`InFlight`). Pushes are refused.
+//! missing blob is streamed into the store (digest checked by the ingest) and linked.
+//! One download per digest at a time (a map of in-flight downloads), which publishes its
+//! progress on a watch channel: a full GET of an uncached blob is answered at once (once
+//! the upstream announced the size) with a body that follows the partial ingest file as
+//! it grows, holding back the last byte until the digest verified and cutting the body
+//! if the download fails. HEAD and Range requests fetch first. Pushes are refused.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use strata_puller::client::{Client, ClientError, Credentials, FetchedManifest};
+use strata_puller::client::{BlobProgress, Client, ClientError, Credentials, FetchedManifest};
 use strata_store::{Digest, InFlight, Manifest, PoolError};
+use tokio::sync::watch;
 
 use crate::api::{self, AppState, Reference};
 use crate::config::ProxyConfig;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::names::Route;
+use crate::sendfile::SendfileSlot;
 
 /// Blobs of one manifest fetched at once while caching it.
 const CACHE_JOBS: usize = 3;
@@ -59,10 +68,34 @@ struct Fetched {
     repository: String,
 }
 
+/// One in-flight blob download: for the repository that started it, its progress (what
+/// a streaming body follows) and its result (once stored and linked).
+#[derive(Clone)]
+struct Download {
+    repository: String,
+    progress: watch::Receiver<BlobProgress>,
+    result: watch::Receiver<Option<Result<Fetched, FetchError>>>,
+}
+
+type Downloads = Arc<Mutex<HashMap<Digest, Download>>>;
+
+/// Removes a download from the map when its task ends, however it ends.
+struct Unregister {
+    downloads: Downloads,
+    digest: Digest,
+}
+
+impl Drop for Unregister {
+    fn drop(&mut self) {
+        let mut map = self.downloads.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&self.digest);
+    }
+}
+
 /// The pull-through cache's state: the upstream client and the in-flight work.
 pub struct Proxy {
     client: Client,
-    blobs: InFlight<Digest, Fetched, FetchError>,
+    downloads: Downloads,
     manifests: InFlight<(String, Digest), (), FetchError>,
 }
 
@@ -83,7 +116,7 @@ impl Proxy {
         };
         Ok(Proxy {
             client: Client::new(&config.remote_url, credentials)?,
-            blobs: InFlight::new(),
+            downloads: Downloads::default(),
             manifests: InFlight::new(),
         })
     }
@@ -132,21 +165,56 @@ pub async fn ensure_blob(st: &AppState, name: &str, digest: &str) -> ApiResult<(
         .map_err(|e| upstream_error(e, || ApiError::blob_unknown(d)))
 }
 
+/// The download of `d`: the one in flight, or a new one started for `name` on its own
+/// task (it goes on if the caller goes away). Once per digest however many ask.
+fn start(st: &AppState, name: &str, d: Digest) -> Download {
+    let proxy = proxy_of(st);
+    let mut map = proxy.downloads.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(dl) = map.get(&d) {
+        return dl.clone();
+    }
+    let (progress_tx, progress) = watch::channel(BlobProgress::default());
+    let (result_tx, result) = watch::channel(None);
+    let dl = Download {
+        repository: name.to_string(),
+        progress,
+        result,
+    };
+    map.insert(d, dl.clone());
+    let guard = Unregister {
+        downloads: proxy.downloads.clone(),
+        digest: d,
+    };
+    let (st, name) = (st.clone(), name.to_string());
+    tokio::spawn(async move {
+        let out = download(st, name, d, progress_tx).await;
+        // Unregister first: a caller arriving after this point finds the blob linked
+        // (or starts afresh after a failure).
+        drop(guard);
+        result_tx.send_replace(Some(out));
+    });
+    dl
+}
+
 /// Fetches `d` for `name` unless it is linked there, once per digest however many ask.
 async fn fetch_blob(st: &AppState, name: &str, d: Digest) -> Result<(), FetchError> {
-    let proxy = proxy_of(st);
-    let (res, _) = proxy
-        .blobs
-        .run(d, || download(st.clone(), name.to_string(), d))
-        .await;
-    let fetched = match res {
-        Ok(f) => f,
-        Err(PoolError::Failed(e)) => return Err(e),
-        Err(PoolError::Abandoned) => return Err(FetchError::Store("fetch abandoned".into())),
+    let dl = start(st, name, d);
+    finish(st, name, d, dl).await
+}
+
+/// Waits for `dl` to end; when it was for another repository, checks that the upstream
+/// has the blob in `name` too and links it there.
+async fn finish(st: &AppState, name: &str, d: Digest, dl: Download) -> Result<(), FetchError> {
+    let mut result = dl.result;
+    let fetched = match result.wait_for(Option::is_some).await {
+        Ok(r) => match r.as_ref() {
+            Some(r) => r.clone()?,
+            None => return Err(FetchError::Store("fetch abandoned".into())),
+        },
+        Err(_) => return Err(FetchError::Store("fetch abandoned".into())),
     };
     if fetched.repository != name {
-        // Joined a fetch for another repository: this one must have the blob upstream too.
-        let size = proxy
+        let size = proxy_of(st)
             .client
             .blob_size(name, &d)
             .await?
@@ -156,28 +224,203 @@ async fn fetch_blob(st: &AppState, name: &str, d: Digest) -> Result<(), FetchErr
     Ok(())
 }
 
-/// The leader's work: stream the blob into the store (or, when another repository already
-/// brought it, check that the upstream has it in this one), then record and link it.
-async fn download(st: AppState, name: String, d: Digest) -> Result<Fetched, FetchError> {
+/// The download task: stream the blob into the store (or, when another repository
+/// already brought it, check that the upstream has it in this one), then record and link
+/// it. Progress goes out on `progress` (ended by the client, or here when there is
+/// nothing to download).
+async fn download(
+    st: AppState,
+    name: String,
+    d: Digest,
+    progress: watch::Sender<BlobProgress>,
+) -> Result<Fetched, FetchError> {
     let proxy = proxy_of(&st);
     let blobs = st.store().blobs();
     let size = if blobs.contains(&d) {
-        proxy
-            .client
-            .blob_size(&name, &d)
-            .await?
-            .ok_or(FetchError::NotFound)?;
-        blobs
-            .size(&d)
-            .map_err(|e| FetchError::Store(e.to_string()))?
-            .ok_or_else(|| FetchError::Store(format!("blob {d} vanished")))?
+        let size = async {
+            proxy
+                .client
+                .blob_size(&name, &d)
+                .await?
+                .ok_or(FetchError::NotFound)?;
+            blobs
+                .size(&d)
+                .map_err(|e| FetchError::Store(e.to_string()))?
+                .ok_or_else(|| FetchError::Store(format!("blob {d} vanished")))
+        }
+        .await;
+        progress.send_modify(|p| p.done = Some(size.as_ref().map(|_| ()).map_err(|e| e.to_string())));
+        size?
     } else {
-        let c = proxy.client.fetch_blob(&name, &d, blobs).await?;
+        let c = proxy
+            .client
+            .fetch_blob_following(&name, &d, blobs, progress)
+            .await?;
         tracing::info!(repository = %name, digest = %d, size = c.size, written = c.written, "cached blob from upstream");
         c.size
     };
     record(&st, &name, d, size).await?;
     Ok(Fetched { repository: name })
+}
+
+/// Blob GET/HEAD in proxy mode. Linked blobs, HEADs and Range requests take the normal
+/// path (after fetching an uncached blob whole); an uncached full GET is answered while
+/// the blob downloads.
+pub async fn get_blob(
+    st: &AppState,
+    name: String,
+    digest: String,
+    headers: &HeaderMap,
+    head: bool,
+    slot: Option<SendfileSlot>,
+) -> ApiResult {
+    let Ok(d) = digest.parse::<Digest>() else {
+        return api::get_blob(st, name, digest, headers, head, slot).await; // reports it
+    };
+    if head || headers.contains_key(header::RANGE) || st.store().is_linked(&name, &d)? {
+        ensure_blob(st, &name, &digest).await?;
+        return api::get_blob(st, name, digest, headers, head, slot).await;
+    }
+    let dl = start(st, &name, d);
+    if let Some(resp) = follow(st, &name, d, &dl).await? {
+        return Ok(resp);
+    }
+    // Nothing to follow (no announced size, or nothing downloaded): wait for the result.
+    finish(st, &name, d, dl)
+        .await
+        .map_err(|e| upstream_error(e, || ApiError::blob_unknown(d)))?;
+    api::get_blob(st, name, digest, headers, head, slot).await
+}
+
+/// A response whose body follows download `dl` of `d`, once the partial file and the
+/// size are known; `None` when there is nothing to follow.
+async fn follow(st: &AppState, name: &str, d: Digest, dl: &Download) -> ApiResult<Option<Response>> {
+    let mut progress = dl.progress.clone();
+    let (file, size) = {
+        let Ok(p) = progress
+            .wait_for(|p| (p.file.is_some() && p.size.is_some()) || p.done.is_some())
+            .await
+        else {
+            return Ok(None);
+        };
+        match (&p.file, p.size, &p.done) {
+            (Some(file), Some(size), None | Some(Ok(()))) => (file.clone(), size),
+            _ => return Ok(None),
+        }
+    };
+    if dl.repository != name {
+        // Joined a download for another repository: this one must have the blob upstream
+        // too. It is linked here once the download is stored.
+        let proxy = proxy_of(st);
+        let found = proxy
+            .client
+            .blob_size(name, &d)
+            .await
+            .map_err(|e| upstream_error(e.into(), || ApiError::blob_unknown(d)))?;
+        if found.is_none() {
+            return Err(ApiError::blob_unknown(d));
+        }
+        let (st, name, dl) = (st.clone(), name.to_string(), dl.clone());
+        tokio::spawn(async move {
+            let mut result = dl.result;
+            let stored = result
+                .wait_for(Option::is_some)
+                .await
+                .is_ok_and(|r| matches!(r.as_ref(), Some(Ok(_))));
+            if stored && let Err(e) = record(&st, &name, d, size).await {
+                tracing::warn!(repository = %name, digest = %d, "linking a streamed blob failed: {e}");
+            }
+        });
+    }
+    st.metrics().add_bytes_out(size);
+    let mut resp = Response::new(follow_body(d, file, size, progress));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    if let Ok(v) = HeaderValue::from_str(&d.to_string()) {
+        h.insert("Docker-Content-Digest", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{d}\"")) {
+        h.insert(header::ETAG, v);
+    }
+    Ok(Some(resp))
+}
+
+/// A reader of a blob being downloaded: `pread`s what the writer has published, waits on
+/// the watch channel for more.
+struct Follower {
+    digest: Digest,
+    file: Arc<File>,
+    size: u64,
+    offset: u64,
+    progress: watch::Receiver<BlobProgress>,
+}
+
+impl Follower {
+    /// The next chunk, `None` at the end. The last byte is only sent once the download
+    /// committed (its digest verified), so a failed download never looks complete.
+    async fn next(&mut self) -> std::io::Result<Option<Bytes>> {
+        loop {
+            let (available, committed) = {
+                let p = self.progress.borrow_and_update();
+                match &p.done {
+                    Some(Err(e)) => {
+                        return Err(std::io::Error::other(format!(
+                            "download of {} failed: {e}",
+                            self.digest
+                        )));
+                    }
+                    Some(Ok(())) => (self.size, true),
+                    None => (p.written.min(self.size.saturating_sub(1)), false),
+                }
+            };
+            if self.offset < available {
+                let len = (available - self.offset).min(api::BLOB_READ_CHUNK as u64) as usize;
+                let (file, offset) = (self.file.clone(), self.offset);
+                let chunk = tokio::task::spawn_blocking(move || api::read_chunk(&file, offset, len))
+                    .await
+                    .map_err(std::io::Error::other)??;
+                self.offset += chunk.len() as u64;
+                return Ok(Some(chunk));
+            }
+            if committed {
+                return Ok(None);
+            }
+            if self.progress.changed().await.is_err() {
+                return Err(std::io::Error::other(format!(
+                    "download of {} was abandoned",
+                    self.digest
+                )));
+            }
+        }
+    }
+}
+
+/// The body of a blob served while it downloads: ends with an error (the connection is
+/// cut) if the download fails.
+fn follow_body(digest: Digest, file: Arc<File>, size: u64, progress: watch::Receiver<BlobProgress>) -> Body {
+    let follower = Follower {
+        digest,
+        file,
+        size,
+        offset: 0,
+        progress,
+    };
+    let stream = futures::stream::unfold(Some(follower), |state| async move {
+        let mut f = state?;
+        match f.next().await {
+            Ok(Some(chunk)) => Some((Ok(chunk), Some(f))),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(digest = %f.digest, "streaming an uncached blob failed: {e}");
+                Some((Err(e), None))
+            }
+        }
+    });
+    Body::from_stream(stream)
 }
 
 async fn record(st: &AppState, name: &str, d: Digest, size: u64) -> Result<(), FetchError> {

@@ -1,7 +1,9 @@
 //! Pull-through cache mode against real upstreams: CNCF Distribution (open and behind
 //! htpasswd) and a strata registry issuing bearer tokens. skopeo pulls through the proxy,
 //! the content lands in the proxy's store and is served from there when the upstream is
-//! gone; concurrent GETs of one uncached blob download it once; pushes are refused.
+//! gone; concurrent GETs of one uncached blob download it once; an uncached blob is
+//! streamed to its clients while it downloads (behind a throttling upstream), and one
+//! that fails to verify cuts their bodies and stores nothing; pushes are refused.
 //! Tests that need a peer fail under `CI=true` when it is missing, and skip otherwise.
 
 mod common;
@@ -185,6 +187,22 @@ async fn skopeo_pulls_through_the_cache_and_from_cache_when_the_upstream_is_gone
 
 /// A reverse proxy in front of `upstream` that counts blob GETs.
 async fn counting_proxy(upstream: String) -> (SocketAddr, Arc<AtomicUsize>) {
+    shaping_proxy(upstream, Shaping::default()).await
+}
+
+/// What a `shaping_proxy` does to blob GET bodies.
+#[derive(Debug, Clone, Copy, Default)]
+struct Shaping {
+    /// Forward the body in 64 KiB pieces with this pause before each.
+    pause: Option<Duration>,
+    /// Flip a bit in the middle of the body (same length, wrong digest).
+    corrupt: bool,
+}
+
+const PIECE: usize = 64 << 10;
+
+/// `counting_proxy` that also throttles or corrupts blob GET bodies.
+async fn shaping_proxy(upstream: String, shaping: Shaping) -> (SocketAddr, Arc<AtomicUsize>) {
     let count = Arc::new(AtomicUsize::new(0));
     let client = reqwest::Client::new();
     let counter = count.clone();
@@ -192,7 +210,8 @@ async fn counting_proxy(upstream: String) -> (SocketAddr, Arc<AtomicUsize>) {
         move |method: Method, uri: http::Uri, headers: http::HeaderMap, body: bytes::Bytes| {
             let (client, counter, upstream) = (client.clone(), counter.clone(), upstream.clone());
             async move {
-                if method == Method::GET && uri.path().contains("/blobs/sha256:") {
+                let blob_get = method == Method::GET && uri.path().contains("/blobs/sha256:");
+                if blob_get {
                     counter.fetch_add(1, Ordering::SeqCst);
                 }
                 let mut rb = client.request(method, format!("{upstream}{uri}"));
@@ -208,7 +227,28 @@ async fn counting_proxy(upstream: String) -> (SocketAddr, Arc<AtomicUsize>) {
                         resp = resp.header(k, v);
                     }
                 }
-                resp.body(Body::from(r.bytes().await.unwrap())).unwrap()
+                let ok = r.status() == StatusCode::OK;
+                let mut bytes = r.bytes().await.unwrap().to_vec();
+                if !(blob_get && ok) {
+                    return resp.body(Body::from(bytes)).unwrap();
+                }
+                if shaping.corrupt && !bytes.is_empty() {
+                    let mid = bytes.len() / 2;
+                    bytes[mid] ^= 1;
+                }
+                let Some(pause) = shaping.pause else {
+                    return resp.body(Body::from(bytes)).unwrap();
+                };
+                let bytes = bytes::Bytes::from(bytes);
+                let pieces: Vec<bytes::Bytes> = (0..bytes.len())
+                    .step_by(PIECE)
+                    .map(|i| bytes.slice(i..(i + PIECE).min(bytes.len())))
+                    .collect();
+                let stream = futures::StreamExt::then(futures::stream::iter(pieces), move |p| async move {
+                    tokio::time::sleep(pause).await;
+                    Ok::<_, std::io::Error>(p)
+                });
+                resp.body(Body::from_stream(stream)).unwrap()
             }
         },
     );
@@ -484,4 +524,191 @@ async fn client_resumes_an_interrupted_blob_download_with_a_range_request() {
         "a partial ingest was left behind"
     );
     upstream.stop().await;
+}
+
+/// Deterministic, incompressible-looking test content.
+fn blob_of(len: usize, seed: u32) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i as u32).wrapping_add(seed).wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
+}
+
+/// A proxy (over a `shaping_proxy` over Distribution) and an uncached blob `t/s` holds.
+struct Streaming {
+    proxy: Served,
+    store: Arc<Store>,
+    count: Arc<AtomicUsize>,
+    blob: Vec<u8>,
+    digest: Digest,
+    url: String,
+    _dir: tempfile::TempDir,
+    _dist: Distribution,
+}
+
+async fn streaming_setup(len: usize, shaping: Shaping) -> Option<Streaming> {
+    let dist = Distribution::start()?;
+    let blob = blob_of(len, 7);
+    let digest = push_blob(&dist.url(), "t/s", &blob).await;
+    let (addr, count) = shaping_proxy(dist.url(), shaping).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = proxy_config(dir.path(), &format!("http://{addr}"), None);
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let proxy = Served::start(AppState::new(store.clone(), cfg).unwrap()).await;
+    let url = format!("http://{}/v2/t/s/blobs/{digest}", proxy.addr);
+    Some(Streaming {
+        proxy,
+        store,
+        count,
+        blob,
+        digest,
+        url,
+        _dir: dir,
+        _dist: dist,
+    })
+}
+
+fn sha256_digest(bytes: &[u8]) -> Digest {
+    Digest::of(bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncached_blob_streams_to_the_client_while_it_downloads() {
+    // 4 MiB in 64 pieces, 30 ms apart: about 2 s upstream.
+    let shaping = Shaping {
+        pause: Some(Duration::from_millis(30)),
+        corrupt: false,
+    };
+    let Some(s) = streaming_setup(4 << 20, shaping).await else {
+        return;
+    };
+    let started = Instant::now();
+    let mut r = reqwest::get(&s.url).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.content_length(), Some(s.blob.len() as u64));
+    assert_eq!(
+        r.headers()["docker-content-digest"],
+        s.digest.to_string().as_str()
+    );
+    let first = r.chunk().await.unwrap().expect("a first chunk");
+    let first_at = started.elapsed();
+    assert!(!first.is_empty());
+    assert!(
+        !s.store.blobs().contains(&s.digest),
+        "the first bytes came only after the download was stored"
+    );
+    let mut got = first.to_vec();
+    while let Some(c) = r.chunk().await.unwrap() {
+        got.extend_from_slice(&c);
+    }
+    let total = started.elapsed();
+    assert_eq!(got.len(), s.blob.len());
+    assert_eq!(sha256_digest(&got), s.digest);
+    assert!(
+        first_at * 4 < total,
+        "first bytes after {first_at:?}, whole blob after {total:?}"
+    );
+    assert!(
+        total >= Duration::from_millis(64 * 30),
+        "the upstream was not throttled"
+    );
+    // Stored and linked; later requests are served locally.
+    wait_for("the blob to be linked", || {
+        s.store.is_linked("t/s", &s.digest).unwrap()
+    })
+    .await;
+    let again = reqwest::get(&s.url).await.unwrap().bytes().await.unwrap();
+    assert!(again == s.blob.as_slice());
+    assert_eq!(s.count.load(Ordering::SeqCst), 1);
+    assert!(s.store.blobs().list_partials().unwrap().is_empty());
+    s.proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_follow_one_throttled_download() {
+    let shaping = Shaping {
+        pause: Some(Duration::from_millis(20)),
+        corrupt: false,
+    };
+    let Some(s) = streaming_setup(3 << 20, shaping).await else {
+        return;
+    };
+    let client = reqwest::Client::new();
+    let get = |client: reqwest::Client, url: String| {
+        tokio::spawn(async move {
+            let r = client.get(url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.bytes().await.unwrap()
+        })
+    };
+    // Three at once, then three more once the first bytes are flowing.
+    let mut gets: Vec<_> = (0..3).map(|_| get(client.clone(), s.url.clone())).collect();
+    let mut r = client.get(&s.url).send().await.unwrap();
+    let mut late = r.chunk().await.unwrap().unwrap().to_vec();
+    assert!(!s.store.blobs().contains(&s.digest), "already downloaded");
+    gets.extend((0..3).map(|_| get(client.clone(), s.url.clone())));
+    while let Some(c) = r.chunk().await.unwrap() {
+        late.extend_from_slice(&c);
+    }
+    assert!(
+        late == s.blob,
+        "wrong content for the client that read chunk by chunk"
+    );
+    for got in futures::future::join_all(gets).await {
+        assert!(got.unwrap() == s.blob.as_slice(), "wrong blob content");
+    }
+    assert_eq!(
+        s.count.load(Ordering::SeqCst),
+        1,
+        "the blob was downloaded more than once"
+    );
+    wait_for("the blob to be linked", || {
+        s.store.is_linked("t/s", &s.digest).unwrap()
+    })
+    .await;
+    assert_eq!(std::fs::read(s.store.blobs().path(&s.digest)).unwrap(), s.blob);
+    s.proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_that_does_not_verify_cuts_the_streamed_body_and_stores_nothing() {
+    for pause in [Some(Duration::from_millis(5)), None] {
+        let shaping = Shaping { pause, corrupt: true };
+        let Some(s) = streaming_setup(2 << 20, shaping).await else {
+            return;
+        };
+        let client = reqwest::Client::new();
+        let gets = (0..3).map(|_| {
+            let (client, url) = (client.clone(), s.url.clone());
+            tokio::spawn(async move {
+                let r = client.get(url).send().await.unwrap();
+                if r.status() != StatusCode::OK {
+                    return Err((false, format!("status {}", r.status())));
+                }
+                r.bytes()
+                    .await
+                    .map(|b| b.len())
+                    .map_err(|e| (true, e.to_string()))
+            })
+        });
+        let mut cut = 0;
+        for got in futures::future::join_all(gets).await {
+            let got = got.unwrap();
+            assert!(
+                got.is_err(),
+                "a corrupt blob was served whole ({pause:?}): {got:?}"
+            );
+            cut += got.unwrap_err().0 as usize;
+        }
+        if pause.is_some() {
+            // Throttled: the clients were answered 200 at once and their bodies were cut.
+            assert_eq!(cut, 3, "bodies were not cut");
+        }
+        assert!(!s.store.blobs().contains(&s.digest), "a corrupt blob was stored");
+        assert!(!s.store.is_linked("t/s", &s.digest).unwrap());
+        wait_for("the failed ingest to be discarded", || {
+            s.store.blobs().list_partials().unwrap().is_empty()
+        })
+        .await;
+        s.proxy.stop().await;
+    }
 }
