@@ -32,6 +32,8 @@ pub enum Command {
         reference: String,
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// Archive format for --output (the tar written is both a docker-save archive and
+        /// an OCI layout, so either is satisfied)
         #[arg(long, value_enum)]
         format: Option<Format>,
         /// OS/ARCH[/VARIANT] to select from a multi-platform index

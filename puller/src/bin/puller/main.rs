@@ -3,10 +3,12 @@
 mod cli;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use strata_store::{Store, default_root};
+use strata_puller::{Credentials, FetchOptions};
+use strata_store::{ImageRef, Platform, Store, default_root};
 
 use cli::{Cli, Command};
 
@@ -64,9 +66,60 @@ fn run(cli: Cli) -> Result<()> {
                 output.display()
             );
         }
-        Command::Fetch { .. } | Command::Push { .. } => {
-            bail!("registry fetch and push are not available in this build yet (use `puller load`)")
+        Command::Fetch {
+            reference,
+            output,
+            format,
+            platform,
+            plain_http,
+            jobs,
+        } => {
+            let image = ImageRef::parse(&reference).with_context(|| format!("reference {reference}"))?;
+            let platform = match platform {
+                Some(p) => {
+                    Platform::parse(&p).with_context(|| format!("platform {p:?} is not OS/ARCH[/VARIANT]"))?
+                }
+                None => Platform::host(),
+            };
+            let opts = FetchOptions {
+                platform,
+                plain_http,
+                jobs,
+                credentials: credentials_from_env(),
+            };
+            let store = Arc::new(open()?);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("start the async runtime")?;
+            let report = runtime
+                .block_on(strata_puller::fetch(store.clone(), &image, &opts))
+                .with_context(|| format!("fetch {image}"))?;
+            println!("{image}: {} (image {})", report.manifest, report.image_id);
+            eprintln!(
+                "{} blobs fetched ({} bytes), {} already present, {} layers",
+                report.blobs_fetched, report.bytes_fetched, report.blobs_present, report.layers
+            );
+            if let Some(output) = output {
+                // The tar is both a docker-save archive and an OCI layout: it serves
+                // either `--format`.
+                let _: Option<cli::Format> = format;
+                strata_puller::save_file(&store, &[image.to_string()], &output)
+                    .with_context(|| format!("save to {}", output.display()))?;
+                eprintln!("saved {image} to {}", output.display());
+            }
+        }
+        Command::Push { .. } => {
+            bail!("registry push is not available in this build yet (use `puller save`)")
         }
     }
     Ok(())
+}
+
+/// Registry credentials from `STRATA_REGISTRY_USER` / `STRATA_REGISTRY_PASSWORD`.
+fn credentials_from_env() -> Option<Credentials> {
+    Some(Credentials {
+        username: std::env::var("STRATA_REGISTRY_USER").ok()?,
+        password: std::env::var("STRATA_REGISTRY_PASSWORD").ok()?,
+    })
 }

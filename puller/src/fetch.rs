@@ -1,0 +1,199 @@
+//! `puller fetch`: an image from a registry into the store — manifest negotiation,
+//! platform selection from an index, concurrent blob downloads streamed into store
+//! ingests (one per digest: in this process by de-duplicating the list, across processes
+//! by the ingest's file lock), then the manifest, the tag and the unpacked layers.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use strata_store::{Digest, ImageRef, Manifest, Platform, Store, StoreError};
+
+use crate::client::{Client, ClientError, Credentials};
+
+/// What can go wrong in a fetch.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("manifest {digest}: {source}")]
+    Manifest {
+        digest: Digest,
+        #[source]
+        source: strata_store::ManifestError,
+    },
+    #[error("{reference} has no image for {platform} (it has: {available})")]
+    NoPlatform {
+        reference: String,
+        platform: String,
+        available: String,
+    },
+    #[error("{reference}: an index inside an index is not supported")]
+    NestedIndex { reference: String },
+    #[error("worker task failed: {0}")]
+    Task(String),
+}
+
+/// How to fetch.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    /// The platform to take from an index (default: this host's).
+    pub platform: Platform,
+    /// Speak plain HTTP (the default anyway for loopback registries).
+    pub plain_http: bool,
+    /// Concurrent blob downloads.
+    pub jobs: usize,
+    pub credentials: Option<Credentials>,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions {
+            platform: Platform::host(),
+            plain_http: false,
+            jobs: 4,
+            credentials: None,
+        }
+    }
+}
+
+/// What a fetch did.
+#[derive(Debug, Clone)]
+pub struct FetchReport {
+    /// The image manifest stored (for an index: the selected platform's).
+    pub manifest: Digest,
+    /// The image ID (config digest).
+    pub image_id: Digest,
+    pub blobs_fetched: usize,
+    pub bytes_fetched: u64,
+    pub blobs_present: usize,
+    pub layers: usize,
+}
+
+/// The registry base URL for a reference: plain HTTP for loopback registries or when
+/// asked, HTTPS otherwise; Docker Hub's API host for `docker.io`.
+pub fn registry_url(reference: &ImageRef, plain_http: bool) -> String {
+    let host = match reference.registry.as_str() {
+        "docker.io" => "registry-1.docker.io",
+        other => other,
+    };
+    let scheme = if plain_http || reference.is_loopback_registry() {
+        "http"
+    } else {
+        "https"
+    };
+    format!("{scheme}://{host}")
+}
+
+/// Fetches `reference` into `store`: verified blobs, the manifest, the tag (when the
+/// reference has one), the unpacked layers.
+pub async fn fetch(
+    store: Arc<Store>,
+    reference: &ImageRef,
+    opts: &FetchOptions,
+) -> Result<FetchReport, FetchError> {
+    let client = Client::new(
+        &registry_url(reference, opts.plain_http),
+        opts.credentials.clone(),
+    )?;
+    let repo = reference.repository.as_str();
+    let wanted = match (&reference.digest, &reference.tag) {
+        (Some(d), _) => d.to_string(),
+        (None, Some(t)) => t.clone(),
+        (None, None) => "latest".to_string(),
+    };
+    let mut fetched = client.get_manifest(repo, &wanted).await?;
+    let mut manifest = parse(&fetched.bytes, &fetched.media_type, fetched.digest)?;
+    if let Manifest::Index { .. } = &manifest {
+        let Some(child) = manifest.select_platform(&opts.platform) else {
+            return Err(FetchError::NoPlatform {
+                reference: reference.to_string(),
+                platform: opts.platform.to_string(),
+                available: platforms(&manifest),
+            });
+        };
+        fetched = client.get_manifest(repo, &child.digest.to_string()).await?;
+        manifest = parse(&fetched.bytes, &fetched.media_type, fetched.digest)?;
+        if let Manifest::Index { .. } = manifest {
+            return Err(FetchError::NestedIndex {
+                reference: reference.to_string(),
+            });
+        }
+    }
+    let Manifest::Image { config, layers, .. } = &manifest else {
+        unreachable!("an index was resolved to an image manifest above")
+    };
+
+    // Config and layers, each digest once, `jobs` at a time.
+    let mut seen = HashSet::new();
+    let wanted: Vec<Digest> = std::iter::once(config)
+        .chain(layers)
+        .map(|r| r.digest)
+        .filter(|d| seen.insert(*d))
+        .collect();
+    let results: Vec<Result<(u64, bool), FetchError>> = futures::stream::iter(wanted)
+        .map(|digest| {
+            let (client, store) = (&client, store.clone());
+            async move {
+                let committed = client.fetch_blob(repo, &digest, store.blobs()).await?;
+                let st = store.clone();
+                tokio::task::spawn_blocking(move || st.record_blob(&committed.digest, committed.size))
+                    .await
+                    .map_err(|e| FetchError::Task(e.to_string()))??;
+                tracing::info!(%digest, bytes = committed.size, written = committed.written, "blob");
+                Ok((committed.size, committed.written))
+            }
+        })
+        .buffer_unordered(opts.jobs.max(1))
+        .collect()
+        .await;
+    let mut report = FetchReport {
+        manifest: fetched.digest,
+        image_id: config.digest,
+        blobs_fetched: 0,
+        bytes_fetched: 0,
+        blobs_present: 0,
+        layers: layers.len(),
+    };
+    for r in results {
+        let (size, written) = r?;
+        if written {
+            report.blobs_fetched += 1;
+            report.bytes_fetched += size;
+        } else {
+            report.blobs_present += 1;
+        }
+    }
+
+    // The manifest, the tag, the layers.
+    let (reference, bytes, media_type) = (reference.clone(), fetched.bytes.clone(), fetched.media_type);
+    let image_id = config.digest;
+    tokio::task::spawn_blocking(move || -> Result<(), FetchError> {
+        let (digest, _) = store.add_manifest(&bytes, Some(&media_type), None)?;
+        if reference.tag.is_some() {
+            store.tag(&reference, &digest)?;
+        }
+        store.ensure_unpacked(&image_id)?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| FetchError::Task(e.to_string()))??;
+    Ok(report)
+}
+
+fn parse(bytes: &[u8], media_type: &str, digest: Digest) -> Result<Manifest, FetchError> {
+    Manifest::parse(bytes, Some(media_type)).map_err(|source| FetchError::Manifest { digest, source })
+}
+
+fn platforms(index: &Manifest) -> String {
+    let Manifest::Index { manifests, .. } = index else {
+        return String::new();
+    };
+    let names: Vec<String> = manifests
+        .iter()
+        .filter_map(|m| m.platform.as_ref().map(ToString::to_string))
+        .collect();
+    names.join(", ")
+}
