@@ -261,10 +261,25 @@ impl Client {
         scope: &str,
         headers: &[(&str, String)],
     ) -> Result<Response> {
+        self.send_body(method, url, scope, headers, None).await
+    }
+
+    /// [`Client::send`] with a body that can be sent twice (a manifest).
+    async fn send_body(
+        &self,
+        method: Method,
+        url: &str,
+        scope: &str,
+        headers: &[(&str, String)],
+        body: Option<Bytes>,
+    ) -> Result<Response> {
         let build = |scheme: Option<&Scheme>| {
             let mut rb = self.http.request(method.clone(), url);
             for (k, v) in headers {
                 rb = rb.header(*k, v);
+            }
+            if let Some(b) = &body {
+                rb = rb.body(b.clone());
             }
             self.authorize(rb, scheme)
         };
@@ -473,6 +488,84 @@ impl Client {
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    fn push_scope(name: &str) -> String {
+        format!("repository:{name}:pull,push")
+    }
+
+    /// Uploads a blob unless the repository has it: `HEAD`, then `POST` an upload and
+    /// `PUT` the file's bytes (streamed, `Content-Length: size`) with `?digest=`. Returns
+    /// whether bytes were sent. The registry checks the digest.
+    pub async fn push_blob(&self, name: &str, digest: &Digest, size: u64, file: File) -> Result<bool> {
+        let url = format!("{}/v2/{name}/blobs/{digest}", self.base);
+        let scope = Self::push_scope(name);
+        let resp = self.send(Method::HEAD, &url, &scope, &[]).await?;
+        match self.check(resp, &url).await {
+            Ok(_) => return Ok(false),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+        let start = format!("{}/v2/{name}/blobs/uploads/", self.base);
+        let resp = self.send(Method::POST, &start, &scope, &[]).await?;
+        let resp = self.check(resp, &start).await?;
+        let location = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| ClientError::BadHeader {
+                url: start.clone(),
+                header: "Location",
+                value: String::new(),
+            })?;
+        let mut put = if location.starts_with("http://") || location.starts_with("https://") {
+            location.to_string()
+        } else {
+            format!("{}{location}", self.base)
+        };
+        put.push(if put.contains('?') { '&' } else { '?' });
+        put.push_str(&format!("digest={digest}"));
+        // A streamed body cannot be sent twice: the POST above settled the auth scheme.
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+            tokio::fs::File::from_std(file),
+            1 << 20,
+        ));
+        let rb = self
+            .http
+            .put(&put)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_LENGTH, size)
+            .body(body);
+        let rb = self.authorize(rb, self.scheme_for(&scope).as_ref());
+        let resp = rb.send().await.map_err(|source| ClientError::Http {
+            url: put.clone(),
+            source,
+        })?;
+        self.check(resp, &put).await?;
+        Ok(true)
+    }
+
+    /// `PUT` of a manifest under `reference` (a tag or its digest); returns the digest
+    /// the registry answered with (or the manifest's own).
+    pub async fn put_manifest(
+        &self,
+        name: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> Result<Digest> {
+        let url = format!("{}/v2/{name}/manifests/{reference}", self.base);
+        let headers = [(CONTENT_TYPE.as_str(), media_type.to_string())];
+        let own = Digest::of(&bytes);
+        let resp = self
+            .send_body(Method::PUT, &url, &Self::push_scope(name), &headers, Some(bytes))
+            .await?;
+        let resp = self.check(resp, &url).await?;
+        Ok(resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(own))
     }
 
     /// `GET` of a blob (from `offset` with a Range request when non-zero). The response

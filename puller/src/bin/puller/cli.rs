@@ -46,12 +46,17 @@ pub enum Command {
         #[arg(long, default_value_t = 4)]
         jobs: usize,
     },
-    /// Push an image from the store to a registry
+    /// Push an image from the store to a registry (the reference names both: tag it in
+    /// the store first, as with docker)
     Push {
         #[arg(value_name = "REF")]
         reference: String,
+        /// Speak plain HTTP to the registry (the default for loopback registries)
         #[arg(long)]
         plain_http: bool,
+        /// Concurrent blob uploads
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
     },
     /// Write images to one tar that is both a docker-save archive and an OCI layout
     /// (gzip or zstd compressed when FILE ends in .gz or .zst)

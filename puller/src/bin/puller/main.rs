@@ -5,9 +5,9 @@ mod cli;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Parser;
-use strata_puller::{Credentials, FetchOptions};
+use strata_puller::{Credentials, FetchOptions, PushOptions};
 use strata_store::{ImageRef, Platform, Store, default_root};
 
 use cli::{Cli, Command};
@@ -88,11 +88,7 @@ fn run(cli: Cli) -> Result<()> {
                 credentials: credentials_from_env(),
             };
             let store = Arc::new(open()?);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("start the async runtime")?;
-            let report = runtime
+            let report = runtime()?
                 .block_on(strata_puller::fetch(store.clone(), &image, &opts))
                 .with_context(|| format!("fetch {image}"))?;
             println!("{image}: {} (image {})", report.manifest, report.image_id);
@@ -109,8 +105,28 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("saved {image} to {}", output.display());
             }
         }
-        Command::Push { .. } => {
-            bail!("registry push is not available in this build yet (use `puller save`)")
+        Command::Push {
+            reference,
+            plain_http,
+            jobs,
+        } => {
+            let image = ImageRef::parse(&reference).with_context(|| format!("reference {reference}"))?;
+            let opts = PushOptions {
+                plain_http,
+                jobs,
+                credentials: credentials_from_env(),
+            };
+            let store = Arc::new(open()?);
+            let report = runtime()?
+                .block_on(strata_puller::push(store, &image, &opts))
+                .with_context(|| format!("push {image}"))?;
+            if let Some(d) = report.manifest {
+                println!("{image}: digest: {d}");
+            }
+            eprintln!(
+                "{} blobs pushed ({} bytes), {} already there, {} manifests",
+                report.blobs_pushed, report.bytes_pushed, report.blobs_present, report.manifests
+            );
         }
     }
     Ok(())
@@ -122,4 +138,11 @@ fn credentials_from_env() -> Option<Credentials> {
         username: std::env::var("STRATA_REGISTRY_USER").ok()?,
         password: std::env::var("STRATA_REGISTRY_PASSWORD").ok()?,
     })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")
 }
