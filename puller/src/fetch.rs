@@ -1,13 +1,18 @@
 //! `puller fetch`: an image from a registry into the store — manifest negotiation,
 //! platform selection from an index, concurrent blob downloads streamed into store
-//! ingests (one per digest: in this process by de-duplicating the list, across processes
-//! by the ingest's file lock), then the manifest, the tag and the unpacked layers.
+//! ingests, then the manifest, the tag and the unpacked layers.
+//!
+//! The pull-pool: each digest is downloaded once. In this process the list is
+//! de-duplicated; across processes, downloads go straight into the blob store without
+//! the store's write lock, so concurrent fetches run side by side, and two that want the
+//! same blob meet on its ingest's file lock: the second waits, then finds it committed.
+//! Only the metadata step (manifest, tag, unpack) takes the store's write lock.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::path::Path;
 
 use futures::StreamExt;
-use strata_store::{Digest, ImageRef, Manifest, Platform, Store, StoreError};
+use strata_store::{BlobStore, Digest, ImageRef, Manifest, Platform, Store, StoreError};
 
 use crate::client::{Client, ClientError, Credentials};
 
@@ -90,10 +95,11 @@ pub fn registry_url(reference: &ImageRef, plain_http: bool) -> String {
 /// Fetches `reference` into `store`: verified blobs, the manifest, the tag (when the
 /// reference has one), the unpacked layers.
 pub async fn fetch(
-    store: Arc<Store>,
+    root: &Path,
     reference: &ImageRef,
     opts: &FetchOptions,
 ) -> Result<FetchReport, FetchError> {
+    let blobs = BlobStore::open(root).map_err(StoreError::from)?;
     let client = Client::new(
         &registry_url(reference, opts.plain_http),
         opts.credentials.clone(),
@@ -133,17 +139,13 @@ pub async fn fetch(
         .map(|r| r.digest)
         .filter(|d| seen.insert(*d))
         .collect();
-    let results: Vec<Result<(u64, bool), FetchError>> = futures::stream::iter(wanted)
+    let results: Vec<Result<(Digest, u64, bool), FetchError>> = futures::stream::iter(wanted)
         .map(|digest| {
-            let (client, store) = (&client, store.clone());
+            let (client, blobs) = (&client, &blobs);
             async move {
-                let committed = client.fetch_blob(repo, &digest, store.blobs()).await?;
-                let st = store.clone();
-                tokio::task::spawn_blocking(move || st.record_blob(&committed.digest, committed.size))
-                    .await
-                    .map_err(|e| FetchError::Task(e.to_string()))??;
+                let committed = client.fetch_blob(repo, &digest, blobs).await?;
                 tracing::info!(%digest, bytes = committed.size, written = committed.written, "blob");
-                Ok((committed.size, committed.written))
+                Ok((digest, committed.size, committed.written))
             }
         })
         .buffer_unordered(opts.jobs.max(1))
@@ -157,8 +159,10 @@ pub async fn fetch(
         blobs_present: 0,
         layers: layers.len(),
     };
+    let mut stored = Vec::new();
     for r in results {
-        let (size, written) = r?;
+        let (digest, size, written) = r?;
+        stored.push((digest, size));
         if written {
             report.blobs_fetched += 1;
             report.bytes_fetched += size;
@@ -167,10 +171,15 @@ pub async fn fetch(
         }
     }
 
-    // The manifest, the tag, the layers.
+    // The manifest, the tag, the layers: under the store's write lock.
     let (reference, bytes, media_type) = (reference.clone(), fetched.bytes.clone(), fetched.media_type);
     let image_id = config.digest;
+    let root = root.to_path_buf();
     tokio::task::spawn_blocking(move || -> Result<(), FetchError> {
+        let store = Store::open(&root)?;
+        for (digest, size) in stored {
+            store.record_blob(&digest, size)?;
+        }
         let (digest, _) = store.add_manifest(&bytes, Some(&media_type), None)?;
         if reference.tag.is_some() {
             store.tag(&reference, &digest)?;

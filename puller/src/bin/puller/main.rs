@@ -87,9 +87,8 @@ fn run(cli: Cli) -> Result<()> {
                 jobs,
                 credentials: credentials_from_env(),
             };
-            let store = Arc::new(open()?);
             let report = runtime()?
-                .block_on(strata_puller::fetch(store.clone(), &image, &opts))
+                .block_on(strata_puller::fetch(&root, &image, &opts))
                 .with_context(|| format!("fetch {image}"))?;
             println!("{image}: {} (image {})", report.manifest, report.image_id);
             eprintln!(
@@ -100,6 +99,8 @@ fn run(cli: Cli) -> Result<()> {
                 // The tar is both a docker-save archive and an OCI layout: it serves
                 // either `--format`.
                 let _: Option<cli::Format> = format;
+                let store =
+                    Store::open_read_only(&root).with_context(|| format!("open store {}", root.display()))?;
                 strata_puller::save_file(&store, &[image.to_string()], &output)
                     .with_context(|| format!("save to {}", output.display()))?;
                 eprintln!("saved {image} to {}", output.display());
