@@ -74,6 +74,18 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// Whether trying again may succeed: the connection failed or broke off, or the
+    /// registry answered 429 or a 5xx. (A digest mismatch is not: the registry serves
+    /// what it serves.)
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Http { .. } => true,
+            ClientError::Status { status, .. } => *status == 429 || *status >= 500,
+            ClientError::Writer(_) => true,
+            _ => false,
+        }
+    }
+
     /// Whether the registry answered that the thing does not exist (as opposed to being
     /// unreachable or failing).
     pub fn is_not_found(&self) -> bool {
@@ -748,7 +760,11 @@ fn write_ingest(
                     size += b.len();
                     batch.push(b);
                 }
-                Err(e) => return Err(ClientError::Writer(format!("download of {digest} failed: {e}"))),
+                Err(e) => {
+                    // Keep what arrived before the failure: a retry resumes after it.
+                    let _ = ingest.write_all_vectored(&batch);
+                    return Err(ClientError::Writer(format!("download of {digest} failed: {e}")));
+                }
             }
             if size < WRITE_BATCH {
                 next = rx.try_recv().ok();

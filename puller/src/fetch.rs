@@ -143,7 +143,7 @@ pub async fn fetch(
         .map(|digest| {
             let (client, blobs) = (&client, &blobs);
             async move {
-                let committed = client.fetch_blob(repo, &digest, blobs).await?;
+                let committed = with_retries(&digest, || client.fetch_blob(repo, &digest, blobs)).await?;
                 tracing::info!(%digest, bytes = committed.size, written = committed.written, "blob");
                 Ok((digest, committed.size, committed.written))
             }
@@ -205,4 +205,30 @@ fn platforms(index: &Manifest) -> String {
         .filter_map(|m| m.platform.as_ref().map(ToString::to_string))
         .collect();
     names.join(", ")
+}
+
+/// Attempts of one blob download before giving up.
+const ATTEMPTS: u32 = 4;
+
+/// Runs `attempt` until it succeeds, fails for good, or `ATTEMPTS` are used, waiting
+/// 250 ms, 500 ms, 1 s between tries. A download that broke off resumes where its
+/// ingest stopped (the client asks for the rest with a Range request).
+async fn with_retries<T, F, Fut>(digest: &Digest, mut attempt: F) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let mut delay = std::time::Duration::from_millis(250);
+    let mut tries = 1;
+    loop {
+        match attempt().await {
+            Err(e) if e.is_transient() && tries < ATTEMPTS => {
+                tracing::warn!(%digest, "attempt {tries} failed, retrying in {delay:?}: {e}");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                tries += 1;
+            }
+            result => return result,
+        }
+    }
 }
