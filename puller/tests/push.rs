@@ -141,3 +141,39 @@ fn pushed_images_run_in_docker_and_an_index_goes_with_its_images() {
     assert!(out.contains(BUSYBOX_HELLO), "{out}");
     d.docker_ok(["rmi", &name]);
 }
+
+#[test]
+fn push_uses_what_docker_login_saved() {
+    if peers::require("skopeo").is_none() {
+        return;
+    }
+    let Some(d) = peers::Dockerd::shared() else { return };
+    let Some(dist) = Distribution::start_with_htpasswd("docker-user", "d0cker") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let img = busybox(Flavor::Oci, LayerCompression::Gzip);
+    let name = format!("{}/t/login:1", dist.addr());
+    let archive = tmp.path().join("img.tar");
+    strata_fixtures::write_docker_save(&archive, &[(&img, &[name.as_str()])]);
+    ok(puller(&root, &["load", archive.to_str().unwrap()], None), "load");
+    d.docker_ok(["login", "-u", "docker-user", "-p", "d0cker", &dist.addr()]);
+    let out = Command::new(env!("CARGO_BIN_EXE_puller"))
+        .arg("--root")
+        .arg(&root)
+        .args(["push", &name])
+        .env("DOCKER_CONFIG", d.client_config())
+        .env_remove("STRATA_REGISTRY_USER")
+        .env_remove("STRATA_REGISTRY_PASSWORD")
+        .output()
+        .unwrap();
+    ok(out, "push with docker's saved login");
+    d.docker_ok(["logout", &dist.addr()]);
+    peers::skopeo_ok([
+        "inspect".to_string(),
+        "--tls-verify=false".to_string(),
+        "--creds=docker-user:d0cker".to_string(),
+        format!("docker://{name}"),
+    ]);
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use strata_puller::{Credentials, FetchOptions, PushOptions};
+use strata_puller::{FetchOptions, PushOptions};
 use strata_store::{ImageRef, Platform, Store, default_root};
 
 use cli::{Cli, Command};
@@ -85,7 +85,7 @@ fn run(cli: Cli) -> Result<()> {
                 platform,
                 plain_http,
                 jobs,
-                credentials: credentials_from_env(),
+                credentials: strata_puller::credentials_for(&image.registry),
             };
             let report = runtime()?
                 .block_on(strata_puller::fetch(&root, &image, &opts))
@@ -115,7 +115,7 @@ fn run(cli: Cli) -> Result<()> {
             let opts = PushOptions {
                 plain_http,
                 jobs,
-                credentials: credentials_from_env(),
+                credentials: strata_puller::credentials_for(&image.registry),
             };
             let store = Arc::new(open()?);
             let report = runtime()?
@@ -131,14 +131,6 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Registry credentials from `STRATA_REGISTRY_USER` / `STRATA_REGISTRY_PASSWORD`.
-fn credentials_from_env() -> Option<Credentials> {
-    Some(Credentials {
-        username: std::env::var("STRATA_REGISTRY_USER").ok()?,
-        password: std::env::var("STRATA_REGISTRY_PASSWORD").ok()?,
-    })
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
