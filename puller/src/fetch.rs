@@ -14,7 +14,8 @@ use std::path::Path;
 use futures::StreamExt;
 use strata_store::{BlobStore, Digest, ImageRef, Manifest, Platform, Store, StoreError};
 
-use crate::client::{Client, ClientError, Credentials};
+use crate::client::{BlobProgress, Client, ClientError, Credentials};
+use tokio::sync::watch;
 
 /// What can go wrong in a fetch.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +52,8 @@ pub struct FetchOptions {
     /// Concurrent blob downloads.
     pub jobs: usize,
     pub credentials: Option<Credentials>,
+    /// Draw a progress bar per blob on stderr (for a terminal).
+    pub progress: bool,
 }
 
 impl Default for FetchOptions {
@@ -60,6 +63,7 @@ impl Default for FetchOptions {
             plain_http: false,
             jobs: 4,
             credentials: None,
+            progress: false,
         }
     }
 }
@@ -133,6 +137,7 @@ pub async fn fetch(
     };
 
     // Config and layers, each digest once, `jobs` at a time.
+    let bars = opts.progress.then(indicatif::MultiProgress::new);
     let mut seen = HashSet::new();
     let wanted: Vec<Digest> = std::iter::once(config)
         .chain(layers)
@@ -141,9 +146,16 @@ pub async fn fetch(
         .collect();
     let results: Vec<Result<(Digest, u64, bool), FetchError>> = futures::stream::iter(wanted)
         .map(|digest| {
-            let (client, blobs) = (&client, &blobs);
+            let (client, blobs, bars) = (&client, &blobs, &bars);
             async move {
-                let committed = with_retries(&digest, || client.fetch_blob(repo, &digest, blobs)).await?;
+                let progress = watch::Sender::new(BlobProgress::default());
+                if let Some(bars) = bars {
+                    tokio::spawn(draw(bars.clone(), digest, progress.subscribe()));
+                }
+                let committed = with_retries(&digest, || {
+                    client.fetch_blob_following(repo, &digest, blobs, progress.clone())
+                })
+                .await?;
                 tracing::info!(%digest, bytes = committed.size, written = committed.written, "blob");
                 Ok((digest, committed.size, committed.written))
             }
@@ -231,4 +243,31 @@ where
             result => return result,
         }
     }
+}
+
+/// A progress bar for one blob download, following its progress until it is stored (a
+/// failed attempt leaves the bar for the retry).
+async fn draw(bars: indicatif::MultiProgress, digest: Digest, mut progress: watch::Receiver<BlobProgress>) {
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix} {bar:30} {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} {msg}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let bar = bars.add(indicatif::ProgressBar::new(0).with_style(style));
+    bar.set_prefix(digest.hex()[..12].to_string());
+    while progress.changed().await.is_ok() {
+        let p = progress.borrow_and_update().clone();
+        if let Some(size) = p.size {
+            bar.set_length(size);
+        }
+        bar.set_position(p.written);
+        match p.done {
+            Some(Ok(())) => {
+                bar.finish_with_message("done");
+                return;
+            }
+            Some(Err(_)) => bar.set_message("retrying"),
+            None => bar.set_message(""),
+        }
+    }
+    bar.abandon();
 }

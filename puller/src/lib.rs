@@ -8,7 +8,7 @@ mod fetch;
 mod push;
 
 pub use archive::{ArchiveFormat, PullerError, load_file, save_file};
-pub use client::{Client, ClientError, Credentials, FetchedManifest, ManifestHead};
+pub use client::{BlobProgress, Client, ClientError, Credentials, FetchedManifest, ManifestHead};
 pub use credentials::{credentials_for, docker_config_credentials, docker_config_path};
 pub use fetch::{FetchError, FetchOptions, FetchReport, fetch, registry_url};
 pub use push::{PushError, PushOptions, PushReport, push};

@@ -86,6 +86,7 @@ fn run(cli: Cli) -> Result<()> {
                 plain_http,
                 jobs,
                 credentials: strata_puller::credentials_for(&image.registry),
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             };
             let report = runtime()?
                 .block_on(strata_puller::fetch(&root, &image, &opts))
