@@ -12,7 +12,10 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use futures::StreamExt;
-use strata_store::{BlobStore, Digest, ImageRef, Manifest, Platform, Store, StoreError};
+use strata_store::{
+    BlobStore, Config, Digest, ImageRef, LayerStore, MAX_MANIFEST_BYTES, Manifest, Platform, Store,
+    StoreError, chain_id,
+};
 
 use crate::client::{BlobProgress, Client, ClientError, Credentials};
 use tokio::sync::watch;
@@ -136,33 +139,53 @@ pub async fn fetch(
         unreachable!("an index was resolved to an image manifest above")
     };
 
-    // Config and layers, each digest once, `jobs` at a time.
+    // The config first (small): its diff IDs let each layer be unpacked as soon as its
+    // blob is in, while the other downloads go on. Then the layers, each digest once,
+    // `jobs` at a time.
     let bars = opts.progress.then(indicatif::MultiProgress::new);
-    let mut seen = HashSet::new();
-    let wanted: Vec<Digest> = std::iter::once(config)
-        .chain(layers)
+    let config_committed = download(&client, repo, &config.digest, &blobs, bars.as_ref()).await?;
+    let chains = chains_to_unpack(&blobs, &config.digest, layers.len());
+    let layer_store = LayerStore::open(root).map_err(StoreError::from)?;
+    let mut seen = HashSet::from([config.digest]);
+    let wanted: Vec<Digest> = layers
+        .iter()
         .map(|r| r.digest)
         .filter(|d| seen.insert(*d))
         .collect();
     let results: Vec<Result<(Digest, u64, bool), FetchError>> = futures::stream::iter(wanted)
         .map(|digest| {
-            let (client, blobs, bars) = (&client, &blobs, &bars);
+            let (client, blobs, bars, layer_store) = (&client, &blobs, &bars, &layer_store);
+            let chains: Vec<(Digest, Digest)> = layers
+                .iter()
+                .zip(&chains)
+                .filter(|(l, _)| l.digest == digest)
+                .filter_map(|(_, c)| *c)
+                .collect();
             async move {
-                let progress = watch::Sender::new(BlobProgress::default());
-                if let Some(bars) = bars {
-                    tokio::spawn(draw(bars.clone(), digest, progress.subscribe()));
+                let committed = download(client, repo, &digest, blobs, bars.as_ref()).await?;
+                for (chain, diff_id) in chains {
+                    unpack_early(
+                        layer_store,
+                        blobs,
+                        chain,
+                        diff_id,
+                        committed.digest,
+                        committed.size,
+                    )
+                    .await;
                 }
-                let committed = with_retries(&digest, || {
-                    client.fetch_blob_following(repo, &digest, blobs, progress.clone())
-                })
-                .await?;
-                tracing::info!(%digest, bytes = committed.size, written = committed.written, "blob");
                 Ok((digest, committed.size, committed.written))
             }
         })
         .buffer_unordered(opts.jobs.max(1))
         .collect()
         .await;
+    let results = std::iter::once(Ok((
+        config.digest,
+        config_committed.size,
+        config_committed.written,
+    )))
+    .chain(results);
     let mut report = FetchReport {
         manifest: fetched.digest,
         image_id: config.digest,
@@ -270,4 +293,75 @@ async fn draw(bars: indicatif::MultiProgress, digest: Digest, mut progress: watc
         }
     }
     bar.abandon();
+}
+
+/// One blob download with retries (and a progress bar when asked).
+async fn download(
+    client: &Client,
+    repo: &str,
+    digest: &Digest,
+    blobs: &BlobStore,
+    bars: Option<&indicatif::MultiProgress>,
+) -> Result<strata_store::Committed, FetchError> {
+    let progress = watch::Sender::new(BlobProgress::default());
+    if let Some(bars) = bars {
+        tokio::spawn(draw(bars.clone(), *digest, progress.subscribe()));
+    }
+    let committed = with_retries(digest, || {
+        client.fetch_blob_following(repo, digest, blobs, progress.clone())
+    })
+    .await?;
+    tracing::info!(%digest, bytes = committed.size, written = committed.written, "blob");
+    Ok(committed)
+}
+
+/// The (chain ID, diff ID) of each layer, from the stored config; `None`s when the
+/// config does not parse or does not match the manifest (the unpack under the store's
+/// lock then reports it).
+fn chains_to_unpack(blobs: &BlobStore, config: &Digest, layers: usize) -> Vec<Option<(Digest, Digest)>> {
+    let diff_ids = blobs
+        .read_small(config, MAX_MANIFEST_BYTES)
+        .ok()
+        .and_then(|b| Config::parse(&b).ok())
+        .map(|c| c.diff_ids)
+        .filter(|d| d.len() == layers);
+    let Some(diff_ids) = diff_ids else {
+        return vec![None; layers];
+    };
+    let mut parent = None;
+    diff_ids
+        .iter()
+        .map(|d| {
+            let chain = chain_id(parent.as_ref(), d);
+            parent = Some(chain);
+            Some((chain, *d))
+        })
+        .collect()
+}
+
+/// Unpacks a layer as soon as its blob is stored, while other downloads go on. Only the
+/// layer directory is made here (the layer store locks per chain ID); it is recorded
+/// under the store's write lock afterwards, which finds it done. A failure is left for
+/// that step to report.
+async fn unpack_early(
+    layers: &LayerStore,
+    blobs: &BlobStore,
+    chain: Digest,
+    diff_id: Digest,
+    blob: Digest,
+    size: u64,
+) {
+    let (layers, blobs) = (layers.clone(), blobs.clone());
+    let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let file = blobs.open_blob(&blob).map_err(|e| e.to_string())?;
+        let file = std::io::BufReader::with_capacity(1 << 20, file);
+        layers
+            .unpack_blob(&chain, &diff_id, (blob, size), file)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    if let Ok(Err(e)) = result {
+        tracing::debug!(%chain, "early unpack failed (retried under the store lock): {e}");
+    }
 }
