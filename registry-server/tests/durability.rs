@@ -405,3 +405,53 @@ async fn a_push_onto_a_full_disk_fails_cleanly_and_the_server_recovers() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+#[tokio::test]
+async fn gc_keeps_old_content_pushed_again_until_its_manifest_arrives() {
+    let reg = Reg::new();
+    let img = small_image(300, 2, false);
+    reg.push_image("a", "1", &img).await;
+    let r = reg
+        .req(
+            Method::DELETE,
+            &format!("/v2/a/manifests/{}", img.manifest.digest),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    // The content is unreferenced now, and older than the grace period below.
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    // A push of the same image to another repository: blobs first (the store already has
+    // them, unreferenced), and a cross-repository mount of one of them.
+    reg.push_blob("b", &img.config.bytes).await;
+    reg.push_blob("b", &img.layers[0].bytes).await;
+    let r = reg
+        .req(
+            Method::POST,
+            &format!("/v2/b/blobs/uploads/?mount={}&from=a", img.layers[1].digest),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    // A GC between the blobs and the manifest keeps them.
+    let report = reg
+        .state
+        .store()
+        .gc(&GcOptions {
+            grace: Duration::from_secs(1),
+            ..GcOptions::default()
+        })
+        .unwrap();
+    let store = reg.state.store();
+    for b in std::iter::once(&img.config).chain(&img.layers) {
+        assert!(store.blobs().contains(&b.digest.parse().unwrap()), "{report:?}");
+    }
+    // (The deleted manifest's own blob, which nothing re-pushed, is collected.)
+    assert!(!store.blobs().contains(&img.manifest.digest.parse().unwrap()));
+    let r = reg
+        .put_manifest("b", "1", &img.manifest.media_type, &img.manifest.bytes)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+}

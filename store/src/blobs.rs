@@ -246,6 +246,15 @@ impl BlobStore {
         self.put_verified(&digest, Some(bytes.len() as u64), bytes)
     }
 
+    /// Sets a stored blob's modification time to now, so GC's grace period counts from
+    /// this new use (a re-pushed or newly linked blob that no manifest references yet).
+    /// Best effort: a blob that is gone is not an error here.
+    pub fn touch(&self, digest: &Digest) {
+        if let Ok(f) = OpenOptions::new().write(true).open(self.path(digest)) {
+            let _ = f.set_modified(SystemTime::now());
+        }
+    }
+
     /// Removes a blob (GC and fsck repair only).
     pub fn remove(&self, digest: &Digest) -> Result<bool> {
         match std::fs::remove_file(self.path(digest)) {
@@ -526,7 +535,9 @@ impl Ingest {
         let dest = self.store.path(expected);
         if dest.is_file() {
             // Another writer under a different key (an upload) committed the same content.
+            // It is in use again: restart its grace period.
             self.discard_in_place();
+            self.store.touch(expected);
             return Ok(Committed {
                 digest: actual,
                 size,

@@ -221,6 +221,7 @@ impl Store {
 impl Store {
     /// Records a blob an upload committed and links it into `repository`, atomically.
     pub fn record_uploaded_blob(&self, repository: &str, digest: &Digest, size: u64) -> Result<()> {
+        self.protect_linked(digest);
         let mut batch = self.meta().batch();
         let key = digest.to_string();
         if !self.meta().contains(Cf::Blobs, &key)? {

@@ -292,9 +292,19 @@ impl Store {
 
     /// Links a blob or manifest into a repository (the registry's per-repo visibility).
     pub fn link(&self, repository: &str, digest: &Digest) -> Result<()> {
+        self.protect_linked(digest);
         self.meta
             .put(Cf::RepoLinks, &repo_link_key(repository, digest), &())?;
         Ok(())
+    }
+
+    /// A blob newly linked into a repository is about to be referenced by a manifest
+    /// (a push in progress): a GC running now keeps it, and later ones count their grace
+    /// period from now, even when the file is old (content pushed before, unreferenced
+    /// since, not yet collected).
+    pub(crate) fn protect_linked(&self, digest: &Digest) {
+        self.note_referenced([*digest]);
+        self.blobs.touch(digest);
     }
 
     pub fn is_linked(&self, repository: &str, digest: &Digest) -> Result<bool> {
