@@ -502,6 +502,36 @@ impl Client {
         }
     }
 
+    /// Every tag of a repository, following the registry's `Link` pagination (up to
+    /// 100 pages).
+    pub async fn tags(&self, name: &str) -> Result<Vec<String>> {
+        let mut url = format!("{}/v2/{name}/tags/list?n=1000", self.base);
+        let mut tags = Vec::new();
+        for _ in 0..100 {
+            let resp = self.send(Method::GET, &url, &Self::scope(name), &[]).await?;
+            let resp = self.check(resp, &url).await?;
+            let next = resp
+                .headers()
+                .get(reqwest::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| l.split(';').next())
+                .map(|l| l.trim().trim_start_matches('<').trim_end_matches('>').to_string());
+            let body: serde_json::Value = resp.json().await.map_err(|source| ClientError::Http {
+                url: url.clone(),
+                source,
+            })?;
+            if let Some(list) = body.get("tags").and_then(|t| t.as_array()) {
+                tags.extend(list.iter().filter_map(|t| t.as_str().map(str::to_string)));
+            }
+            match next {
+                Some(n) if n.starts_with("http://") || n.starts_with("https://") => url = n,
+                Some(n) if n.starts_with('/') => url = format!("{}{n}", self.base),
+                _ => break,
+            }
+        }
+        Ok(tags)
+    }
+
     fn push_scope(name: &str) -> String {
         format!("repository:{name}:pull,push")
     }

@@ -412,14 +412,26 @@ async fn tags(st: &AppState, name: String, q: &[(String, String)]) -> ApiResult 
     let store = st.store().clone();
     let registry = st.inner.registry.clone();
     let n2 = name.clone();
-    let tags = blocking(move || {
+    let (mut tags, exists) = blocking(move || {
         let tags = store.repo_tags(&registry, &n2)?;
-        if tags.is_empty() && !store.repo_exists(&n2)? {
-            return Err(ApiError::name_unknown(&n2));
-        }
-        Ok(tags)
+        let exists = !tags.is_empty() || store.repo_exists(&n2)?;
+        Ok((tags, exists))
     })
     .await?;
+    // A pull-through cache lists the upstream's tags too (its own, cached, when the
+    // upstream cannot be reached).
+    let upstream = match st.proxy() {
+        Some(p) => proxy::upstream_tags(p, &name).await,
+        None => None,
+    };
+    if upstream.is_none() && !exists {
+        return Err(ApiError::name_unknown(&name));
+    }
+    if let Some(up) = upstream {
+        tags.extend(up);
+        tags.sort();
+        tags.dedup();
+    }
     let path = format!("/v2/{name}/tags/list");
     let (page, link) = paginate(tags, q, st.inner.config.limits.max_page, &path)?;
     let mut resp = axum::Json(serde_json::json!({ "name": name, "tags": page })).into_response();

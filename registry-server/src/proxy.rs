@@ -147,6 +147,18 @@ fn upstream_error(e: FetchError, unknown: impl FnOnce() -> ApiError) -> ApiError
     }
 }
 
+/// The upstream's tags of `name`; `None` when it cannot say (unreachable, refused, no
+/// such repository), so the caller lists what is cached.
+pub async fn upstream_tags(proxy: &Proxy, name: &str) -> Option<Vec<String>> {
+    match proxy.client.tags(name).await {
+        Ok(tags) => Some(tags),
+        Err(e) => {
+            tracing::debug!("tags of {name} from the upstream: {e}");
+            None
+        }
+    }
+}
+
 fn proxy_of(st: &AppState) -> &Arc<Proxy> {
     st.proxy().expect("proxy mode")
 }

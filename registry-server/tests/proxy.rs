@@ -712,3 +712,54 @@ async fn a_blob_that_does_not_verify_cuts_the_streamed_body_and_stores_nothing()
         s.proxy.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_lists_come_from_the_upstream_and_from_the_cache_when_it_is_gone() {
+    if peers::require("skopeo").is_none() {
+        return;
+    }
+    let Some(dist) = Distribution::start() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let img = small_image(41, 1, false);
+    for tag in ["b", "a", "c"] {
+        push_with_skopeo(&dist, &img, "t/tags", tag, tmp.path()).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let state = AppState::new(store.clone(), proxy_config(dir.path(), &dist.url(), None)).unwrap();
+    let proxy = Served::start(state).await;
+    let base = format!("http://{}", proxy.addr);
+    let list = |n: &str| {
+        let url = format!("{base}/v2/t/tags/tags/list{n}");
+        async move { reqwest::get(url).await.unwrap() }
+    };
+    // Nothing cached yet: the upstream's tags, sorted, paginated here.
+    let body: serde_json::Value = list("").await.json().await.unwrap();
+    assert_eq!(body["tags"], serde_json::json!(["a", "b", "c"]));
+    let r = list("?n=2").await;
+    assert!(r.headers().contains_key("link"));
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["tags"], serde_json::json!(["a", "b"]));
+    let out = skopeo(vec![
+        "list-tags".into(),
+        "--tls-verify=false".into(),
+        format!("docker://{}/t/tags", proxy.addr),
+    ])
+    .await;
+    assert!(out.contains("\"c\""), "{out}");
+
+    // Pull one tag through the cache, then lose the upstream: the cached tag is listed.
+    pull_with_skopeo(&proxy.addr.to_string(), "t/tags", "b", &tmp.path().join("pull")).await;
+    wait_for("the tag to be cached", || tagged(&store, "t/tags", "b").is_some()).await;
+    drop(dist);
+    let body: serde_json::Value = list("").await.json().await.unwrap();
+    assert_eq!(body["tags"], serde_json::json!(["b"]));
+    assert_eq!(
+        reqwest::get(format!("{base}/v2/t/never/tags/list"))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    proxy.stop().await;
+}
