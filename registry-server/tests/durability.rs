@@ -291,7 +291,7 @@ async fn abandoned_uploads_expire() {
 }
 
 #[tokio::test]
-async fn sigusr1_runs_a_collection_now() {
+async fn store_gc_asks_the_running_server_to_collect_now() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     let config = dir.path().join("config.toml");
@@ -312,16 +312,36 @@ async fn sigusr1_runs_a_collection_now() {
     let path = root.join("blobs/sha256").join(digest.hex());
     assert!(path.is_file());
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    // `store gc` cannot run now (the server holds the store); the server collects on SIGUSR1.
+    // The server holds the store while it runs.
     assert_eq!(
         strata_store::Store::writer(&root).map(|(_, program)| program),
         Some("registry-server".to_string())
     );
-    let status = std::process::Command::new("kill")
-        .args(["-USR1", &proc.child.id().to_string()])
-        .status()
+    // `store gc` asks the server (SIGUSR1) instead of waiting for it to stop.
+    let mut gc = std::process::Command::new(peers::bin("store"))
+        .arg("--root")
+        .arg(&root)
+        .arg("gc")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while gc.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = gc.kill();
+            panic!("store gc waited for the server instead of asking it to collect");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = gc.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("asked it to collect garbage now"), "{stdout}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while path.exists() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(100));

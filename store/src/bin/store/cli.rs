@@ -43,6 +43,10 @@ pub enum Command {
         /// Report what would be removed without removing it
         #[arg(long)]
         dry_run: bool,
+        /// When registry-server holds the store, wait for it to stop instead of asking it
+        /// to collect (SIGUSR1, with its own grace period)
+        #[arg(long)]
+        wait: bool,
     },
     /// Re-hash every blob and check metadata both ways; non-zero exit on any fault
     Fsck {

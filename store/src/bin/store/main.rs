@@ -38,7 +38,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             eprintln!(
                 "note: registry-server (pid {pid}) holds this store while it runs; this waits until \
                  it stops. It collects garbage itself ([gc] interval in its config); \
-                 `kill -USR1 {pid}` makes it collect now."
+                 `store gc` (or `kill -USR1 {pid}`) makes it collect now."
             );
         }
         Store::open(&root).with_context(|| format!("open store {}", root.display()))
@@ -97,7 +97,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 writeln!(out, "{line}")?;
             }
         }
-        Command::Gc { grace, dry_run } => {
+        Command::Gc { grace, dry_run, wait } => {
+            if !wait
+                && let Some((pid, program)) = Store::writer(&root)
+                && program == "registry-server"
+            {
+                // The server collects online; ask it to now rather than wait for it to stop.
+                if dry_run {
+                    bail!("registry-server (pid {pid}) holds the store: a dry run cannot see it; use --wait");
+                }
+                let target = rustix::process::Pid::from_raw(pid as i32)
+                    .with_context(|| format!("pid {pid} in the store lock"))?;
+                rustix::process::kill_process(target, rustix::process::Signal::USR1)
+                    .with_context(|| format!("signal registry-server (pid {pid})"))?;
+                writeln!(
+                    out,
+                    "registry-server (pid {pid}) holds the store: asked it to collect garbage now \
+                     (SIGUSR1; it uses its own [gc] grace period and logs the result)"
+                )?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let store = open_rw()?;
             let report = store.gc(&GcOptions {
                 grace,
