@@ -755,17 +755,20 @@ pub(crate) async fn get_blob(
 ) -> ApiResult {
     let d = parse_digest(&digest)?;
     let store = st.store();
+    let grace = st.inner.config.gc.grace;
     // Inline, like manifest reads: a link lookup, `open` and `fstat`.
     let (file, len) = (move || {
         if !store.is_linked(&name, &d)? {
             return Err(ApiError::blob_unknown(d));
         }
         let f = store.blobs().open_blob(&d)?;
-        let len = f
+        let meta = f
             .metadata()
-            .map_err(|e| ApiError::internal(format!("stat blob: {e}")))?
-            .len();
-        Ok((f, len))
+            .map_err(|e| ApiError::internal(format!("stat blob: {e}")))?;
+        if head {
+            keep_for_a_push(store, &d, &meta, grace);
+        }
+        Ok((f, meta.len()))
     })()?;
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let (status, start, count) = match range {
@@ -812,6 +815,26 @@ pub(crate) async fn get_blob(
         h.insert(header::CONTENT_RANGE, v);
     }
     Ok(resp)
+}
+
+/// A client that finds a blob with `HEAD` skips uploading it and will reference it from
+/// the manifest it pushes next. If the blob is unreferenced and nearing the end of its
+/// GC grace period (content whose manifest was deleted), protect it like a new link (a
+/// running GC keeps it, the period restarts), so a GC between this `HEAD` and that
+/// manifest does not take it: at most one `utimensat` per blob per half grace period.
+fn keep_for_a_push(
+    store: &strata_store::Store,
+    d: &Digest,
+    meta: &std::fs::Metadata,
+    grace: std::time::Duration,
+) {
+    let age = meta
+        .modified()
+        .ok()
+        .and_then(|m| std::time::SystemTime::now().duration_since(m).ok());
+    if age.is_some_and(|age| age > grace / 2) {
+        store.protect_linked(d);
+    }
 }
 
 /// Streams `count` bytes of `file` from `start`. Each chunk is one `pread` straight into

@@ -475,3 +475,46 @@ async fn gc_keeps_old_content_pushed_again_until_its_manifest_arrives() {
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
 }
+
+#[tokio::test]
+async fn gc_keeps_old_content_a_client_found_with_head_until_its_manifest_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(dir.path());
+    cfg.gc.grace = Duration::from_secs(1);
+    let reg = Reg::with_config(dir, cfg);
+    let img = small_image(301, 2, false);
+    reg.push_image("h", "1", &img).await;
+    let r = reg
+        .req(
+            Method::DELETE,
+            &format!("/v2/h/manifests/{}", img.manifest.digest),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    // A client pushing the image again finds every blob with HEAD and skips uploading.
+    for b in std::iter::once(&img.config).chain(&img.layers) {
+        let r = reg
+            .req(
+                Method::HEAD,
+                &format!("/v2/h/blobs/{}", b.digest),
+                &[],
+                Body::empty(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    reg.state
+        .store()
+        .gc(&GcOptions {
+            grace: Duration::from_secs(1),
+            ..GcOptions::default()
+        })
+        .unwrap();
+    let r = reg
+        .put_manifest("h", "1", &img.manifest.media_type, &img.manifest.bytes)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+}

@@ -302,7 +302,7 @@ impl Store {
     /// (a push in progress): a GC running now keeps it, and later ones count their grace
     /// period from now, even when the file is old (content pushed before, unreferenced
     /// since, not yet collected).
-    pub(crate) fn protect_linked(&self, digest: &Digest) {
+    pub fn protect_linked(&self, digest: &Digest) {
         self.note_referenced([*digest]);
         self.blobs.touch(digest);
     }
