@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Extension, Request, State};
+use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -20,11 +20,13 @@ use strata_store::{
 
 use crate::auth::{Action, Auth, AuthError, Need, form_pairs};
 use crate::config::Config;
+use crate::direct::DirectRequestBody;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::metrics::Metrics;
 use crate::names::{Route, parse_route, valid_name, valid_tag};
 use crate::proxy::{self, Proxy};
 use crate::sendfile::{SendfileBody, SendfileSlot};
+use crate::uploads::UploadBody;
 use crate::uploads::Uploads;
 
 const API_VERSION: &str = "registry/2.0";
@@ -241,20 +243,23 @@ async fn token(State(st): State<AppState>, uri: Uri, headers: HeaderMap) -> Resp
     }
 }
 
-async fn dispatch(
-    State(st): State<AppState>,
-    method: Method,
-    version: Version,
-    uri: Uri,
-    slot: Option<Extension<SendfileSlot>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn dispatch(State(st): State<AppState>, req: Request) -> Response {
+    let (mut parts, body) = req.into_parts();
+    // A large blob upload's body, read beside hyper (see `direct`).
+    let body = match parts
+        .extensions
+        .remove::<DirectRequestBody>()
+        .and_then(|d| d.take())
+    {
+        Some(d) => UploadBody::Direct(d),
+        None => UploadBody::Stream(body),
+    };
     // Zero-copy blob bodies only on plain HTTP/1 connections (see `sendfile`).
-    let slot = slot
-        .filter(|_| matches!(version, Version::HTTP_10 | Version::HTTP_11))
-        .map(|Extension(s)| s);
-    match handle(&st, method, uri, headers, body, slot).await {
+    let slot = parts
+        .extensions
+        .remove::<SendfileSlot>()
+        .filter(|_| matches!(parts.version, Version::HTTP_10 | Version::HTTP_11));
+    match handle(&st, parts.method, parts.uri, parts.headers, body, slot).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -301,7 +306,7 @@ async fn handle(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Body,
+    body: UploadBody,
     slot: Option<SendfileSlot>,
 ) -> ApiResult {
     let Some(route) = parse_route(uri.path()) else {
@@ -346,7 +351,7 @@ async fn handle(
             get_manifest(st, name, reference, &headers, head).await
         }
         (&Method::PUT, Route::Manifest { name, reference }) => {
-            put_manifest(st, name, reference, &headers, body).await
+            put_manifest(st, name, reference, &headers, body.into_stream()).await
         }
         (&Method::DELETE, Route::Manifest { name, reference }) => delete_manifest(st, name, reference).await,
         (&Method::GET | &Method::HEAD, Route::Blob { name, digest }) => {
@@ -926,7 +931,7 @@ async fn start_upload(
     name: String,
     q: &[(String, String)],
     headers: &HeaderMap,
-    body: Body,
+    body: UploadBody,
 ) -> ApiResult {
     if let Some(mount) = query_get(q, "mount") {
         let d = parse_digest(mount)?;
@@ -1019,7 +1024,13 @@ fn check_content_range(headers: &HeaderMap, offset: u64, name: &str, id: &str) -
     }
 }
 
-async fn patch_upload(st: &AppState, name: String, id: String, headers: &HeaderMap, body: Body) -> ApiResult {
+async fn patch_upload(
+    st: &AppState,
+    name: String,
+    id: String,
+    headers: &HeaderMap,
+    body: UploadBody,
+) -> ApiResult {
     let limits = &st.inner.config.limits;
     let mut slot = st.inner.uploads.lock(&name, &id).await?;
     let offset = st.inner.uploads.offset(&mut slot).await?;
@@ -1038,7 +1049,7 @@ async fn put_upload(
     id: String,
     q: &[(String, String)],
     headers: &HeaderMap,
-    body: Body,
+    body: UploadBody,
 ) -> ApiResult {
     let limits = &st.inner.config.limits;
     let Some(digest) = query_get(q, "digest") else {

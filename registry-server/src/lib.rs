@@ -6,6 +6,7 @@
 mod api;
 mod auth;
 mod config;
+mod direct;
 mod error;
 mod metrics;
 mod names;

@@ -23,6 +23,8 @@ pub struct Metrics {
     /// Of `bytes_out`, those sent from the page cache with `sendfile` (shared with the
     /// connections' `SendfileSlot`s).
     sendfile_bytes: Arc<AtomicU64>,
+    /// Of `bytes_in`, upload bodies read beside hyper into aligned buffers (`direct`).
+    direct_bytes_in: AtomicU64,
     uploads: AtomicU64,
 }
 
@@ -47,6 +49,10 @@ impl Metrics {
 
     pub fn add_bytes_in(&self, n: u64) {
         self.bytes_in.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn add_direct_bytes_in(&self, n: u64) {
+        self.direct_bytes_in.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn add_bytes_out(&self, n: u64) {
@@ -108,6 +114,12 @@ impl Metrics {
                 "counter",
                 "Blob bytes sent with sendfile (zero-copy), part of the bytes sent.",
                 &*self.sendfile_bytes,
+            ),
+            (
+                "strata_registry_direct_received_bytes_total",
+                "counter",
+                "Upload body bytes read beside hyper into aligned buffers and written with O_DIRECT, part of the bytes received.",
+                &self.direct_bytes_in,
             ),
             (
                 "strata_registry_uploads_in_flight",

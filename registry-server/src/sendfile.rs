@@ -1,13 +1,13 @@
 //! Zero-copy blob GETs on plain HTTP/1 connections: the file goes from the page cache to
 //! the socket with `sendfile(2)`, as nginx does, while hyper still frames the response.
 //!
-//! How: every plain connection's socket is wrapped in [`SendfileIo`], and each request
+//! How: every plain connection's socket is wrapped in [`PlainIo`], and each request
 //! on it carries that connection's [`SendfileSlot`]. A blob GET answers with a
 //! [`SendfileBody`], which first puts the open file into the slot and then yields, as
 //! its data, slices of one static placeholder buffer ([`PLACEHOLDER`]) adding up to the
 //! response length. hyper queues body data as it gets it (the server forces its
 //! vectored "queue" write strategy, so nothing is copied) and hands it to
-//! `SendfileIo::poll_write_vectored`, which recognises placeholder slices by address and
+//! `PlainIo::poll_write_vectored`, which recognises placeholder slices by address and
 //! sends that many bytes from the file instead. The placeholder's own bytes are never
 //! written: without a file in the slot the write fails (the connection closes) rather
 //! than send them.
@@ -26,6 +26,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::direct::{DirectSlot, Inbound};
 
 /// Size of the placeholder: the largest body frame a blob GET yields.
 const PLACEHOLDER_LEN: usize = 1 << 20;
@@ -68,7 +70,7 @@ impl SendfileSlot {
 }
 
 /// A response body of `count` bytes of `file` from `offset`, sent by the connection's
-/// [`SendfileIo`].
+/// [`PlainIo`].
 pub struct SendfileBody {
     slot: SendfileSlot,
     job: Option<Job>,
@@ -118,15 +120,22 @@ impl Body for SendfileBody {
     }
 }
 
-/// A plain TCP connection that sends placeholder slices from the slot's file.
-pub struct SendfileIo {
+/// A plain TCP connection as hyper sees it: writes send placeholder slices from the
+/// slot's file; reads go through [`Inbound`], which takes large blob upload bodies aside
+/// (see `direct`).
+pub struct PlainIo {
     tcp: TcpStream,
     slot: SendfileSlot,
+    inbound: Inbound,
 }
 
-impl SendfileIo {
-    pub fn new(tcp: TcpStream, slot: SendfileSlot) -> SendfileIo {
-        SendfileIo { tcp, slot }
+impl PlainIo {
+    pub fn new(tcp: TcpStream, slot: SendfileSlot, direct: DirectSlot) -> PlainIo {
+        PlainIo {
+            tcp,
+            slot,
+            inbound: Inbound::new(direct),
+        }
     }
 
     /// Sends up to `max` bytes of the current job's file.
@@ -169,17 +178,18 @@ impl SendfileIo {
     }
 }
 
-impl AsyncRead for SendfileIo {
+impl AsyncRead for PlainIo {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_read(cx, buf)
+        let this = &mut *self;
+        this.inbound.poll_read(&mut this.tcp, cx, buf)
     }
 }
 
-impl AsyncWrite for SendfileIo {
+impl AsyncWrite for PlainIo {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         if is_placeholder(buf) {
             self.poll_sendfile(cx, buf.len())
@@ -238,7 +248,7 @@ mod tests {
         let content: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         file.write_all(&content).unwrap();
         let slot = SendfileSlot::default();
-        let mut io = SendfileIo::new(server, slot.clone());
+        let mut io = PlainIo::new(server, slot.clone(), DirectSlot::default());
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
             client.read_to_end(&mut got).await.unwrap();
@@ -287,7 +297,7 @@ mod tests {
     #[tokio::test]
     async fn placeholder_without_a_file_is_an_error_not_zeros() {
         let (mut client, server) = pair().await;
-        let mut io = SendfileIo::new(server, SendfileSlot::default());
+        let mut io = PlainIo::new(server, SendfileSlot::default(), DirectSlot::default());
         let err = io.write(&PLACEHOLDER[..10]).await.unwrap_err();
         assert!(err.to_string().contains("without a file"), "{err}");
         drop(io);

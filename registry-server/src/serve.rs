@@ -18,7 +18,8 @@ use tower::ServiceExt;
 
 use crate::api::{AppState, app};
 use crate::config::TlsConfig;
-use crate::sendfile::{SendfileIo, SendfileSlot};
+use crate::direct::DirectSlot;
+use crate::sendfile::{PlainIo, SendfileSlot};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -89,7 +90,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(config.limits.header_timeout)
         .keep_alive(true)
-        // Queue body chunks as given, never copy them into one buffer: `SendfileIo`
+        // Queue body chunks as given, never copy them into one buffer: `PlainIo`
         // relies on seeing the blob bodies' placeholder slices.
         .writev(true);
     builder.http2().timer(TokioTimer::new());
@@ -139,14 +140,16 @@ pub async fn serve(
                         return;
                     }
                     let slot = SendfileSlot::new(sendfile_counter.clone());
-                    let for_requests = slot.clone();
+                    let direct = DirectSlot::default();
+                    let (for_requests, direct_for_requests) = (slot.clone(), direct.clone());
                     let svc = TowerToHyperService::new(router.map_request(
                         move |mut req: http::Request<hyper::body::Incoming>| {
                             req.extensions_mut().insert(for_requests.clone());
+                            direct_for_requests.attach(&mut req);
                             req
                         },
                     ));
-                    let io = TokioIo::new(SendfileIo::new(stream, slot));
+                    let io = TokioIo::new(PlainIo::new(stream, slot, direct));
                     let conn = builder.serve_connection_with_upgrades(io, svc);
                     if let Err(e) = watcher.watch(conn.into_owned()).await {
                         tracing::debug!("connection from {peer}: {e}");

@@ -11,13 +11,34 @@ use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
-use strata_store::{Committed, Digest, Ingest, IngestKey, Store, UploadRecord};
+use strata_store::{Committed, DIRECT_ALIGN, Digest, Ingest, IngestKey, Store, UploadRecord};
 use tokio::sync::OwnedMutexGuard;
 
+use crate::direct::DirectBody;
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
 
 const WRITE_BATCH: usize = 1 << 20;
+/// Size of the aligned buffers a direct body is read into (a multiple of `DIRECT_ALIGN`).
+const DIRECT_CHUNK: usize = 2 << 20;
+
+/// An upload request's body: hyper's stream, or a large body read beside hyper straight
+/// into aligned buffers (see `direct`).
+pub enum UploadBody {
+    Stream(Body),
+    Direct(DirectBody),
+}
+
+impl UploadBody {
+    /// The body as hyper's stream. A direct body has no such stream (only blob uploads
+    /// get one): it is dropped, which drains it, and the stream is empty.
+    pub fn into_stream(self) -> Body {
+        match self {
+            UploadBody::Stream(b) => b,
+            UploadBody::Direct(_) => Body::empty(),
+        }
+    }
+}
 
 /// One session's in-memory state.
 #[derive(Debug)]
@@ -167,12 +188,16 @@ impl Uploads {
     pub async fn append(
         &self,
         slot: &mut Locked,
-        body: Body,
+        body: UploadBody,
         idle: Duration,
         limit: Option<u64>,
     ) -> ApiResult<u64> {
         let ingest = self.ingest(slot).await?;
-        let (ingest, result) = write_body(ingest, body, idle, limit, self.metrics.clone()).await;
+        let metrics = self.metrics.clone();
+        let (ingest, result) = match body {
+            UploadBody::Stream(body) => write_body(ingest, body, idle, limit, metrics).await,
+            UploadBody::Direct(body) => write_direct(ingest, body, idle, limit, metrics).await,
+        };
         let off = ingest.as_ref().map(Ingest::offset);
         slot.ingest = ingest;
         result.and_then(|_| off.ok_or_else(|| ApiError::internal("upload writer lost its ingest")))
@@ -342,6 +367,103 @@ async fn write_body(
     if let Some(rest) = batch.finish() {
         let _ = tx.send(rest).await;
     }
+    drop(tx);
+    match writer.await {
+        Ok((ingest, write_result)) => (Some(ingest), write_result.and(read_result)),
+        Err(e) => (None, Err(e.into())),
+    }
+}
+
+/// A page-aligned buffer of `DIRECT_CHUNK` bytes (aligned by slicing a larger vector).
+struct AlignedBuf {
+    storage: Vec<u8>,
+    start: usize,
+}
+
+impl AlignedBuf {
+    fn new() -> AlignedBuf {
+        let storage = vec![0u8; DIRECT_CHUNK + DIRECT_ALIGN];
+        let start = storage.as_ptr().align_offset(DIRECT_ALIGN);
+        AlignedBuf { storage, start }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.storage[self.start..self.start + DIRECT_CHUNK]
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.storage[self.start..self.start + DIRECT_CHUNK]
+    }
+}
+
+/// Receives a direct body into aligned buffers and has a blocking writer hash them and
+/// write them with `O_DIRECT` (`Ingest::write_all_direct`): the bytes are copied once,
+/// from the socket, and hashed once. Each buffer's data sits at the same offset modulo
+/// `DIRECT_ALIGN` as in the file, so every whole block goes out directly. Always hands
+/// the ingest back, like `write_body`; on an error the body is dropped, which drains
+/// what the client still sends so that it reads the error response.
+async fn write_direct(
+    ingest: Ingest,
+    mut body: DirectBody,
+    idle: Duration,
+    limit: Option<u64>,
+    metrics: Arc<Metrics>,
+) -> (Option<Ingest>, ApiResult<()>) {
+    if let Some(limit) = limit
+        && ingest.offset() + body.content_length() > limit
+    {
+        let e = ApiError::size_invalid(format!("blob exceeds the limit of {limit} bytes"));
+        return (Some(ingest), Err(e));
+    }
+    let mut lead = (ingest.offset() % DIRECT_ALIGN as u64) as usize;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(AlignedBuf, usize, usize)>(2);
+    let (recycle, recycled) = std::sync::mpsc::channel::<AlignedBuf>();
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut ingest = ingest;
+        let mut result: ApiResult<()> = Ok(());
+        while let Some((buf, from, to)) = rx.blocking_recv() {
+            if let Err(e) = ingest.write_all_direct(&buf.bytes()[from..to]) {
+                result = Err(e.into());
+                break;
+            }
+            let _ = recycle.send(buf);
+        }
+        (ingest, result)
+    });
+    let mut read_result: ApiResult<()> = Ok(());
+    let mut done = false;
+    while !done {
+        let mut buf = recycled.try_recv().unwrap_or_else(|_| AlignedBuf::new());
+        let mut fill = lead;
+        while fill < DIRECT_CHUNK {
+            match tokio::time::timeout(idle, body.read(&mut buf.bytes_mut()[fill..])).await {
+                Ok(Ok(0)) => {
+                    done = true;
+                    break;
+                }
+                Ok(Ok(n)) => {
+                    metrics.add_bytes_in(n as u64);
+                    metrics.add_direct_bytes_in(n as u64);
+                    fill += n;
+                }
+                Ok(Err(e)) => {
+                    read_result = Err(ApiError::upload_invalid(format!("reading request body: {e}")));
+                    done = true;
+                    break;
+                }
+                Err(_) => {
+                    read_result = Err(ApiError::upload_invalid("client sent no data for too long"));
+                    done = true;
+                    break;
+                }
+            }
+        }
+        if fill > lead && tx.send((buf, lead, fill)).await.is_err() {
+            break; // the writer stopped: its result says why
+        }
+        lead = 0;
+    }
+    drop(body);
     drop(tx);
     match writer.await {
         Ok((ingest, write_result)) => (Some(ingest), write_result.and(read_result)),

@@ -228,3 +228,84 @@ fn docker_pulls_through_the_cache_and_from_cache_when_the_upstream_is_gone() {
     assert!(proxy.stop().success());
     store_fsck(&root);
 }
+
+/// `registry-server`'s counter of upload bytes read beside hyper (`direct`).
+fn direct_bytes(reg: &Proc) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(reg.addr()).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("strata_registry_direct_received_bytes_total "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// An image whose second layer is a few MiB (uncompressed random bytes): big enough for
+/// the direct upload path.
+fn large_layer_image(seed: u64) -> strata_fixtures::Image {
+    use rand::{RngCore, SeedableRng};
+    let mut data = vec![0u8; 3 << 20];
+    rand_chacha::ChaCha8Rng::seed_from_u64(seed).fill_bytes(&mut data);
+    let mut l = strata_fixtures::LayerBuilder::new();
+    l.file("big.bin", 0o644, data);
+    strata_fixtures::ImageBuilder::new(Flavor::Oci)
+        .layer_with(small_image(seed, 1, true).uncompressed_layer(0), LayerCompression::Gzip, "base")
+        .layer_with(l.build(), LayerCompression::None, "ADD big.bin")
+        .build()
+}
+
+#[test]
+fn real_clients_push_large_layers_through_the_direct_path() {
+    if peers::require("skopeo").is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let reg = Proc::start(&root, &[]);
+    let img = large_layer_image(21);
+    let layout = tmp.path().join("layout");
+    strata_fixtures::write_oci_layout(&layout, &[(&img, Some("1"))]);
+    let before = direct_bytes(&reg);
+    skopeo_ok([
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:1", layout.display()),
+        &format!("docker://{}/big/skopeo:1", reg.addr()),
+    ]);
+    eprintln!("skopeo direct: {}", direct_bytes(&reg) - before);
+    if let Some(c) = peers::Containerd::start() {
+        let name = format!("{}/big/skopeo:1", reg.addr());
+        c.ctr_ok(["images", "pull", "--plain-http", &name]);
+        let pushed = format!("{}/big/ctr:1", reg.addr());
+        c.ctr_ok(["images", "tag", &name, &pushed]);
+        let before = direct_bytes(&reg);
+        c.ctr_ok(["images", "push", "--plain-http", &pushed]);
+        eprintln!("ctr direct: {}", direct_bytes(&reg) - before);
+    }
+    if let Some(p) = peers::Podman::new() {
+        let archive = tmp.path().join("img.tar");
+        let name = format!("{}/big/podman:1", reg.addr());
+        strata_fixtures::write_docker_save(&archive, &[(&img, &[name.as_str()])]);
+        p.podman_ok(["load", "-i", archive.to_str().unwrap()]);
+        let before = direct_bytes(&reg);
+        p.podman_ok(["push", "--tls-verify=false", &name]);
+        eprintln!("podman direct: {}", direct_bytes(&reg) - before);
+        p.podman_ok(["rmi", "-f", &name]);
+    }
+    if let Some(d) = peers::Dockerd::shared() {
+        let archive = tmp.path().join("img-d.tar");
+        let name = format!("{}/big/docker:1", reg.addr());
+        strata_fixtures::write_docker_save(&archive, &[(&img, &[name.as_str()])]);
+        d.docker_ok(["load", "-i", archive.to_str().unwrap()]);
+        let before = direct_bytes(&reg);
+        d.docker_ok(["push", &name]);
+        eprintln!("docker direct: {}", direct_bytes(&reg) - before);
+        d.docker_ok(["rmi", &name]);
+    }
+    assert!(reg.stop().success());
+    store_fsck(&root);
+}

@@ -24,7 +24,7 @@ mod unpack;
 
 #[cfg(feature = "meta")]
 pub use archive::{ArchiveError, LoadOptions, LoadReport, LoadedImage, SaveReport, load, save};
-pub use blobs::{BlobEntry, BlobError, BlobStore, Committed, Ingest, IngestKey, Staged};
+pub use blobs::{BlobEntry, BlobError, BlobStore, Committed, DIRECT_ALIGN, Ingest, IngestKey, Staged};
 pub use digest::{Digest, DigestError, Hasher, HashingReader, HashingWriter};
 #[cfg(feature = "meta")]
 pub use fsck::{Fault, FsckReport};
