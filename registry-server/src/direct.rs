@@ -6,17 +6,20 @@
 //! How: [`Inbound`], the read side of every plain connection, reads the request heads
 //! before hyper does and follows the message boundaries (heads, `Content-Length`
 //! bodies). A blob upload — `PUT`, `PATCH` or `POST` under `/blobs/uploads/`, HTTP/1.1,
-//! with a `Content-Length` of at least [`DIRECT_MIN`] — is handed to hyper without its
-//! `Content-Length` and `Expect` headers, so hyper sees a request without a body. The
-//! body becomes a [`DirectBody`] in the connection's [`DirectSlot`]; the request picks
-//! it up as it is dispatched (matched by its sequence number on the connection), with
-//! `Content-Length` restored. While the body is unread, hyper's reads wait. When the
-//! [`DirectBody`] is dropped, what the handler left unread is drained (up to
-//! [`DRAIN_LIMIT`]) and reading goes on with the next request.
+//! with a `Content-Length` of at least [`DIRECT_MIN`] or a chunked body (docker, podman
+//! and skopeo stream layers as chunked `PATCH`es) — is handed to hyper without its
+//! `Content-Length`, `Transfer-Encoding` and `Expect` headers, so hyper sees a request
+//! without a body. The body becomes a [`DirectBody`] in the connection's [`DirectSlot`];
+//! the request picks it up as it is dispatched (matched by its sequence number on the
+//! connection), with `Content-Length` restored. A chunked body is decoded in place, in
+//! the buffer it was read into. While the body is unread, hyper's reads wait. When the
+//! [`DirectBody`] is dropped, bytes it read past its end go back to the connection, and
+//! what the handler left unread of a `Content-Length` body is drained (up to
+//! [`DRAIN_LIMIT`]); a chunked body left unfinished closes the connection.
 //!
-//! Anything unusual — a chunked body, an upgrade, HTTP/2, a head that does not parse or
-//! is too large — switches the connection to plain pass-through for good: hyper then
-//! reads the socket as it always would.
+//! Anything unusual — another transfer coding, an upgrade, HTTP/2, a head that does not
+//! parse or is too large — switches the connection to plain pass-through for good: hyper
+//! then reads the socket as it always would.
 
 use std::io;
 use std::pin::Pin;
@@ -35,6 +38,12 @@ const MAX_HEAD: usize = 64 << 10;
 const MAX_HEADERS: usize = 128;
 /// How much the head reader asks the socket for at a time.
 const READ_CHUNK: usize = 16 << 10;
+/// Most bytes read at a time for a chunked body, so that decoding in place (moving the
+/// data over the framing) happens while they are still in the CPU cache.
+const CHUNKED_READ: usize = 256 << 10;
+/// Longest chunk-size line, and most trailer bytes, of a chunked body.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILERS: usize = 64 << 10;
 /// Most unread body bytes drained after a handler gave up on a body (so that the client
 /// reads the error response instead of a reset); past this the connection is closed.
 pub const DRAIN_LIMIT: u64 = 256 << 20;
@@ -52,8 +61,13 @@ struct Job {
 #[derive(Default)]
 struct JobState {
     done: bool,
-    /// Body bytes still on the socket when the body was dropped.
+    /// Body bytes still on the socket when the body was dropped (`u64::MAX`: unknown).
     unread: u64,
+    /// Bytes the body read past its end (the start of the next request), or, for a
+    /// chunked body left unfinished, the undecoded bytes it holds.
+    leftover: Bytes,
+    /// The decoder of a chunked body left unfinished, to drain the rest with.
+    unfinished: Option<ChunkDecoder>,
     /// hyper's read, waiting for the body to be done with.
     waker: Option<Waker>,
 }
@@ -65,57 +79,100 @@ pub struct DirectBody {
     tcp: TcpStream,
     /// Body bytes that arrived with the head.
     prefix: Bytes,
-    /// Body bytes still on the socket.
-    remaining: u64,
-    len: u64,
+    framing: Framing,
     /// Send `100 Continue` before the first read from the socket.
     expect_continue: bool,
+    /// Bytes read past the end of a chunked body.
+    leftover: Bytes,
+}
+
+enum Framing {
+    /// `Content-Length`: this many bytes in all, and `remaining` still on the socket.
+    Length {
+        len: u64,
+        remaining: u64,
+    },
+    Chunked(ChunkDecoder),
 }
 
 impl std::fmt::Debug for DirectBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DirectBody")
-            .field("len", &self.len)
-            .field("remaining", &self.remaining)
+            .field("content_length", &self.content_length())
             .finish()
     }
 }
 
 impl DirectBody {
-    /// The body's length (its `Content-Length`).
-    pub fn content_length(&self) -> u64 {
-        self.len
+    /// The body's `Content-Length`; `None` for a chunked body.
+    pub fn content_length(&self) -> Option<u64> {
+        match self.framing {
+            Framing::Length { len, .. } => Some(len),
+            Framing::Chunked(_) => None,
+        }
     }
 
     /// Reads the next body bytes into `buf`; `Ok(0)` only at the end of the body. A
-    /// connection that ends early is an `UnexpectedEof` error.
+    /// connection that ends early, or chunked framing that does not parse, is an error.
     pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
         }
+        loop {
+            let want = match &self.framing {
+                Framing::Length { remaining, .. } if self.prefix.is_empty() && *remaining == 0 => {
+                    return Ok(0);
+                }
+                Framing::Length { remaining, .. } => {
+                    (buf.len() as u64).min(*remaining + self.prefix.len() as u64)
+                }
+                Framing::Chunked(d) if d.is_done() => return Ok(0),
+                Framing::Chunked(d) => {
+                    d.check()?;
+                    buf.len().min(CHUNKED_READ) as u64
+                }
+            } as usize;
+            let n = self.read_raw(&mut buf[..want]).await?;
+            let data = match &mut self.framing {
+                Framing::Length { .. } => n,
+                Framing::Chunked(d) => {
+                    let (data, used) = d.decode_in_place(&mut buf[..n])?;
+                    if used < n {
+                        self.leftover = Bytes::copy_from_slice(&buf[used..n]);
+                    }
+                    data
+                }
+            };
+            if data > 0 || n == 0 {
+                return Ok(data);
+            }
+            // Only framing so far: read on.
+        }
+    }
+
+    /// Bytes as they arrive: the prefix first, then the socket.
+    async fn read_raw(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if !self.prefix.is_empty() {
             let n = self.prefix.len().min(buf.len());
             buf[..n].copy_from_slice(&self.prefix[..n]);
             self.prefix.advance(n);
             return Ok(n);
         }
-        if self.remaining == 0 {
-            return Ok(0);
-        }
         if self.expect_continue {
             // What hyper would have sent when the body is first polled.
             self.expect_continue = false;
             self.tcp.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
         }
-        let want = (buf.len() as u64).min(self.remaining) as usize;
-        let n = self.tcp.read(&mut buf[..want]).await?;
+        let n = self.tcp.read(buf).await?;
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "connection closed before the end of the request body",
             ));
         }
-        self.remaining -= n as u64;
+        if let Framing::Length { remaining, .. } = &mut self.framing {
+            *remaining -= n as u64;
+        }
         Ok(n)
     }
 }
@@ -124,7 +181,19 @@ impl Drop for DirectBody {
     fn drop(&mut self) {
         let mut s = lock(&self.job.state);
         s.done = true;
-        s.unread = self.remaining;
+        match &mut self.framing {
+            Framing::Length { remaining, .. } => s.unread = *remaining,
+            Framing::Chunked(d) => {
+                // Undecoded bytes go back in stream order: those read past the end (or
+                // not yet decoded), then the rest of what came with the head.
+                let mut back = BytesMut::from(&self.leftover[..]);
+                back.extend_from_slice(&self.prefix);
+                s.leftover = back.freeze();
+                if !d.is_done() {
+                    s.unfinished = Some(std::mem::take(d));
+                }
+            }
+        }
         if let Some(w) = s.waker.take() {
             w.wake();
         }
@@ -161,22 +230,23 @@ impl DirectSlot {
     }
 
     /// Called for each request hyper dispatches on the connection, in order: gives the
-    /// request its direct body, if it has one, and restores its `Content-Length`.
+    /// request its direct body, if it has one, and restores its `Content-Length` (a
+    /// chunked body has none).
     pub fn attach<B>(&self, req: &mut http::Request<B>) {
         let mut s = lock(&self.inner);
         let seq = s.dispatched;
         s.dispatched += 1;
         match s.waiting.take() {
             Some((n, body)) if n == seq => {
-                req.headers_mut().insert(
-                    http::header::CONTENT_LENGTH,
-                    http::HeaderValue::from(body.content_length()),
-                );
+                if let Some(len) = body.content_length() {
+                    req.headers_mut()
+                        .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+                }
                 req.extensions_mut()
                     .insert(DirectRequestBody(Arc::new(Mutex::new(Some(body)))));
             }
             Some((n, body)) if n > seq => s.waiting = Some((n, body)),
-            // A body no request claimed: dropping it drains it.
+            // A body no request claimed: dropping it drains it (or closes the connection).
             Some(_) | None => {}
         }
     }
@@ -191,6 +261,8 @@ enum Mode {
     Direct(Arc<Job>),
     /// Discarding this many unread body bytes.
     Drain(u64),
+    /// Discarding the rest of a chunked body (decoder, data bytes dropped so far).
+    DrainChunked(ChunkDecoder, u64),
     /// No more following: hyper reads the socket as it is.
     PassThrough,
 }
@@ -266,6 +338,8 @@ impl Inbound {
                         return Poll::Pending;
                     }
                     let unread = s.unread;
+                    let leftover = std::mem::take(&mut s.leftover);
+                    let unfinished = s.unfinished.take();
                     drop(s);
                     if unread > DRAIN_LIMIT {
                         self.mode = Mode::PassThrough;
@@ -273,7 +347,15 @@ impl Inbound {
                             "request body left unread is too large to drain; closing",
                         )));
                     }
-                    self.mode = Mode::Drain(unread);
+                    if !leftover.is_empty() {
+                        let mut raw = BytesMut::from(&leftover[..]);
+                        raw.extend_from_slice(&self.raw);
+                        self.raw = raw;
+                    }
+                    self.mode = match unfinished {
+                        Some(d) => Mode::DrainChunked(d, 0),
+                        None => Mode::Drain(unread),
+                    };
                 }
                 Mode::Drain(0) => self.mode = Mode::Heads,
                 Mode::Drain(left) => {
@@ -284,6 +366,28 @@ impl Inbound {
                     let n = (self.raw.len() as u64).min(left) as usize;
                     self.raw.advance(n);
                     self.mode = Mode::Drain(left - n as u64);
+                }
+                Mode::DrainChunked(..) => {
+                    if self.raw.is_empty() && ready!(self.fill_raw(tcp, cx))? == 0 {
+                        return Poll::Ready(Ok(()));
+                    }
+                    let Mode::DrainChunked(d, drained) = &mut self.mode else {
+                        unreachable!("matched above")
+                    };
+                    let mut chunk = self.raw.split();
+                    let (data, used) = d.decode_in_place(&mut chunk)?;
+                    *drained += data as u64;
+                    if *drained > DRAIN_LIMIT {
+                        self.mode = Mode::PassThrough;
+                        return Poll::Ready(Err(io::Error::other(
+                            "request body left unread is too large to drain; closing",
+                        )));
+                    }
+                    if d.is_done() {
+                        chunk.advance(used);
+                        self.raw = chunk;
+                        self.mode = Mode::Heads;
+                    }
                 }
                 Mode::Heads => match self.take_head(tcp) {
                     Some(()) => {}
@@ -331,7 +435,7 @@ impl Inbound {
         if head.direct
             && let Ok(body_tcp) = dup(tcp)
         {
-            // The head without `Content-Length` and `Expect`, then the body aside.
+            // The head without its body's headers, then the body aside.
             let mut at = 0;
             for (start, stop) in &head.drop_lines {
                 self.out.extend_from_slice(&self.raw[at..*start]);
@@ -339,16 +443,32 @@ impl Inbound {
             }
             self.out.extend_from_slice(&self.raw[at..end]);
             self.raw.advance(end);
-            let in_raw = (self.raw.len() as u64).min(head.length) as usize;
-            let prefix = self.raw.split_to(in_raw).freeze();
+            let (prefix, framing) = if head.chunked {
+                // Where a chunked body ends is known only by decoding it: all of it goes
+                // to the body, which gives back what follows its end.
+                (
+                    self.raw.split().freeze(),
+                    Framing::Chunked(ChunkDecoder::default()),
+                )
+            } else {
+                let in_raw = (self.raw.len() as u64).min(head.length) as usize;
+                let remaining = head.length - in_raw as u64;
+                (
+                    self.raw.split_to(in_raw).freeze(),
+                    Framing::Length {
+                        len: head.length,
+                        remaining,
+                    },
+                )
+            };
             let job = Arc::new(Job::default());
             let body = DirectBody {
                 job: job.clone(),
                 tcp: body_tcp,
                 expect_continue: head.expect_continue && prefix.is_empty(),
                 prefix,
-                remaining: head.length - in_raw as u64,
-                len: head.length,
+                framing,
+                leftover: Bytes::new(),
             };
             self.slot.offer(seq, body);
             self.mode = Mode::Direct(job);
@@ -363,8 +483,9 @@ impl Inbound {
 
 /// What the reader needs to know of a request head.
 struct Head {
-    /// Body length (0 without a body).
+    /// Body length (0 without a body, or when chunked).
     length: u64,
+    chunked: bool,
     direct: bool,
     expect_continue: bool,
     /// Byte ranges of the header lines to leave out for hyper when `direct`.
@@ -380,6 +501,7 @@ impl Head {
             return None;
         }
         let mut length = None;
+        let mut chunked = false;
         let mut expect_continue = false;
         let mut drop_lines = Vec::new();
         let base = raw.as_ptr() as usize;
@@ -387,8 +509,16 @@ impl Head {
             let name = h.name;
             let is_length = name.eq_ignore_ascii_case("content-length");
             let is_expect = name.eq_ignore_ascii_case("expect");
-            if name.eq_ignore_ascii_case("transfer-encoding") || name.eq_ignore_ascii_case("upgrade") {
+            let is_coding = name.eq_ignore_ascii_case("transfer-encoding");
+            if name.eq_ignore_ascii_case("upgrade") {
                 return None;
+            }
+            if is_coding {
+                // Only a body that is just chunked is followed; one coding header.
+                if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                    return None;
+                }
+                chunked = true;
             }
             if is_length {
                 let v: u64 = std::str::from_utf8(h.value).ok()?.trim().parse().ok()?;
@@ -399,25 +529,158 @@ impl Head {
             if is_expect {
                 expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
             }
-            if is_length || is_expect {
+            if is_length || is_expect || is_coding {
                 let start = h.name.as_ptr() as usize - base;
                 let value_end = h.value.as_ptr() as usize - base + h.value.len();
                 let stop = value_end + raw[value_end..].iter().position(|b| *b == b'\n')? + 1;
                 drop_lines.push((start, stop));
             }
         }
+        if chunked && length.is_some() {
+            return None; // hyper refuses these
+        }
         let length = length.unwrap_or(0);
         let path = path.split('?').next().unwrap_or("");
         let direct = req.version == Some(1)
-            && length >= DIRECT_MIN
+            && (chunked || length >= DIRECT_MIN)
             && matches!(method, "PUT" | "PATCH" | "POST")
             && path.starts_with("/v2/")
             && path.contains("/blobs/uploads/");
+        if chunked && !direct {
+            return None; // a chunked body the reader does not take: hyper's to follow
+        }
         Some(Head {
             length,
+            chunked,
             direct,
             expect_continue,
             drop_lines,
+        })
+    }
+}
+
+/// Decodes `Transfer-Encoding: chunked` in place: data moves to the front of the buffer
+/// it was read into, over the framing.
+#[derive(Default)]
+struct ChunkDecoder {
+    state: ChunkState,
+    /// The framing line being read (it may span reads).
+    line: Vec<u8>,
+    trailer_bytes: usize,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
+enum ChunkState {
+    /// Reading a chunk-size line.
+    #[default]
+    Size,
+    /// Inside a chunk: this many data bytes to go.
+    Data(u64),
+    /// Reading the line break after a chunk's data.
+    DataEnd,
+    /// After the last chunk: reading trailer lines up to an empty one.
+    Trailers,
+    Done,
+    /// The framing broke (the data before the break was still handed out).
+    Failed(&'static str),
+}
+
+fn framing_error(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("chunked request body: {what}"),
+    )
+}
+
+type Framed<T> = Result<T, &'static str>;
+
+impl ChunkDecoder {
+    fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// The framing error met, if any.
+    fn check(&self) -> io::Result<()> {
+        match self.state {
+            ChunkState::Failed(what) => Err(framing_error(what)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Decodes `buf` (bytes just read): returns how many data bytes now sit at its front
+    /// and how many of its bytes were used (fewer than all only when the body ended).
+    /// Broken framing is an error, at once when no data came before it in `buf`, else
+    /// on the next call (the data before the break is good).
+    fn decode_in_place(&mut self, buf: &mut [u8]) -> io::Result<(usize, usize)> {
+        self.check()?;
+        let (mut r, mut w) = (0, 0);
+        while r < buf.len() {
+            match self.state {
+                ChunkState::Done | ChunkState::Failed(_) => break,
+                ChunkState::Data(left) => {
+                    let k = ((buf.len() - r) as u64).min(left) as usize;
+                    if r != w {
+                        buf.copy_within(r..r + k, w);
+                    }
+                    r += k;
+                    w += k;
+                    self.state = match left - k as u64 {
+                        0 => ChunkState::DataEnd,
+                        more => ChunkState::Data(more),
+                    };
+                }
+                _ => {
+                    let b = buf[r];
+                    r += 1;
+                    if b != b'\n' {
+                        if self.line.len() >= MAX_CHUNK_LINE {
+                            self.state = ChunkState::Failed("framing line too long");
+                        }
+                        self.line.push(b);
+                        continue;
+                    }
+                    let mut line = std::mem::take(&mut self.line);
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                    self.state = self.end_line(&line).unwrap_or_else(ChunkState::Failed);
+                }
+            }
+        }
+        if w == 0 {
+            self.check()?;
+        }
+        Ok((w, r))
+    }
+
+    fn end_line(&mut self, line: &[u8]) -> Framed<ChunkState> {
+        Ok(match self.state {
+            ChunkState::Size => {
+                let size = line.split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
+                if size.is_empty() || size.len() > 15 || !size.iter().all(u8::is_ascii_hexdigit) {
+                    return Err("bad chunk size");
+                }
+                let size = std::str::from_utf8(size)
+                    .ok()
+                    .and_then(|s| u64::from_str_radix(s, 16).ok())
+                    .ok_or("bad chunk size")?;
+                if size == 0 {
+                    ChunkState::Trailers
+                } else {
+                    ChunkState::Data(size)
+                }
+            }
+            ChunkState::DataEnd if line.is_empty() => ChunkState::Size,
+            ChunkState::DataEnd => return Err("chunk longer than its size"),
+            ChunkState::Trailers if line.is_empty() => ChunkState::Done,
+            ChunkState::Trailers => {
+                self.trailer_bytes += line.len();
+                if self.trailer_bytes > MAX_TRAILERS {
+                    return Err("trailers too large");
+                }
+                ChunkState::Trailers
+            }
+            state @ (ChunkState::Data(_) | ChunkState::Done | ChunkState::Failed(_)) => state,
         })
     }
 }
@@ -464,11 +727,114 @@ mod tests {
         }
         // Not followed at all: hyper reads these itself.
         for raw in [
-            &b"PATCH /v2/a/blobs/uploads/x HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"[..],
-            b"PUT /v2/a/blobs/uploads/x HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n",
+            &b"PUT /v2/a/blobs/uploads/x HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n"[..],
             b"PUT /v2/a/blobs/uploads/x HTTP/1.1\r\ncontent-length: -5\r\n\r\n",
             b"GET / HTTP/1.1\r\nupgrade: h2c\r\n\r\n",
             b"CONNECT a:443 HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(parse(raw).is_none(), "{}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    /// `data` chunked in pieces of `sizes` (cycled), with a chunk extension and a trailer.
+    fn chunked(data: &[u8], sizes: &[usize]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        for &n in sizes.iter().cycle() {
+            if at == data.len() {
+                break;
+            }
+            let n = n.min(data.len() - at);
+            out.extend_from_slice(format!("{n:x};ext=1\r\n").as_bytes());
+            out.extend_from_slice(&data[at..at + n]);
+            out.extend_from_slice(b"\r\n");
+            at += n;
+        }
+        out.extend_from_slice(b"0\r\nX-Trailer: t\r\n\r\n");
+        out
+    }
+
+    /// Decodes `wire` delivered in reads of `read` bytes; returns the data and what was
+    /// left after the end.
+    fn decode(wire: &[u8], read: usize) -> io::Result<(Vec<u8>, Vec<u8>)> {
+        let mut d = ChunkDecoder::default();
+        let (mut data, mut rest) = (Vec::new(), Vec::new());
+        for piece in wire.chunks(read) {
+            if d.is_done() {
+                rest.extend_from_slice(piece);
+                continue;
+            }
+            let mut buf = piece.to_vec();
+            let (n, used) = d.decode_in_place(&mut buf)?;
+            data.extend_from_slice(&buf[..n]);
+            rest.extend_from_slice(&buf[used..]);
+        }
+        assert!(d.is_done(), "body not finished");
+        Ok((data, rest))
+    }
+
+    #[test]
+    fn chunked_bodies_decode_in_place_however_the_reads_fall() {
+        let data: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for sizes in [&[32768usize][..], &[1, 2, 3, 4093], &[70_000]] {
+            let mut wire = chunked(&data, sizes);
+            wire.extend_from_slice(b"GET /next HTTP/1.1\r\n\r\n");
+            for read in [1, 2, 7, 4096, 65536, wire.len()] {
+                let (got, rest) = decode(&wire, read).unwrap();
+                assert!(got == data, "sizes {sizes:?}, reads of {read}");
+                assert_eq!(
+                    rest, b"GET /next HTTP/1.1\r\n\r\n",
+                    "sizes {sizes:?}, reads of {read}"
+                );
+            }
+        }
+        let (got, rest) = decode(b"0\r\n\r\n", 3).unwrap();
+        assert!(got.is_empty() && rest.is_empty());
+    }
+
+    #[test]
+    fn hostile_chunked_framing_is_an_error() {
+        let long_size = format!("{}\r\n", "1".repeat(16));
+        let long_line = format!("5;{}\r\n", "x".repeat(MAX_CHUNK_LINE));
+        for wire in [
+            &b"zz\r\nabc\r\n0\r\n\r\n"[..],
+            b"\r\nabc\r\n0\r\n\r\n",
+            b"+3\r\nabc\r\n0\r\n\r\n",
+            b"3\r\nabcdef\r\n0\r\n\r\n",
+            long_size.as_bytes(),
+            long_line.as_bytes(),
+        ] {
+            // At once, or on the next call when good data came before the break.
+            let mut d = ChunkDecoder::default();
+            let err = match d.decode_in_place(&mut wire.to_vec()) {
+                Err(e) => e,
+                Ok((data, _)) => {
+                    assert!(data > 0);
+                    d.decode_in_place(&mut []).unwrap_err()
+                }
+            };
+            assert_eq!(
+                err.kind(),
+                io::ErrorKind::InvalidData,
+                "{}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+        let mut d = ChunkDecoder::default();
+        let trailers = format!("0\r\n{}", "X-T: 0123456789abcdef\r\n".repeat(4000));
+        assert!(d.decode_in_place(&mut trailers.into_bytes()).is_err());
+    }
+
+    #[test]
+    fn chunked_uploads_go_direct_other_codings_do_not() {
+        let h = parse(b"PATCH /v2/a/blobs/uploads/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+        assert!(h.direct && h.chunked);
+        assert_eq!(h.drop_lines.len(), 1);
+        for raw in [
+            &b"PATCH /v2/a/blobs/uploads/x HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n"[..],
+            b"PATCH /v2/a/blobs/uploads/x HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n",
+            b"PATCH /v2/a/blobs/uploads/x HTTP/1.1\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"PUT /v2/a/manifests/x HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
         ] {
             assert!(parse(raw).is_none(), "{}", String::from_utf8_lossy(raw));
         }

@@ -400,8 +400,9 @@ impl AlignedBuf {
 /// write them with `O_DIRECT` (`Ingest::write_all_direct`): the bytes are copied once,
 /// from the socket, and hashed once. Each buffer's data sits at the same offset modulo
 /// `DIRECT_ALIGN` as in the file, so every whole block goes out directly. Always hands
-/// the ingest back, like `write_body`; on an error the body is dropped, which drains
-/// what the client still sends so that it reads the error response.
+/// the ingest back, like `write_body`; after a failed write or past the size limit the
+/// rest of the body is read and dropped (up to `DRAIN_LIMIT`), so that the client reads
+/// the error response.
 async fn write_direct(
     ingest: Ingest,
     mut body: DirectBody,
@@ -409,13 +410,15 @@ async fn write_direct(
     limit: Option<u64>,
     metrics: Arc<Metrics>,
 ) -> (Option<Ingest>, ApiResult<()>) {
-    if let Some(limit) = limit
-        && ingest.offset() + body.content_length() > limit
+    let too_large = |limit: u64| ApiError::size_invalid(format!("blob exceeds the limit of {limit} bytes"));
+    let start = ingest.offset();
+    if let (Some(limit), Some(len)) = (limit, body.content_length())
+        && start + len > limit
     {
-        let e = ApiError::size_invalid(format!("blob exceeds the limit of {limit} bytes"));
-        return (Some(ingest), Err(e));
+        // Refused before reading: dropping the body drains it.
+        return (Some(ingest), Err(too_large(limit)));
     }
-    let mut lead = (ingest.offset() % DIRECT_ALIGN as u64) as usize;
+    let mut lead = (start % DIRECT_ALIGN as u64) as usize;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(AlignedBuf, usize, usize)>(2);
     let (recycle, recycled) = std::sync::mpsc::channel::<AlignedBuf>();
     let writer = tokio::task::spawn_blocking(move || {
@@ -431,7 +434,9 @@ async fn write_direct(
         (ingest, result)
     });
     let mut read_result: ApiResult<()> = Ok(());
+    let mut received = 0u64;
     let mut done = false;
+    let mut drain = false;
     while !done {
         let mut buf = recycled.try_recv().unwrap_or_else(|_| AlignedBuf::new());
         let mut fill = lead;
@@ -444,6 +449,15 @@ async fn write_direct(
                 Ok(Ok(n)) => {
                     metrics.add_bytes_in(n as u64);
                     metrics.add_direct_bytes_in(n as u64);
+                    received += n as u64;
+                    if let Some(limit) = limit
+                        && start + received > limit
+                    {
+                        read_result = Err(too_large(limit));
+                        (done, drain) = (true, true);
+                        fill = lead; // keep none of it
+                        break;
+                    }
                     fill += n;
                 }
                 Ok(Err(e)) => {
@@ -459,15 +473,32 @@ async fn write_direct(
             }
         }
         if fill > lead && tx.send((buf, lead, fill)).await.is_err() {
-            break; // the writer stopped: its result says why
+            drain = true; // the writer stopped: its result says why
+            break;
         }
         lead = 0;
     }
-    drop(body);
     drop(tx);
-    match writer.await {
+    let (ingest, result) = match writer.await {
         Ok((ingest, write_result)) => (Some(ingest), write_result.and(read_result)),
         Err(e) => (None, Err(e.into())),
+    };
+    if drain {
+        drain_direct(&mut body, idle).await;
+    }
+    (ingest, result)
+}
+
+/// Reads and drops the rest of a direct body (up to `DRAIN_LIMIT`, each read within
+/// `idle`).
+async fn drain_direct(body: &mut DirectBody, idle: Duration) {
+    let mut scratch = vec![0u8; 64 << 10];
+    let mut drained = 0u64;
+    while drained < DRAIN_LIMIT {
+        match tokio::time::timeout(idle, body.read(&mut scratch)).await {
+            Ok(Ok(n)) if n > 0 => drained += n as u64,
+            _ => return,
+        }
     }
 }
 

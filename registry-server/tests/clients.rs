@@ -253,11 +253,18 @@ fn large_layer_image(seed: u64) -> strata_fixtures::Image {
     let mut l = strata_fixtures::LayerBuilder::new();
     l.file("big.bin", 0o644, data);
     strata_fixtures::ImageBuilder::new(Flavor::Oci)
-        .layer_with(small_image(seed, 1, true).uncompressed_layer(0), LayerCompression::Gzip, "base")
+        .layer_with(
+            small_image(seed, 1, true).uncompressed_layer(0),
+            LayerCompression::Gzip,
+            "base",
+        )
         .layer_with(l.build(), LayerCompression::None, "ADD big.bin")
         .build()
 }
 
+/// Every real client's upload of a big layer is read beside hyper (`direct`): docker,
+/// podman and skopeo send chunked `PATCH`es, containerd a `PUT` with a length. Each
+/// client pushes its own image (no blob is already there to mount).
 #[test]
 fn real_clients_push_large_layers_through_the_direct_path() {
     if peers::require("skopeo").is_none() {
@@ -266,6 +273,12 @@ fn real_clients_push_large_layers_through_the_direct_path() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
     let reg = Proc::start(&root, &[]);
+    let big = 3_000_000;
+    let pushed = |what: &str, before: u64| {
+        let n = direct_bytes(&reg) - before;
+        eprintln!("{what}: {n} upload bytes read direct");
+        assert!(n >= big, "{what}: only {n} upload bytes went direct");
+    };
     let img = large_layer_image(21);
     let layout = tmp.path().join("layout");
     strata_fixtures::write_oci_layout(&layout, &[(&img, Some("1"))]);
@@ -276,34 +289,49 @@ fn real_clients_push_large_layers_through_the_direct_path() {
         &format!("oci:{}:1", layout.display()),
         &format!("docker://{}/big/skopeo:1", reg.addr()),
     ]);
-    eprintln!("skopeo direct: {}", direct_bytes(&reg) - before);
+    pushed("skopeo", before);
     if let Some(c) = peers::Containerd::start() {
-        let name = format!("{}/big/skopeo:1", reg.addr());
-        c.ctr_ok(["images", "pull", "--plain-http", &name]);
-        let pushed = format!("{}/big/ctr:1", reg.addr());
-        c.ctr_ok(["images", "tag", &name, &pushed]);
+        // Pulled from a second registry, so containerd has nothing to mount from.
+        let other = Proc::start(&tmp.path().join("other"), &[]);
+        let img = large_layer_image(22);
+        let layout = tmp.path().join("layout-c");
+        strata_fixtures::write_oci_layout(&layout, &[(&img, Some("1"))]);
+        let source = format!("{}/big/src:1", other.addr());
+        skopeo_ok([
+            "copy",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:1", layout.display()),
+            &format!("docker://{source}"),
+        ]);
+        c.ctr_ok(["images", "pull", "--plain-http", &source]);
+        let name = format!("{}/big/ctr:1", reg.addr());
+        c.ctr_ok(["images", "tag", &source, &name]);
         let before = direct_bytes(&reg);
-        c.ctr_ok(["images", "push", "--plain-http", &pushed]);
-        eprintln!("ctr direct: {}", direct_bytes(&reg) - before);
+        c.ctr_ok(["images", "push", "--plain-http", &name]);
+        pushed("ctr", before);
+        assert!(other.stop().success());
     }
     if let Some(p) = peers::Podman::new() {
-        let archive = tmp.path().join("img.tar");
+        let archive = tmp.path().join("img-p.tar");
         let name = format!("{}/big/podman:1", reg.addr());
-        strata_fixtures::write_docker_save(&archive, &[(&img, &[name.as_str()])]);
+        strata_fixtures::write_docker_save(&archive, &[(&large_layer_image(23), &[name.as_str()])]);
         p.podman_ok(["load", "-i", archive.to_str().unwrap()]);
         let before = direct_bytes(&reg);
         p.podman_ok(["push", "--tls-verify=false", &name]);
-        eprintln!("podman direct: {}", direct_bytes(&reg) - before);
+        pushed("podman", before);
         p.podman_ok(["rmi", "-f", &name]);
     }
     if let Some(d) = peers::Dockerd::shared() {
         let archive = tmp.path().join("img-d.tar");
         let name = format!("{}/big/docker:1", reg.addr());
-        strata_fixtures::write_docker_save(&archive, &[(&img, &[name.as_str()])]);
+        strata_fixtures::write_docker_save(&archive, &[(&large_layer_image(24), &[name.as_str()])]);
         d.docker_ok(["load", "-i", archive.to_str().unwrap()]);
         let before = direct_bytes(&reg);
         d.docker_ok(["push", &name]);
-        eprintln!("docker direct: {}", direct_bytes(&reg) - before);
+        pushed("docker", before);
+        d.docker_ok(["rmi", &name]);
+        // And back.
+        d.docker_ok(["pull", &name]);
         d.docker_ok(["rmi", &name]);
     }
     assert!(reg.stop().success());

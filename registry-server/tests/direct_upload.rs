@@ -330,3 +330,92 @@ async fn a_client_gone_mid_body_leaves_an_upload_that_resumes() {
     assert!(r.status == 200 && r.body == blob);
     served.stop().await;
 }
+
+/// `data` in HTTP/1.1 chunked framing, pieces of `size` bytes, with a trailer.
+fn chunked(data: &[u8], size: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for piece in data.chunks(size) {
+        out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        out.extend_from_slice(piece);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\nX-Checksum: none\r\n\r\n");
+    out
+}
+
+#[tokio::test]
+async fn chunked_patches_are_read_direct_and_a_pipelined_request_follows() {
+    let reg = Reg::new();
+    let served = Served::start(reg.state.clone()).await;
+    let mut c = Conn::open(&served).await;
+    let blob = random(2_500_000, 7);
+    let d = Digest::of(&blob);
+    let loc = c.start_upload("direct/g").await;
+    // As docker, podman and skopeo send layers: 32 KiB chunks (and an odd second PATCH).
+    let (first, second) = blob.split_at(1_700_001);
+    let mut wire =
+        format!("PATCH {loc} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n").into_bytes();
+    wire.extend_from_slice(&chunked(first, 32 << 10));
+    wire.extend_from_slice(b"GET /v2/ HTTP/1.1\r\nHost: t\r\n\r\n");
+    c.send(&wire).await;
+    let r = c.response().await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("range"), Some("0-1700000"));
+    assert_eq!(c.response().await.status, 200, "the pipelined request");
+    let loc = r.header("location").unwrap().to_string();
+    let mut wire =
+        format!("PATCH {loc} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n").into_bytes();
+    wire.extend_from_slice(&chunked(second, 4093));
+    c.send(&wire).await;
+    let r = c.response().await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let r = c.request("PUT", &with_digest(&loc, &d), b"").await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        c.direct_bytes().await,
+        blob.len() as u64,
+        "the bodies did not take the direct path"
+    );
+    let r = c.request("GET", &format!("/v2/direct/g/blobs/{d}"), b"").await;
+    assert!(r.status == 200 && r.body == blob);
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn a_chunked_body_a_handler_refuses_is_drained_and_the_connection_goes_on() {
+    let reg = Reg::new();
+    let served = Served::start(reg.state.clone()).await;
+    let mut c = Conn::open(&served).await;
+    let blob = random(1_000_000, 8);
+    let mut wire =
+        b"PATCH /v2/direct/h/blobs/uploads/nosuchupload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
+    wire.extend_from_slice(&chunked(&blob, 32 << 10));
+    c.send(&wire).await;
+    assert_eq!(c.response().await.status, 404);
+    assert_eq!(c.request("GET", "/v2/", b"").await.status, 200);
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn broken_chunked_framing_keeps_only_the_good_chunks() {
+    let reg = Reg::new();
+    let served = Served::start(reg.state.clone()).await;
+    let mut c = Conn::open(&served).await;
+    let blob = random(200_000, 9);
+    let loc = c.start_upload("direct/i").await;
+    let mut wire =
+        format!("PATCH {loc} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n").into_bytes();
+    wire.extend_from_slice(format!("{:x}\r\n", blob.len()).as_bytes());
+    wire.extend_from_slice(&blob);
+    wire.extend_from_slice(b"\r\nzz-not-a-size\r\n");
+    c.send(&wire).await;
+    // The server refuses the body (a 400 or a closed connection), and keeps serving.
+    let mut any = [0u8; 1];
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), c.io.read(&mut any)).await;
+    let mut c = Conn::open(&served).await;
+    let r = c.request("GET", &loc, b"").await;
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("range"), Some(format!("0-{}", blob.len() - 1).as_str()));
+    served.stop().await;
+}
