@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Side by side: strata registry-server vs CNCF Distribution (docker-registry), one run on
 # this machine, alternating A B A B. Prints medians of blob GET throughput (1 and 4
-# parallel), push throughput and server CPU-seconds per GB pushed, manifest GET req/s and
+# parallel), push throughput and server CPU-seconds per GB pushed (a monolithic PUT with
+# Content-Length, as containerd pushes, and a chunked PATCH then an empty PUT, as docker,
+# podman and skopeo push), manifest GET req/s and
 # p99 (wrk, 50 connections), blob HEAD req/s, RSS idle and peak. Blob GETs are also
 # measured against nginx (sendfile on) serving the same blob file from strata's store,
 # the ceiling for serving a file over loopback HTTP.
@@ -53,6 +55,18 @@ push() { # port repo file digest -> seconds
   t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l
 }
 
+push_chunked() { # port repo file digest -> seconds (PATCH with Transfer-Encoding: chunked)
+  local port=$1 repo=$2 file=$3 digest=$4 loc t0 t1
+  loc=$(curl -sf -D - -o /dev/null -X POST "http://127.0.0.1:$port/v2/$repo/blobs/uploads/" | awk 'tolower($1)=="location:"{print $2}' | tr -d '\r')
+  [[ $loc == http* ]] || loc="http://127.0.0.1:$port$loc"
+  t0=$(date +%s.%N)
+  loc=$(curl -sf -D - -o /dev/null -X PATCH -H 'Transfer-Encoding: chunked' -H 'Content-Type: application/octet-stream' -T "$file" "$loc" | awk 'tolower($1)=="location:"{print $2}' | tr -d '\r')
+  [[ $loc == http* ]] || loc="http://127.0.0.1:$port$loc"
+  [[ $loc == *\?* ]] && sep='&' || sep='?'
+  curl -sf -X PUT "$loc${sep}digest=$digest" -o /dev/null
+  t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l
+}
+
 # nginx serves strata's blob directory: the same file, read with sendfile.
 mkdir -p "$W/nginx"
 cat > "$W/nginx.conf" <<CONF
@@ -79,6 +93,8 @@ for round in $(seq "$ROUNDS"); do
     [[ $side == dist ]] && { port=$PA; pid=$DIST; } || { port=$PB; pid=$STR; }
     c0=$(cpu $pid); s=$(push $port "bench/r$round" "$W/blob256" "$D256"); c1=$(cpu $pid)
     R[$side.push]+="$(echo "256/$s" | bc -l) "; R[$side.cpugb]+="$(echo "($c1-$c0)*4" | bc -l) "
+    c0=$(cpu $pid); s=$(push_chunked $port "bench/c$round" "$W/blob256" "$D256"); c1=$(cpu $pid)
+    R[$side.pushc]+="$(echo "256/$s" | bc -l) "; R[$side.cpugbc]+="$(echo "($c1-$c0)*4" | bc -l) "
     push $port bench/get "$W/blob64" "$D64" >/dev/null
   done
   for side in dist strata nginx; do
@@ -127,7 +143,7 @@ for key in get1 get4; do
   printf 'nginx sendfile %-19s %14.2f  strata/nginx %.2f\n' "$key" "$n" "$(echo "$b/$n" | bc -l)"
 done
 printf '%-34s %14s %14s %8s\n' metric distribution strata ratio
-for k in push:push_MiB/s cpugb:CPU-s_per_GB_pushed get1:blob_GET_MB/s_x1 get4:blob_GET_MB/s_x4 mrps:manifest_GET_req/s p99:manifest_GET_p99_ms hrps:blob_HEAD_req/s; do
+for k in push:push_MiB/s cpugb:CPU-s_per_GB_pushed pushc:push_chunked_MiB/s cpugbc:CPU-s_per_GB_pushed_chunked get1:blob_GET_MB/s_x1 get4:blob_GET_MB/s_x4 mrps:manifest_GET_req/s p99:manifest_GET_p99_ms hrps:blob_HEAD_req/s; do
   key=${k%%:*}; label=${k#*:}
   a=$(tr ' ' '\n' <<<"${R[dist.$key]}" | grep . | median); b=$(tr ' ' '\n' <<<"${R[strata.$key]}" | grep . | median)
   printf '%-34s %14.2f %14.2f %8.2f\n' "$label" "$a" "$b" "$(echo "$b/$a" | bc -l)"

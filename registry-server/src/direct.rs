@@ -39,8 +39,9 @@ const MAX_HEADERS: usize = 128;
 /// How much the head reader asks the socket for at a time.
 const READ_CHUNK: usize = 16 << 10;
 /// Most bytes read at a time for a chunked body, so that decoding in place (moving the
-/// data over the framing) happens while they are still in the CPU cache.
-const CHUNKED_READ: usize = 256 << 10;
+/// data over the framing) happens while they are still in the CPU's cache. Larger reads
+/// mean fewer reads and window updates; 256 KiB (L2-sized here) measured no better.
+const CHUNKED_READ: usize = 1 << 20;
 /// Longest chunk-size line, and most trailer bytes, of a chunked body.
 const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 64 << 10;
