@@ -21,10 +21,12 @@
 //! parse or is too large — switches the connection to plain pass-through for good: hyper
 //! then reads the socket as it always would.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker, ready};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
@@ -278,16 +280,24 @@ pub struct Inbound {
     out: BytesMut,
     /// Request heads handed to hyper so far.
     heads: u64,
+    /// How long a request head may take to arrive once it has begun, and the first one
+    /// from the connection's start. hyper's own header timeout cannot see a head this
+    /// reader holds back, and before the first request hyper-util's protocol detection
+    /// waits without one.
+    head_timeout: Duration,
+    head_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Inbound {
-    pub fn new(slot: DirectSlot) -> Inbound {
+    pub fn new(slot: DirectSlot, head_timeout: Duration) -> Inbound {
         Inbound {
             slot,
             mode: Mode::Heads,
             raw: BytesMut::new(),
             out: BytesMut::new(),
             heads: 0,
+            head_timeout,
+            head_deadline: None,
         }
     }
 
@@ -391,16 +401,30 @@ impl Inbound {
                     }
                 }
                 Mode::Heads => match self.take_head(tcp) {
-                    Some(()) => {}
+                    Some(()) => self.head_deadline = None,
                     None if self.raw.len() >= MAX_HEAD => self.mode = Mode::PassThrough,
-                    None => {
-                        if ready!(self.fill_raw(tcp, cx))? == 0 {
-                            if self.raw.is_empty() {
-                                return Poll::Ready(Ok(()));
+                    None => match self.fill_raw(tcp, cx)? {
+                        Poll::Ready(0) if self.raw.is_empty() => return Poll::Ready(Ok(())),
+                        Poll::Ready(0) => self.mode = Mode::PassThrough,
+                        Poll::Ready(_) => {}
+                        Poll::Pending => {
+                            // A head under way, or the connection's first (hyper's own
+                            // timer covers idle keep-alive connections).
+                            if !self.raw.is_empty() || self.heads == 0 {
+                                let timeout = self.head_timeout;
+                                let deadline = self
+                                    .head_deadline
+                                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                                if deadline.as_mut().poll(cx).is_ready() {
+                                    return Poll::Ready(Err(io::Error::new(
+                                        io::ErrorKind::TimedOut,
+                                        "request head not received in time",
+                                    )));
+                                }
                             }
-                            self.mode = Mode::PassThrough;
+                            return Poll::Pending;
                         }
-                    }
+                    },
                 },
             }
         }

@@ -21,6 +21,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -130,11 +131,12 @@ pub struct PlainIo {
 }
 
 impl PlainIo {
-    pub fn new(tcp: TcpStream, slot: SendfileSlot, direct: DirectSlot) -> PlainIo {
+    /// A connection whose request heads must arrive within `head_timeout` once begun.
+    pub fn new(tcp: TcpStream, slot: SendfileSlot, direct: DirectSlot, head_timeout: Duration) -> PlainIo {
         PlainIo {
             tcp,
             slot,
-            inbound: Inbound::new(direct),
+            inbound: Inbound::new(direct, head_timeout),
         }
     }
 
@@ -248,7 +250,12 @@ mod tests {
         let content: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         file.write_all(&content).unwrap();
         let slot = SendfileSlot::default();
-        let mut io = PlainIo::new(server, slot.clone(), DirectSlot::default());
+        let mut io = PlainIo::new(
+            server,
+            slot.clone(),
+            DirectSlot::default(),
+            Duration::from_secs(5),
+        );
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
             client.read_to_end(&mut got).await.unwrap();
@@ -297,7 +304,12 @@ mod tests {
     #[tokio::test]
     async fn placeholder_without_a_file_is_an_error_not_zeros() {
         let (mut client, server) = pair().await;
-        let mut io = PlainIo::new(server, SendfileSlot::default(), DirectSlot::default());
+        let mut io = PlainIo::new(
+            server,
+            SendfileSlot::default(),
+            DirectSlot::default(),
+            Duration::from_secs(5),
+        );
         let err = io.write(&PLACEHOLDER[..10]).await.unwrap_err();
         assert!(err.to_string().contains("without a file"), "{err}");
         drop(io);

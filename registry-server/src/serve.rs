@@ -5,14 +5,17 @@
 //! requests finish.
 
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
@@ -124,7 +127,8 @@ pub async fn serve(
                     match accepted {
                         Ok(Ok(s)) => {
                             let svc = TowerToHyperService::new(router);
-                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(s), svc);
+                            let io = TokioIo::new(FirstByteDeadline::new(s, header_timeout));
+                            let conn = builder.serve_connection_with_upgrades(io, svc);
                             let _ = watcher.watch(conn.into_owned()).await;
                         }
                         Ok(Err(e)) => tracing::debug!("TLS handshake with {peer} failed: {e}"),
@@ -149,7 +153,7 @@ pub async fn serve(
                             req
                         },
                     ));
-                    let io = TokioIo::new(PlainIo::new(stream, slot, direct));
+                    let io = TokioIo::new(PlainIo::new(stream, slot, direct, header_timeout));
                     let conn = builder.serve_connection_with_upgrades(io, svc);
                     if let Err(e) = watcher.watch(conn.into_owned()).await {
                         tracing::debug!("connection from {peer}: {e}");
@@ -165,6 +169,77 @@ pub async fn serve(
         tracing::warn!("requests still running after {DRAIN:?}; stopping anyway");
     }
     Ok(())
+}
+
+/// A stream whose first byte must arrive within a deadline: hyper-util's protocol
+/// detection waits for it without one (hyper's header timeout starts after it). Plain
+/// connections get the same from `direct::Inbound`.
+struct FirstByteDeadline<S> {
+    inner: S,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> FirstByteDeadline<S> {
+    fn new(inner: S, wait: Duration) -> Self {
+        FirstByteDeadline {
+            inner,
+            deadline: Some(Box::pin(tokio::time::sleep(wait))),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FirstByteDeadline<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    self.deadline = None;
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let expired = self
+                    .deadline
+                    .as_mut()
+                    .is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                if expired {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "no request in time")));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FirstByteDeadline<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Whether the first byte the client sends starts a TLS handshake record.

@@ -419,3 +419,45 @@ async fn broken_chunked_framing_keeps_only_the_good_chunks() {
     assert_eq!(r.header("range"), Some(format!("0-{}", blob.len() - 1).as_str()));
     served.stop().await;
 }
+
+#[tokio::test]
+async fn a_head_sent_too_slowly_closes_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(dir.path());
+    cfg.limits.header_timeout = std::time::Duration::from_millis(500);
+    let reg = Reg::with_config(dir, cfg);
+    let served = Served::start(reg.state.clone()).await;
+    let mut c = Conn::open(&served).await;
+    // The reader holds back an incomplete head; hyper's header timeout must still fire.
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    for piece in b"PATCH /v2/direct/j/blobs/uploads/x HTTP/1.1\r\nHost: t\r\nX-Slow: ".iter() {
+        if c.io.get_mut().write_all(&[*piece]).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut b = [0u8; 1];
+        if let Ok(r) = tokio::time::timeout(std::time::Duration::from_millis(100), c.io.read(&mut b)).await {
+            // A 408 or the end of the stream: the server gave up on the head.
+            assert!(matches!(r, Ok(0) | Ok(1) | Err(_)));
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "a head trickled over {:?} was still awaited",
+        started.elapsed()
+    );
+    // A connection that never sends a byte is closed too.
+    let mut idle = Conn::open(&served).await;
+    let mut b = [0u8; 1];
+    let r = tokio::time::timeout(std::time::Duration::from_secs(5), idle.io.read(&mut b)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "an idle connection was kept: {r:?}"
+    );
+    let mut c = Conn::open(&served).await;
+    assert_eq!(c.request("GET", "/v2/", b"").await.status, 200);
+    served.stop().await;
+}

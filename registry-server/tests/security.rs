@@ -322,6 +322,47 @@ async fn tls_serving() {
     served.stop().await;
 }
 
+/// A TLS client that completes the handshake and then sends nothing is dropped after
+/// the header timeout, like a plain one (`direct_upload.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tls_connection_is_closed() {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cp, kp) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cp, cert.cert.pem()).unwrap();
+    std::fs::write(&kp, cert.signing_key.serialize_pem()).unwrap();
+    let mut cfg = common::config(dir.path());
+    cfg.tls = Some(strata_registry::TlsConfig { cert: cp, key: kp });
+    cfg.limits.header_timeout = std::time::Duration::from_millis(500);
+    let reg = Reg::with_config(dir, cfg);
+    let served = Served::start(reg.state.clone()).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(cert.cert.pem().as_bytes()).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(served.addr).await.unwrap();
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("handshake");
+    let mut b = [0u8; 1];
+    let r = tokio::time::timeout(std::time::Duration::from_secs(5), tls.read(&mut b)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "an idle TLS connection was kept: {r:?}"
+    );
+    served.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_hello_on_plain_port_gets_an_alert() {
     let reg = Reg::new();
