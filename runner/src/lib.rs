@@ -1,2 +1,21 @@
-//! strata's runner: rootfs assembly from unpacked layers and container processes
-//! (namespaces, cgroups). The process model lands with the runner issue.
+//! strata's runner: a container's root filesystem is an overlay of the image's unpacked
+//! layers (read-only, shared) under a per-container upper directory; its process runs
+//! in new mount, PID, UTS, IPC and network namespaces, as PID 1 of its own PID
+//! namespace, after `pivot_root` into that overlay.
+//!
+//! The process model, in one place: `runner start` prepares the container (resolves the
+//! image, makes sure its layers are unpacked, writes `containers/<id>/config.json`) and
+//! re-executes itself as the container's supervisor, `runner __init DIR`, in fresh
+//! namespaces. The supervisor mounts the overlay, sets the hostname, and spawns the
+//! image's command as the first process of the new PID namespace; that child mounts
+//! `/proc`, a minimal `/dev` and `/sys`, pivots into the rootfs, sets `no_new_privs` and
+//! execs. The supervisor waits, records the exit status, and exits with it. Every
+//! syscall-level step is in `sys`, the only module with `unsafe`.
+
+mod container;
+mod start;
+mod sys;
+
+pub use container::{Container, ContainerError, ContainerState, Status, containers_dir, list};
+pub use start::{StartError, StartOptions, prepare, run_supervisor};
+pub use sys::spawn_supervisor;

@@ -1,0 +1,94 @@
+//! Command line of `runner` (clap derive), turned into a typed command at once.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use strata_runner::StartOptions;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "runner",
+    version,
+    about = "Start and manage containers from a strata store"
+)]
+pub struct Cli {
+    /// Store root directory [default: /var/lib/strata as root, else $XDG_DATA_HOME/strata]
+    #[arg(long, global = true, env = "STRATA_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Start a container from an image and wait for it; exits with its exit code
+    Start {
+        /// A name for the container
+        #[arg(long)]
+        name: Option<String>,
+        /// Remove the container when it exits
+        #[arg(long)]
+        rm: bool,
+        /// Set an environment variable (KEY=VALUE), repeatable
+        #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// The container's hostname [default: the first 12 characters of its ID]
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Image reference, digest or ID prefix
+        image: String,
+        /// Command and arguments, replacing the image's Cmd
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// List containers
+    Ps {
+        /// Print a JSON array instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove stopped containers
+    Rm {
+        #[arg(required = true, value_name = "ID-OR-PREFIX-OR-NAME")]
+        containers: Vec<String>,
+    },
+    /// The container supervisor (internal: run by `runner start` in new namespaces)
+    #[command(name = "__init", hide = true)]
+    Init { dir: PathBuf },
+}
+
+/// What to do, typed.
+pub enum Command {
+    Start(StartOptions),
+    Ps { json: bool },
+    Rm(Vec<String>),
+    Init(PathBuf),
+}
+
+impl Cli {
+    /// The store root and the command.
+    pub fn into_parts(self) -> (PathBuf, Command) {
+        let root = self.root.unwrap_or_else(strata_store::default_root);
+        let command = match self.command {
+            CliCommand::Start {
+                name,
+                rm,
+                env,
+                hostname,
+                image,
+                command,
+            } => Command::Start(StartOptions {
+                image,
+                name,
+                command,
+                env,
+                hostname,
+                remove: rm,
+            }),
+            CliCommand::Ps { json } => Command::Ps { json },
+            CliCommand::Rm { containers } => Command::Rm(containers),
+            CliCommand::Init { dir } => Command::Init(dir),
+        };
+        (root, command)
+    }
+}

@@ -1,0 +1,158 @@
+//! A container on disk: `<root>/containers/<id>/` holds `config.json` (what to run, fixed
+//! at creation), `state.json` (status, supervisor PID, exit code), and the overlay's
+//! `upper/`, `work/` and mount point `rootfs/`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors reading or writing containers.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bad container record {path}: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("no such container: {0}")]
+    NotFound(String),
+    #[error("container prefix {0:?} is ambiguous")]
+    Ambiguous(String),
+}
+
+type Result<T, E = ContainerError> = std::result::Result<T, E>;
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ContainerError {
+    let context = context.into();
+    move |source| ContainerError::Io { context, source }
+}
+
+/// What a container runs, fixed when it is created.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Container {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The image as the user named it, and its ID.
+    pub image: String,
+    pub image_id: String,
+    pub created: String,
+    /// Program and arguments (the image's entrypoint and command, or what was given).
+    pub command: Vec<String>,
+    pub env: Vec<String>,
+    pub workdir: String,
+    pub hostname: String,
+    /// The image's unpacked layers, bottom first.
+    pub layers: Vec<PathBuf>,
+    /// Remove the container when its process exits.
+    pub remove: bool,
+}
+
+/// Where a container is in its life.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Created,
+    Running,
+    Exited,
+}
+
+/// A container's changing state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContainerState {
+    pub status: Status,
+    /// The supervisor's PID while running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
+/// `<root>/containers`.
+pub fn containers_dir(store_root: &Path) -> PathBuf {
+    store_root.join("containers")
+}
+
+impl Container {
+    pub fn dir(&self, store_root: &Path) -> PathBuf {
+        containers_dir(store_root).join(&self.id)
+    }
+
+    /// Creates the container's directory and records (status `created`).
+    pub fn create(&self, store_root: &Path) -> Result<PathBuf> {
+        let dir = self.dir(store_root);
+        for d in ["upper", "work", "rootfs"] {
+            std::fs::create_dir_all(dir.join(d)).map_err(io(format!("create {}", dir.join(d).display())))?;
+        }
+        write_json(&dir.join("config.json"), self)?;
+        write_state(
+            &dir,
+            &ContainerState {
+                status: Status::Created,
+                pid: None,
+                exit_code: None,
+            },
+        )?;
+        Ok(dir)
+    }
+
+    /// Reads a container's record from its directory.
+    pub fn load(dir: &Path) -> Result<Container> {
+        read_json(&dir.join("config.json"))
+    }
+}
+
+/// Reads a container's state.
+pub fn read_state(dir: &Path) -> Result<ContainerState> {
+    read_json(&dir.join("state.json"))
+}
+
+/// Replaces a container's state atomically.
+pub fn write_state(dir: &Path, state: &ContainerState) -> Result<()> {
+    write_json(&dir.join("state.json"), state)
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let bytes = std::fs::read(path).map_err(io(format!("read {}", path.display())))?;
+    serde_json::from_slice(&bytes).map_err(|source| ContainerError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let bytes = serde_json::to_vec_pretty(value).map_err(|source| ContainerError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    std::fs::write(&tmp, bytes).map_err(io(format!("write {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io(format!("rename {}", path.display())))
+}
+
+/// Every container in the store, with its state, oldest first.
+pub fn list(store_root: &Path) -> Result<Vec<(Container, ContainerState)>> {
+    let dir = containers_dir(store_root);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(format!("read {}", dir.display()))(e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io(format!("read {}", dir.display())))?;
+        let path = entry.path();
+        if let (Ok(c), Ok(s)) = (Container::load(&path), read_state(&path)) {
+            out.push((c, s));
+        }
+    }
+    out.sort_by(|a, b| a.0.created.cmp(&b.0.created));
+    Ok(out)
+}

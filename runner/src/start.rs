@@ -1,0 +1,210 @@
+//! Starting a container. [`prepare`] runs in `runner start`: it resolves the image, makes
+//! sure its layers are unpacked, and records the container. [`run_supervisor`] runs in
+//! `runner __init`, already inside the container's new namespaces: it mounts the overlay,
+//! sets the hostname, runs the command as the first process of the new PID namespace,
+//! and returns its exit code.
+
+use std::path::Path;
+use std::process::Command;
+
+use strata_store::{Store, StoreError};
+
+use crate::container::{self, Container, ContainerError, ContainerState, Status};
+use crate::sys;
+
+/// Largest image config read.
+const MAX_CONFIG: u64 = 4 << 20;
+
+/// What `runner start` was asked for.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// The image: a reference, a digest, or an ID prefix.
+    pub image: String,
+    pub name: Option<String>,
+    /// Arguments replacing the image's `Cmd` (its `Entrypoint` stays), as docker does.
+    pub command: Vec<String>,
+    /// `KEY=VALUE` pairs added to (or replacing in) the image's environment.
+    pub env: Vec<String>,
+    pub hostname: Option<String>,
+    pub remove: bool,
+}
+
+/// Errors starting a container.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    #[error("no image {0} in the store")]
+    NoImage(String),
+    #[error("image config of {image}: {message}")]
+    Config { image: String, message: String },
+    #[error("no command: the image has no entrypoint or command, and none was given")]
+    NoCommand,
+    #[error("invalid environment entry {0:?} (want KEY=VALUE)")]
+    BadEnv(String),
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
+    let context = context.into();
+    move |source| StartError::Io { context, source }
+}
+
+/// Resolves the image, unpacks its layers, and records a new container (status
+/// `created`). Holds the store's write lock only meanwhile.
+pub fn prepare(store_root: &Path, opts: &StartOptions) -> Result<Container, StartError> {
+    let store = Store::open(store_root)?;
+    let image_id = store
+        .resolve(&opts.image)?
+        .image
+        .ok_or_else(|| StartError::NoImage(opts.image.clone()))?;
+    let chains = store.ensure_unpacked(&image_id)?;
+    let layers = chains.iter().map(|c| store.layers().diff_path(c)).collect();
+    let config = store
+        .blobs()
+        .read_small(&image_id, MAX_CONFIG)
+        .map_err(StoreError::from)?;
+    drop(store);
+    let bad = |message: String| StartError::Config {
+        image: opts.image.clone(),
+        message,
+    };
+    let config: serde_json::Value = serde_json::from_slice(&config).map_err(|e| bad(e.to_string()))?;
+    let runtime = &config["config"];
+    let strings = |v: &serde_json::Value| -> Result<Vec<String>, StartError> {
+        match v {
+            serde_json::Value::Null => Ok(Vec::new()),
+            serde_json::Value::Array(a) => a
+                .iter()
+                .map(|s| {
+                    s.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| bad(format!("not a string: {s}")))
+                })
+                .collect(),
+            other => Err(bad(format!("not a list of strings: {other}"))),
+        }
+    };
+    let mut command = strings(&runtime["Entrypoint"])?;
+    if opts.command.is_empty() {
+        command.extend(strings(&runtime["Cmd"])?);
+    } else {
+        command.extend(opts.command.iter().cloned());
+    }
+    if command.is_empty() {
+        return Err(StartError::NoCommand);
+    }
+    let env = merge_env(strings(&runtime["Env"])?, &opts.env)?;
+    let workdir = runtime["WorkingDir"].as_str().unwrap_or("").to_string();
+    let id = new_id();
+    let c = Container {
+        hostname: opts.hostname.clone().unwrap_or_else(|| id[..12].to_string()),
+        id,
+        name: opts.name.clone(),
+        image: opts.image.clone(),
+        image_id: image_id.to_string(),
+        created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        command,
+        env,
+        workdir: if workdir.is_empty() { "/".into() } else { workdir },
+        layers,
+        remove: opts.remove,
+    };
+    c.create(store_root)?;
+    Ok(c)
+}
+
+/// The image's environment with `extra` (`KEY=VALUE`) added or replacing; a `PATH`
+/// when there is none.
+fn merge_env(mut env: Vec<String>, extra: &[String]) -> Result<Vec<String>, StartError> {
+    for e in extra {
+        let Some((key, _)) = e.split_once('=').filter(|(k, _)| !k.is_empty()) else {
+            return Err(StartError::BadEnv(e.clone()));
+        };
+        env.retain(|x| x.split_once('=').map(|(k, _)| k) != Some(key));
+        env.push(e.clone());
+    }
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    }
+    Ok(env)
+}
+
+/// A new container ID: 32 random bytes in hex, like docker's.
+fn new_id() -> String {
+    let bytes: [u8; 32] = rand::random();
+    hex::encode(bytes)
+}
+
+/// The supervisor, inside the container's namespaces: mounts the rootfs, runs the
+/// command as the PID namespace's first process, records and returns its exit code
+/// (128 + the signal's number when a signal ended it).
+pub fn run_supervisor(dir: &Path) -> Result<i32, StartError> {
+    let c = Container::load(dir)?;
+    let rootfs = dir.join("rootfs");
+    sys::make_mounts_private().map_err(io("make mounts private"))?;
+    sys::mount_overlay(&c.layers, &dir.join("upper"), &dir.join("work"), &rootfs)
+        .map_err(io(format!("mount the overlay at {}", rootfs.display())))?;
+    sys::set_hostname(&c.hostname).map_err(io("set the hostname"))?;
+    let steps = sys::Rootfs::new(&rootfs, &c.workdir).map_err(io("prepare the rootfs"))?;
+    let mut cmd = Command::new(&c.command[0]);
+    cmd.args(&c.command[1..]).env_clear();
+    for e in &c.env {
+        if let Some((k, v)) = e.split_once('=') {
+            cmd.env(k, v);
+        }
+    }
+    let mut child = sys::spawn_init(cmd, steps).map_err(io(format!("start {:?}", c.command[0])))?;
+    container::write_state(
+        dir,
+        &ContainerState {
+            status: Status::Running,
+            pid: Some(std::process::id()),
+            exit_code: None,
+        },
+    )?;
+    let status = child.wait().map_err(io("wait for the container"))?;
+    let code = {
+        use std::os::unix::process::ExitStatusExt;
+        status
+            .code()
+            .or_else(|| status.signal().map(|s| 128 + s))
+            .unwrap_or(255)
+    };
+    container::write_state(
+        dir,
+        &ContainerState {
+            status: Status::Exited,
+            pid: None,
+            exit_code: Some(code),
+        },
+    )?;
+    Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_env_replaces_by_key_and_a_path_is_always_there() {
+        let env = merge_env(vec!["A=1".into(), "B=2".into()], &["A=3".into(), "C=".into()]).unwrap();
+        assert_eq!(env[..3], ["B=2", "A=3", "C="]);
+        assert!(env[3].starts_with("PATH="));
+        assert!(matches!(
+            merge_env(vec![], &["=x".into()]),
+            Err(StartError::BadEnv(_))
+        ));
+        assert!(matches!(
+            merge_env(vec![], &["nokey".into()]),
+            Err(StartError::BadEnv(_))
+        ));
+    }
+}

@@ -1,0 +1,216 @@
+//! Every syscall-level step of the container process model — namespaces, mounts,
+//! `pivot_root`, hostname, `no_new_privs` — and the only `unsafe` in the runner: the two
+//! closures that run in a forked child between `fork` and `exec`. Paths those closures
+//! use are turned into C strings before the fork, so that the child allocates nothing.
+#![allow(unsafe_code)]
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use rustix::fs::{Mode, OFlags};
+use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
+use rustix::thread::UnshareFlags;
+
+/// The namespaces every container gets: mount, UTS, IPC and network for the supervisor
+/// and its child, PID for the child (the first process of a new PID namespace).
+fn namespaces() -> UnshareFlags {
+    UnshareFlags::NEWNS
+        | UnshareFlags::NEWUTS
+        | UnshareFlags::NEWIPC
+        | UnshareFlags::NEWNET
+        | UnshareFlags::NEWPID
+}
+
+/// Spawns the container's supervisor (`runner __init`) in new namespaces.
+pub fn spawn_supervisor(mut cmd: Command) -> io::Result<Child> {
+    // SAFETY: this runs in the forked child before exec. It only calls unshare(2), which
+    // allocates nothing and takes no lock; the child has a single thread, so what the
+    // call detaches (no file table here) cannot be observed by another thread.
+    unsafe {
+        cmd.pre_exec(|| rustix::thread::unshare_unsafe(namespaces()).map_err(io::Error::from));
+    }
+    cmd.spawn()
+}
+
+/// In the supervisor: stops mount events from propagating back to the host.
+pub fn make_mounts_private() -> io::Result<()> {
+    rustix::mount::mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)?;
+    Ok(())
+}
+
+/// In the supervisor: mounts the overlay of `lower` (bottom first) under `upper` at
+/// `target`.
+pub fn mount_overlay(lower: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> io::Result<()> {
+    // overlayfs lists the top layer first.
+    let lower: Vec<String> = lower.iter().rev().map(|p| escape(p)).collect();
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        escape(upper),
+        escape(work)
+    );
+    if data.len() >= 4096 {
+        return Err(io::Error::other(format!(
+            "overlay mount options too long ({} bytes, {} layers)",
+            data.len(),
+            lower.len()
+        )));
+    }
+    let data = CString::new(data).map_err(|_| io::Error::other("overlay options with a NUL byte"))?;
+    rustix::mount::mount(
+        "overlay",
+        target,
+        "overlay",
+        MountFlags::empty(),
+        Some(data.as_c_str()),
+    )?;
+    Ok(())
+}
+
+/// Escapes what overlayfs's option parser treats specially in a path.
+fn escape(p: &Path) -> String {
+    p.display()
+        .to_string()
+        .replace('\\', "\\\\")
+        .replace(':', "\\:")
+        .replace(',', "\\,")
+}
+
+/// In the supervisor: the container's hostname (its own UTS namespace).
+pub fn set_hostname(name: &str) -> io::Result<()> {
+    rustix::system::sethostname(name.as_bytes())?;
+    Ok(())
+}
+
+/// Device nodes bind-mounted from the host into the container's `/dev`.
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// What the container's first process does before exec, with every path ready.
+pub struct Rootfs {
+    rootfs: CString,
+    proc_dir: CString,
+    dev_dir: CString,
+    shm_dir: CString,
+    sys_dir: CString,
+    /// Host device, and the file to bind it on.
+    devices: Vec<(CString, CString)>,
+    /// `/dev/fd`, `/dev/stdin`… symlinks: (target, link).
+    links: Vec<(CString, CString)>,
+    put_old: CString,
+    put_old_inside: CString,
+    workdir: CString,
+}
+
+fn c(p: impl AsRef<OsStr>) -> io::Result<CString> {
+    CString::new(p.as_ref().as_bytes()).map_err(|_| io::Error::other("path with a NUL byte"))
+}
+
+impl Rootfs {
+    /// Prepares the steps for a container whose root is the mounted `rootfs`, to start
+    /// in `workdir` (a path inside it). Creates the mount points it needs.
+    pub fn new(rootfs: &Path, workdir: &str) -> io::Result<Rootfs> {
+        for d in ["proc", "dev", "sys", ".strata-old-root"] {
+            std::fs::create_dir_all(rootfs.join(d))?;
+        }
+        let dev = rootfs.join("dev");
+        Ok(Rootfs {
+            rootfs: c(rootfs)?,
+            proc_dir: c(rootfs.join("proc"))?,
+            dev_dir: c(&dev)?,
+            shm_dir: c(dev.join("shm"))?,
+            sys_dir: c(rootfs.join("sys"))?,
+            devices: DEVICES
+                .iter()
+                .map(|d| Ok((c(format!("/dev/{d}"))?, c(dev.join(d))?)))
+                .collect::<io::Result<_>>()?,
+            links: [
+                ("/proc/self/fd", "fd"),
+                ("/proc/self/fd/0", "stdin"),
+                ("/proc/self/fd/1", "stdout"),
+                ("/proc/self/fd/2", "stderr"),
+            ]
+            .iter()
+            .map(|(t, l)| Ok((c(t)?, c(dev.join(l))?)))
+            .collect::<io::Result<_>>()?,
+            put_old: c(rootfs.join(".strata-old-root"))?,
+            put_old_inside: c("/.strata-old-root")?,
+            workdir: c(if workdir.is_empty() { "/" } else { workdir })?,
+        })
+    }
+
+    /// Runs in the container's first process before exec (see `spawn_init`).
+    fn enter(&self) -> io::Result<()> {
+        use rustix::mount::mount;
+        // Die with the supervisor.
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+        // A mount namespace of its own: `pivot_root` moves the root of every process in
+        // the namespace, and the supervisor must keep the host's view.
+        // SAFETY: a single-threaded child between fork and exec; no file table is
+        // unshared, so no other thread can observe a changed descriptor table.
+        unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWNS) }?;
+        mount(
+            rustix::cstr!("proc"),
+            &*self.proc_dir,
+            rustix::cstr!("proc"),
+            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+            None,
+        )?;
+        mount(
+            rustix::cstr!("tmpfs"),
+            &*self.dev_dir,
+            rustix::cstr!("tmpfs"),
+            MountFlags::NOSUID | MountFlags::STRICTATIME,
+            Some(rustix::cstr!("mode=755,size=65536k")),
+        )?;
+        for (host, inside) in &self.devices {
+            drop(rustix::fs::open(
+                &**inside,
+                OFlags::CREATE | OFlags::WRONLY,
+                Mode::from(0o666),
+            )?);
+            rustix::mount::mount_bind(&**host, &**inside)?;
+        }
+        for (target, link) in &self.links {
+            rustix::fs::symlink(&**target, &**link)?;
+        }
+        rustix::fs::mkdir(&*self.shm_dir, Mode::from(0o1777))?;
+        mount(
+            rustix::cstr!("shm"),
+            &*self.shm_dir,
+            rustix::cstr!("tmpfs"),
+            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+            Some(rustix::cstr!("mode=1777,size=65536k")),
+        )?;
+        mount(
+            rustix::cstr!("sysfs"),
+            &*self.sys_dir,
+            rustix::cstr!("sysfs"),
+            MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+            None,
+        )?;
+        rustix::process::pivot_root(&*self.rootfs, &*self.put_old)?;
+        rustix::process::chdir(rustix::cstr!("/"))?;
+        rustix::mount::unmount(&*self.put_old_inside, UnmountFlags::DETACH)?;
+        rustix::fs::rmdir(&*self.put_old_inside)?;
+        rustix::process::chdir(&*self.workdir)?;
+        rustix::thread::set_no_new_privs(true)?;
+        Ok(())
+    }
+}
+
+/// Spawns the container's first process: `cmd` (already given its environment and
+/// arguments) after `rootfs`'s steps. Called by the supervisor, whose children are in
+/// the container's new PID namespace.
+pub fn spawn_init(mut cmd: Command, rootfs: Rootfs) -> io::Result<Child> {
+    // SAFETY: this runs in the forked child before exec. The supervisor that forks is
+    // single-threaded, and the closure only makes syscalls through rustix on C strings
+    // prepared before the fork: it allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(move || rootfs.enter());
+    }
+    cmd.spawn()
+}

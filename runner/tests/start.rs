@@ -1,0 +1,148 @@
+//! `runner start` end to end, as root: the image's busybox runs as PID 1 of its own PID
+//! namespace in an overlay of the store's unpacked layers, with its own hostname,
+//! network and mounts, `no_new_privs`, and its exit code passed through.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use strata_fixtures::peers;
+use strata_fixtures::{Flavor, LayerCompression, busybox};
+
+/// A store holding the busybox fixture as `bb:1`; `None` (a SKIP line) when not root
+/// outside CI.
+fn store_with_busybox(dir: &Path) -> Option<PathBuf> {
+    if !rustix::process::geteuid().is_root() {
+        assert!(!peers::ci(), "runner tests need root in CI");
+        eprintln!("SKIP: runner tests need root");
+        return None;
+    }
+    let img = busybox(Flavor::Docker, LayerCompression::Gzip);
+    let archive = dir.join("bb.tar");
+    strata_fixtures::write_docker_save(&archive, &[(&img, &["bb:1"])]);
+    let root = dir.join("store");
+    let store = strata_store::Store::open(&root).unwrap();
+    strata_store::load(&store, &archive, &strata_store::LoadOptions::default()).unwrap();
+    Some(root)
+}
+
+fn runner(root: &Path) -> Command {
+    let mut c = Command::new(peers::bin("runner"));
+    c.arg("--root").arg(root);
+    c
+}
+
+#[test]
+fn a_container_runs_as_pid_1_in_its_own_namespaces_and_passes_its_exit_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    let script = "echo pid=$$; hostname; echo foo=$FOO; pwd; grep NoNewPrivs /proc/self/status; \
+                  ls /sys/class/net; ls -a /; ls /dev; exit 7";
+    let out = peers::output(runner(&root).args([
+        "start",
+        "--rm",
+        "--hostname",
+        "box",
+        "--env",
+        "FOO=bar",
+        "bb:1",
+        "--",
+        "/bin/sh",
+        "-c",
+        script,
+    ]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(7), "{}", peers::format_output(&out));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[..4], ["pid=1", "box", "foo=bar", "/data"], "{stdout}");
+    assert!(stdout.contains("NoNewPrivs:\t1"), "{stdout}");
+    // Its own network namespace: loopback only.
+    assert_eq!(lines[5], "lo", "{stdout}");
+    // The image's root, not the host's: no host directories, no pivot leftovers.
+    assert!(
+        stdout.contains("\nbin\n") && stdout.contains("\ndata\n"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("strata-old-root") && !stdout.contains("\nwork\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("null") && stdout.contains("urandom"), "{stdout}");
+    // --rm: nothing left.
+    assert!(
+        std::fs::read_dir(root.join("containers"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}
+
+#[test]
+fn writes_stay_in_their_container_and_ps_and_rm_manage_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    let out = peers::output(runner(&root).args([
+        "start",
+        "--name",
+        "writer",
+        "bb:1",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo x > /data/keep.txt; echo y > /new",
+    ]));
+    assert!(out.status.success(), "{}", peers::format_output(&out));
+    let out = peers::output(runner(&root).args([
+        "start",
+        "--rm",
+        "bb:1",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /data/keep.txt; ls /new",
+    ]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "kept\n",
+        "{}",
+        peers::format_output(&out)
+    );
+    assert_ne!(out.status.code(), Some(0), "/new leaked into another container");
+    let ps = peers::run_ok(runner(&root).args(["ps", "--json"]));
+    let rows: serde_json::Value = serde_json::from_str(&ps).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{ps}");
+    assert_eq!(rows[0]["name"], "writer");
+    assert_eq!(rows[0]["status"], "exited");
+    assert_eq!(rows[0]["exit_code"], 0);
+    let id = rows[0]["id"].as_str().unwrap();
+    // The container's own writes are in its upper directory.
+    let upper = root.join("containers").join(id).join("upper");
+    assert_eq!(
+        std::fs::read_to_string(upper.join("data/keep.txt")).unwrap(),
+        "x\n"
+    );
+    peers::run_ok(runner(&root).args(["rm", "writer"]));
+    assert!(!root.join("containers").join(id).exists());
+    let out = peers::output(runner(&root).args(["rm", "writer"]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such container"));
+}
+
+#[test]
+fn unknown_images_and_missing_programs_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    let out = peers::output(runner(&root).args(["start", "--rm", "nosuch:1"]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("error: ") && err.contains("nosuch"), "{err}");
+    let out = peers::output(runner(&root).args(["start", "--rm", "bb:1", "--", "/no/such/program"]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/no/such/program"), "{err}");
+}
