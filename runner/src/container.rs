@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cgroup::Limits;
+
 /// Errors reading or writing containers.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -53,6 +55,8 @@ pub struct Container {
     pub layers: Vec<PathBuf>,
     /// Remove the container when its process exits.
     pub remove: bool,
+    #[serde(default, skip_serializing_if = "Limits::is_empty")]
+    pub limits: Limits,
 }
 
 /// Where a container is in its life.

@@ -12,10 +12,12 @@
 //! execs. The supervisor waits, records the exit status, and exits with it. Every
 //! syscall-level step is in `sys`, the only module with `unsafe`.
 
+mod cgroup;
 mod container;
 mod start;
 mod sys;
 
+pub use cgroup::{CgroupError, Limits, parse_bytes};
 pub use container::{Container, ContainerError, ContainerState, Status, containers_dir, list};
 pub use start::{StartError, StartOptions, prepare, run_supervisor};
 pub use sys::spawn_supervisor;

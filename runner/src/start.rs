@@ -9,6 +9,7 @@ use std::process::Command;
 
 use strata_store::{Store, StoreError};
 
+use crate::cgroup::{Cgroup, CgroupError, Limits};
 use crate::container::{self, Container, ContainerError, ContainerState, Status};
 use crate::sys;
 
@@ -27,6 +28,7 @@ pub struct StartOptions {
     pub env: Vec<String>,
     pub hostname: Option<String>,
     pub remove: bool,
+    pub limits: Limits,
 }
 
 /// Errors starting a container.
@@ -36,6 +38,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Container(#[from] ContainerError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
     #[error("no image {0} in the store")]
     NoImage(String),
     #[error("image config of {image}: {message}")]
@@ -116,6 +120,7 @@ pub fn prepare(store_root: &Path, opts: &StartOptions) -> Result<Container, Star
         workdir: if workdir.is_empty() { "/".into() } else { workdir },
         layers,
         remove: opts.remove,
+        limits: opts.limits,
     };
     c.create(store_root)?;
     Ok(c)
@@ -143,9 +148,10 @@ fn new_id() -> String {
     hex::encode(bytes)
 }
 
-/// The supervisor, inside the container's namespaces: mounts the rootfs, runs the
-/// command as the PID namespace's first process, records and returns its exit code
-/// (128 + the signal's number when a signal ended it).
+/// The supervisor, inside the container's namespaces: mounts the rootfs, joins the
+/// container's cgroup when it has limits, runs the command as the PID namespace's first
+/// process, records and returns its exit code (128 + the signal's number when a signal
+/// ended it).
 pub fn run_supervisor(dir: &Path) -> Result<i32, StartError> {
     let c = Container::load(dir)?;
     let rootfs = dir.join("rootfs");
@@ -161,6 +167,12 @@ pub fn run_supervisor(dir: &Path) -> Result<i32, StartError> {
             cmd.env(k, v);
         }
     }
+    // Joined first, so that the container's process and all it starts are inside.
+    let cgroup = if c.limits.is_empty() {
+        None
+    } else {
+        Some(Cgroup::join(&c.id, &c.limits)?)
+    };
     let mut child = sys::spawn_init(cmd, steps).map_err(io(format!("start {:?}", c.command[0])))?;
     container::write_state(
         dir,
@@ -171,6 +183,9 @@ pub fn run_supervisor(dir: &Path) -> Result<i32, StartError> {
         },
     )?;
     let status = child.wait().map_err(io("wait for the container"))?;
+    if let Some(cg) = cgroup {
+        cg.leave()?;
+    }
     let code = {
         use std::os::unix::process::ExitStatusExt;
         status

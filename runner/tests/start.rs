@@ -146,3 +146,65 @@ fn unknown_images_and_missing_programs_are_clear_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/no/such/program"), "{err}");
 }
+
+#[test]
+fn memory_and_pids_limits_hold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    // dd touches every page of its 256 MiB buffer: over a 32 MiB limit it is killed.
+    let out = peers::output(runner(&root).args([
+        "start",
+        "--rm",
+        "--memory",
+        "32m",
+        "bb:1",
+        "--",
+        "/bin/dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=256M",
+        "count=1",
+    ]));
+    assert_eq!(out.status.code(), Some(137), "{}", peers::format_output(&out));
+    // The same without a limit succeeds.
+    let out = peers::output(runner(&root).args([
+        "start",
+        "--rm",
+        "bb:1",
+        "--",
+        "/bin/dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=256M",
+        "count=1",
+    ]));
+    assert!(out.status.success(), "{}", peers::format_output(&out));
+    // Eight processes at most: starting twenty fails.
+    let script = "n=0; for i in $(seq 20); do sleep 2 & n=$((n+1)); done; wait; echo started";
+    let out = peers::output(runner(&root).args([
+        "start", "--rm", "--pids", "8", "bb:1", "--", "/bin/sh", "-c", script,
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("can't fork") || stderr.contains("Resource temporarily unavailable"),
+        "{}",
+        peers::format_output(&out)
+    );
+    // The container's groups are gone afterwards.
+    for h in [
+        "/sys/fs/cgroup/strata",
+        "/sys/fs/cgroup/memory/strata",
+        "/sys/fs/cgroup/pids/strata",
+    ] {
+        if let Ok(entries) = std::fs::read_dir(h) {
+            let left: Vec<_> = entries.flatten().filter(|e| e.path().is_dir()).collect();
+            assert!(left.is_empty(), "cgroups left in {h}: {left:?}");
+        }
+    }
+    // Bad values are refused before anything starts.
+    let out = peers::output(runner(&root).args(["start", "--rm", "--memory", "lots", "bb:1"]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid byte count"));
+}

@@ -3,7 +3,11 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use strata_runner::StartOptions;
+use strata_runner::{Limits, StartOptions};
+
+fn parse_memory(s: &str) -> Result<u64, String> {
+    strata_runner::parse_bytes(s).ok_or_else(|| format!("invalid byte count {s:?} (e.g. 64m, 1g)"))
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,6 +39,12 @@ pub enum CliCommand {
         /// The container's hostname [default: the first 12 characters of its ID]
         #[arg(long)]
         hostname: Option<String>,
+        /// Memory limit in bytes (suffixes k, m, g), through the memory cgroup
+        #[arg(long, value_name = "BYTES", value_parser = parse_memory)]
+        memory: Option<u64>,
+        /// Most processes and threads, through the pids cgroup
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        pids: Option<u64>,
         /// Image reference, digest or ID prefix
         image: String,
         /// Command and arguments, replacing the image's Cmd
@@ -75,6 +85,8 @@ impl Cli {
                 rm,
                 env,
                 hostname,
+                memory,
+                pids,
                 image,
                 command,
             } => Command::Start(StartOptions {
@@ -84,6 +96,7 @@ impl Cli {
                 env,
                 hostname,
                 remove: rm,
+                limits: Limits { memory, pids },
             }),
             CliCommand::Ps { json } => Command::Ps { json },
             CliCommand::Rm { containers } => Command::Rm(containers),

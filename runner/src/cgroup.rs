@@ -1,0 +1,182 @@
+//! Resource limits through cgroups, v2 (the unified hierarchy) or v1 (one hierarchy per
+//! controller), whichever the host mounts at `/sys/fs/cgroup`. A container's group is
+//! `strata/<id>` under each hierarchy it limits; the supervisor joins it before it
+//! spawns the container's process, so everything the container starts is inside, and
+//! leaves and removes it when the container has exited.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors setting up or removing a container's cgroup.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cgroup {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no cgroup hierarchy with the {0} controller at /sys/fs/cgroup")]
+    NoController(&'static str),
+}
+
+type Result<T> = std::result::Result<T, CgroupError>;
+
+/// A container's limits.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Limits {
+    /// Memory in bytes (swap included where the host accounts it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    /// Most processes and threads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+}
+
+impl Limits {
+    pub fn is_empty(&self) -> bool {
+        self.memory.is_none() && self.pids.is_none()
+    }
+}
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+fn write(path: &Path, value: &str) -> Result<()> {
+    std::fs::write(path, value).map_err(|source| CgroupError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn create(path: &Path) -> Result<()> {
+    std::fs::create_dir_all(path).map_err(|source| CgroupError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A container's cgroup, joined by the calling process.
+#[derive(Debug)]
+pub struct Cgroup {
+    /// The container's group directories (one per hierarchy), and the hierarchy roots.
+    groups: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Cgroup {
+    /// Creates `strata/<id>` with `limits` and moves the calling process into it.
+    pub fn join(id: &str, limits: &Limits) -> Result<Cgroup> {
+        let root = Path::new(ROOT);
+        if root.join("cgroup.controllers").exists() {
+            Self::join_v2(root, id, limits)
+        } else {
+            Self::join_v1(root, id, limits)
+        }
+    }
+
+    fn join_v2(root: &Path, id: &str, limits: &Limits) -> Result<Cgroup> {
+        let parent = root.join("strata");
+        create(&parent)?;
+        let wanted: Vec<&str> = [limits.memory.map(|_| "memory"), limits.pids.map(|_| "pids")]
+            .into_iter()
+            .flatten()
+            .collect();
+        for dir in [root, parent.as_path()] {
+            let available = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+            for c in &wanted {
+                if !available.split_whitespace().any(|a| a == *c) {
+                    return Err(CgroupError::NoController(c));
+                }
+                write(&dir.join("cgroup.subtree_control"), &format!("+{c}"))?;
+            }
+        }
+        let group = parent.join(id);
+        create(&group)?;
+        if let Some(m) = limits.memory {
+            write(&group.join("memory.max"), &m.to_string())?;
+            // No swap beyond the limit, as docker's --memory alone does not allow either
+            // when swap accounting is on; absent without swap accounting.
+            let swap = group.join("memory.swap.max");
+            if swap.exists() {
+                write(&swap, "0")?;
+            }
+        }
+        if let Some(p) = limits.pids {
+            write(&group.join("pids.max"), &p.to_string())?;
+        }
+        write(&group.join("cgroup.procs"), &std::process::id().to_string())?;
+        Ok(Cgroup {
+            groups: vec![(group, root.to_path_buf())],
+        })
+    }
+
+    fn join_v1(root: &Path, id: &str, limits: &Limits) -> Result<Cgroup> {
+        let mut groups = Vec::new();
+        let mut setup = |controller: &'static str, files: Vec<(&str, String)>| -> Result<()> {
+            let hierarchy = root.join(controller);
+            if !hierarchy.join("cgroup.procs").exists() {
+                return Err(CgroupError::NoController(controller));
+            }
+            let group = hierarchy.join("strata").join(id);
+            create(&group)?;
+            for (file, value) in files {
+                write(&group.join(file), &value)?;
+            }
+            write(&group.join("cgroup.procs"), &std::process::id().to_string())?;
+            groups.push((group, hierarchy));
+            Ok(())
+        };
+        if let Some(m) = limits.memory {
+            setup("memory", vec![("memory.limit_in_bytes", m.to_string())])?;
+        }
+        if let Some(p) = limits.pids {
+            setup("pids", vec![("pids.max", p.to_string())])?;
+        }
+        Ok(Cgroup { groups })
+    }
+
+    /// Moves the calling process back to each hierarchy's root and removes the
+    /// container's groups (all its processes have exited by then).
+    pub fn leave(self) -> Result<()> {
+        for (group, hierarchy) in &self.groups {
+            write(&hierarchy.join("cgroup.procs"), &std::process::id().to_string())?;
+            std::fs::remove_dir(group).map_err(|source| CgroupError::Io {
+                path: group.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses a byte count: digits with an optional `b`, `k`, `m` or `g` suffix (powers of
+/// 1024), as docker's `--memory` takes.
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let (digits, shift) = match s.chars().last()? {
+        'b' => (&s[..s.len() - 1], 0),
+        'k' => (&s[..s.len() - 1], 10),
+        'm' => (&s[..s.len() - 1], 20),
+        'g' => (&s[..s.len() - 1], 30),
+        _ => (s.as_str(), 0),
+    };
+    let n: u64 = digits.parse().ok()?;
+    n.checked_mul(1u64 << shift).filter(|n| *n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts_take_docker_suffixes() {
+        assert_eq!(parse_bytes("64m"), Some(64 << 20));
+        assert_eq!(parse_bytes("1G"), Some(1 << 30));
+        assert_eq!(parse_bytes("512k"), Some(512 << 10));
+        assert_eq!(parse_bytes("1000"), Some(1000));
+        assert_eq!(parse_bytes("10b"), Some(10));
+        for bad in ["", "m", "-1m", "0", "1.5g", "99999999999g", "1t"] {
+            assert_eq!(parse_bytes(bad), None, "{bad}");
+        }
+    }
+}
