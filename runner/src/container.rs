@@ -75,6 +75,9 @@ pub struct ContainerState {
     /// The supervisor's PID while running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// The container's first process, by its host PID, while running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_pid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
 }
@@ -101,6 +104,7 @@ impl Container {
             &ContainerState {
                 status: Status::Created,
                 pid: None,
+                init_pid: None,
                 exit_code: None,
             },
         )?;

@@ -19,5 +19,6 @@ mod sys;
 
 pub use cgroup::{CgroupError, Limits, parse_bytes};
 pub use container::{Container, ContainerError, ContainerState, Status, containers_dir, list};
+pub use container::{read_state, write_state};
 pub use start::{StartError, StartOptions, prepare, run_supervisor};
-pub use sys::spawn_supervisor;
+pub use sys::{alive, signal, spawn_supervisor};

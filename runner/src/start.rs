@@ -154,6 +154,16 @@ fn new_id() -> String {
 /// ended it).
 pub fn run_supervisor(dir: &Path) -> Result<i32, StartError> {
     let c = Container::load(dir)?;
+    let result = supervise(&c, dir);
+    if c.remove {
+        // The rootfs is mounted in this (private) namespace only: detach it first.
+        let _ = sys::unmount(&dir.join("rootfs"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    result
+}
+
+fn supervise(c: &Container, dir: &Path) -> Result<i32, StartError> {
     let rootfs = dir.join("rootfs");
     sys::make_mounts_private().map_err(io("make mounts private"))?;
     sys::mount_overlay(&c.layers, &dir.join("upper"), &dir.join("work"), &rootfs)
@@ -179,6 +189,7 @@ pub fn run_supervisor(dir: &Path) -> Result<i32, StartError> {
         &ContainerState {
             status: Status::Running,
             pid: Some(std::process::id()),
+            init_pid: Some(child.id()),
             exit_code: None,
         },
     )?;
@@ -198,6 +209,7 @@ pub fn run_supervisor(dir: &Path) -> Result<i32, StartError> {
         &ContainerState {
             status: Status::Exited,
             pid: None,
+            init_pid: None,
             exit_code: Some(code),
         },
     )?;

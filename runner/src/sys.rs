@@ -25,15 +25,48 @@ fn namespaces() -> UnshareFlags {
         | UnshareFlags::NEWPID
 }
 
-/// Spawns the container's supervisor (`runner __init`) in new namespaces.
-pub fn spawn_supervisor(mut cmd: Command) -> io::Result<Child> {
-    // SAFETY: this runs in the forked child before exec. It only calls unshare(2), which
-    // allocates nothing and takes no lock; the child has a single thread, so what the
-    // call detaches (no file table here) cannot be observed by another thread.
+/// Spawns the container's supervisor (`runner __init`) in new namespaces; `detach` also
+/// puts it in a session of its own, away from the terminal.
+pub fn spawn_supervisor(mut cmd: Command, detach: bool) -> io::Result<Child> {
+    // SAFETY: this runs in the forked child before exec. It only calls unshare(2) and
+    // setsid(2), which allocate nothing and take no lock; the child has a single thread,
+    // so what unshare detaches (no file table here) cannot be observed by another thread.
     unsafe {
-        cmd.pre_exec(|| rustix::thread::unshare_unsafe(namespaces()).map_err(io::Error::from));
+        cmd.pre_exec(move || {
+            if detach {
+                rustix::process::setsid()?;
+            }
+            rustix::thread::unshare_unsafe(namespaces())?;
+            Ok(())
+        });
     }
     cmd.spawn()
+}
+
+/// Sends `signal` (`TERM` or `KILL`) to a container's first process, by its host PID.
+pub fn signal(pid: u32, kill: bool) -> io::Result<()> {
+    let pid = rustix::process::Pid::from_raw(pid as i32).ok_or_else(|| io::Error::other("bad pid"))?;
+    let sig = if kill {
+        rustix::process::Signal::KILL
+    } else {
+        rustix::process::Signal::TERM
+    };
+    rustix::process::kill_process(pid, sig)?;
+    Ok(())
+}
+
+/// Whether a process is still there (and not a zombie).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// In the supervisor: detaches the container's rootfs mount (before removing it).
+pub fn unmount(target: &Path) -> io::Result<()> {
+    rustix::mount::unmount(target, UnmountFlags::DETACH)?;
+    Ok(())
 }
 
 /// In the supervisor: stops mount events from propagating back to the host.

@@ -208,3 +208,55 @@ fn memory_and_pids_limits_hold() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid byte count"));
 }
+
+#[test]
+fn detached_containers_run_in_the_background_and_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    let id = peers::run_ok(runner(&root).args([
+        "start",
+        "--detach",
+        "--name",
+        "bg",
+        "bb:1",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo up; exec sleep 300",
+    ]));
+    let id = id.trim().to_string();
+    assert_eq!(id.len(), 64, "{id}");
+    let ps = peers::run_ok(runner(&root).args(["ps", "--json"]));
+    let rows: serde_json::Value = serde_json::from_str(&ps).unwrap();
+    assert_eq!(rows[0]["status"], "running", "{ps}");
+    // Its output goes to the log.
+    let log = root.join("containers").join(&id).join("log");
+    for _ in 0..100 {
+        if std::fs::read_to_string(&log).unwrap_or_default().contains("up") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "up\n");
+    let out = peers::output(runner(&root).args(["rm", "bg"]));
+    assert!(!out.status.success(), "removed a running container");
+    // sleep, as the PID namespace's init, has no SIGTERM handler: SIGKILL after 1 s.
+    peers::run_ok(runner(&root).args(["stop", "--time", "1", &id[..12]]));
+    let ps = peers::run_ok(runner(&root).args(["ps", "--json"]));
+    let rows: serde_json::Value = serde_json::from_str(&ps).unwrap();
+    assert_eq!(rows[0]["status"], "exited", "{ps}");
+    assert_eq!(rows[0]["exit_code"], 137, "{ps}");
+    peers::run_ok(runner(&root).args(["rm", "bg"]));
+    // --detach --rm: gone after it stops.
+    let id = peers::run_ok(runner(&root).args(["start", "-d", "--rm", "bb:1", "--", "/bin/sleep", "300"]));
+    peers::run_ok(runner(&root).args(["stop", "-t", "0", id.trim()]));
+    for _ in 0..100 {
+        if !root.join("containers").join(id.trim()).exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!root.join("containers").join(id.trim()).exists());
+}

@@ -33,6 +33,10 @@ pub enum CliCommand {
         /// Remove the container when it exits
         #[arg(long)]
         rm: bool,
+        /// Run in the background: print the container's ID once it runs (its output goes
+        /// to `containers/<id>/log`)
+        #[arg(long, short = 'd')]
+        detach: bool,
         /// Set an environment variable (KEY=VALUE), repeatable
         #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
         env: Vec<String>,
@@ -57,6 +61,14 @@ pub enum CliCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Stop running containers: SIGTERM, then SIGKILL after the grace time
+    Stop {
+        /// Seconds to wait after SIGTERM
+        #[arg(long, short = 't', default_value_t = 10)]
+        time: u64,
+        #[arg(required = true, value_name = "ID-OR-PREFIX-OR-NAME")]
+        containers: Vec<String>,
+    },
     /// Remove stopped containers
     Rm {
         #[arg(required = true, value_name = "ID-OR-PREFIX-OR-NAME")]
@@ -69,8 +81,17 @@ pub enum CliCommand {
 
 /// What to do, typed.
 pub enum Command {
-    Start(StartOptions),
-    Ps { json: bool },
+    Start {
+        opts: StartOptions,
+        detach: bool,
+    },
+    Stop {
+        containers: Vec<String>,
+        grace: std::time::Duration,
+    },
+    Ps {
+        json: bool,
+    },
     Rm(Vec<String>),
     Init(PathBuf),
 }
@@ -83,21 +104,29 @@ impl Cli {
             CliCommand::Start {
                 name,
                 rm,
+                detach,
                 env,
                 hostname,
                 memory,
                 pids,
                 image,
                 command,
-            } => Command::Start(StartOptions {
-                image,
-                name,
-                command,
-                env,
-                hostname,
-                remove: rm,
-                limits: Limits { memory, pids },
-            }),
+            } => Command::Start {
+                opts: StartOptions {
+                    image,
+                    name,
+                    command,
+                    env,
+                    hostname,
+                    remove: rm,
+                    limits: Limits { memory, pids },
+                },
+                detach,
+            },
+            CliCommand::Stop { time, containers } => Command::Stop {
+                containers,
+                grace: std::time::Duration::from_secs(time),
+            },
             CliCommand::Ps { json } => Command::Ps { json },
             CliCommand::Rm { containers } => Command::Rm(containers),
             CliCommand::Init { dir } => Command::Init(dir),

@@ -3,11 +3,15 @@
 mod cli;
 
 use std::path::Path;
-use std::process::ExitCode;
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use strata_runner::{Container, ContainerState, Status, containers_dir, list, prepare, run_supervisor};
+use strata_runner::{
+    Container, ContainerState, Status, alive, containers_dir, list, prepare, read_state, run_supervisor,
+    signal, spawn_supervisor,
+};
 
 fn main() -> ExitCode {
     let (root, command) = cli::Cli::parse().into_parts();
@@ -22,7 +26,7 @@ fn main() -> ExitCode {
 
 fn run(root: &Path, command: cli::Command) -> anyhow::Result<u8> {
     match command {
-        cli::Command::Start(opts) => {
+        cli::Command::Start { opts, detach } => {
             if !rustix::process::geteuid().is_root() {
                 bail!("runner start needs root (namespaces and mounts)");
             }
@@ -31,14 +35,33 @@ fn run(root: &Path, command: cli::Command) -> anyhow::Result<u8> {
             let exe = std::env::current_exe().context("find the runner binary")?;
             let mut cmd = std::process::Command::new(exe);
             cmd.arg("--root").arg(root).arg("__init").arg(&dir);
-            let status = strata_runner::spawn_supervisor(cmd)
+            if detach {
+                let log = std::fs::File::create(dir.join("log")).context("create the container log")?;
+                cmd.stdin(Stdio::null())
+                    .stdout(log.try_clone().context("open the container log")?)
+                    .stderr(log);
+                let child = spawn_supervisor(cmd, true).context("start the container supervisor")?;
+                wait_started(&dir, child).with_context(|| format!("start {}", opts.image))?;
+                println!("{}", c.id);
+                return Ok(0);
+            }
+            let status = spawn_supervisor(cmd, false)
                 .context("start the container supervisor")?
                 .wait()
                 .context("wait for the container")?;
-            if c.remove {
+            if c.remove && dir.exists() {
                 std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
             }
             Ok(status.code().unwrap_or(255).clamp(0, 255) as u8)
+        }
+        cli::Command::Stop { containers, grace } => {
+            for t in containers {
+                let (c, _) = find(root, &t)?;
+                let dir = c.dir(root);
+                stop(&dir, grace).with_context(|| format!("stop {}", &c.id[..12]))?;
+                println!("{}", c.id);
+            }
+            Ok(0)
         }
         cli::Command::Init(dir) => {
             let id: String = dir
@@ -73,6 +96,7 @@ fn run(root: &Path, command: cli::Command) -> anyhow::Result<u8> {
                 for (c, s) in &all {
                     let status = match (s.status, s.exit_code) {
                         (Status::Exited, Some(code)) => format!("exited ({code})"),
+                        (Status::Running, _) if !s.pid.is_some_and(alive) => "dead".to_string(),
                         (st, _) => format!("{st:?}").to_lowercase(),
                     };
                     let cmd: String = c.command.join(" ").chars().take(26).collect();
@@ -89,19 +113,10 @@ fn run(root: &Path, command: cli::Command) -> anyhow::Result<u8> {
             Ok(0)
         }
         cli::Command::Rm(targets) => {
-            let all = list(root)?;
             for t in targets {
-                let matches: Vec<&(Container, ContainerState)> = all
-                    .iter()
-                    .filter(|(c, _)| c.id.starts_with(&t) || c.name.as_deref() == Some(t.as_str()))
-                    .collect();
-                let (c, s) = match matches.as_slice() {
-                    [one] => *one,
-                    [] => bail!("no such container: {t}"),
-                    _ => bail!("container prefix {t:?} is ambiguous"),
-                };
-                if s.status == Status::Running {
-                    bail!("container {} is running", &c.id[..12]);
+                let (c, s) = find(root, &t)?;
+                if s.status == Status::Running && s.pid.is_some_and(alive) {
+                    bail!("container {} is running: stop it first", &c.id[..12]);
                 }
                 let dir = containers_dir(root).join(&c.id);
                 std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
@@ -110,4 +125,69 @@ fn run(root: &Path, command: cli::Command) -> anyhow::Result<u8> {
             Ok(0)
         }
     }
+}
+
+/// The one container an ID, ID prefix or name names.
+fn find(root: &Path, t: &str) -> anyhow::Result<(Container, ContainerState)> {
+    let mut matches: Vec<(Container, ContainerState)> = list(root)?
+        .into_iter()
+        .filter(|(c, _)| c.id.starts_with(t) || c.name.as_deref() == Some(t))
+        .collect();
+    match matches.len() {
+        1 => Ok(matches.remove(0)),
+        0 => bail!("no such container: {t}"),
+        _ => bail!("container prefix {t:?} is ambiguous"),
+    }
+}
+
+/// Waits until a detached container's process runs (or has already run and exited).
+fn wait_started(dir: &Path, mut supervisor: std::process::Child) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = read_state(dir)?;
+        if state.status != Status::Created {
+            return Ok(());
+        }
+        if let Some(status) = supervisor.try_wait()? {
+            let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+            bail!("the container did not start ({status}): {}", log.trim());
+        }
+        if Instant::now() > deadline {
+            bail!("the container did not start within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// SIGTERM to the container's first process, SIGKILL after `grace`, then waits for its
+/// supervisor to record the exit. A container that is not running is left as it is.
+fn stop(dir: &Path, grace: Duration) -> anyhow::Result<()> {
+    let state = read_state(dir)?;
+    let (Status::Running, Some(init)) = (state.status, state.init_pid) else {
+        return Ok(());
+    };
+    let exited = |until: Instant| -> anyhow::Result<bool> {
+        while Instant::now() < until {
+            if !dir.exists() {
+                return Ok(true); // removed at exit (--rm)
+            }
+            let s = read_state(dir)?;
+            if s.status == Status::Exited || !s.pid.is_some_and(alive) {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(false)
+    };
+    if alive(init) {
+        let _ = signal(init, false);
+        if exited(Instant::now() + grace)? {
+            return Ok(());
+        }
+        let _ = signal(init, true);
+    }
+    if !exited(Instant::now() + Duration::from_secs(10))? {
+        bail!("the container did not exit after SIGKILL");
+    }
+    Ok(())
 }
