@@ -168,10 +168,12 @@ fn stop(dir: &Path, grace: Duration) -> anyhow::Result<()> {
     };
     let exited = |until: Instant| -> anyhow::Result<bool> {
         while Instant::now() < until {
-            if !dir.exists() {
-                return Ok(true); // removed at exit (--rm)
-            }
-            let s = read_state(dir)?;
+            let s = match read_state(dir) {
+                Ok(s) => s,
+                // Removed at exit (--rm), or being removed.
+                Err(_) if !dir.join("state.json").exists() => return Ok(true),
+                Err(e) => return Err(e.into()),
+            };
             if s.status == Status::Exited || !s.pid.is_some_and(alive) {
                 return Ok(true);
             }
