@@ -119,6 +119,12 @@ pub fn set_hostname(name: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// The capabilities a container keeps, docker's default set: CHOWN, DAC_OVERRIDE,
+/// FOWNER, FSETID, KILL, SETGID, SETUID, SETPCAP, NET_BIND_SERVICE, NET_RAW, SYS_CHROOT,
+/// MKNOD, AUDIT_WRITE, SETFCAP. Everything else leaves the bounding set before exec, so
+/// the command (root or not) can never hold it.
+pub const DEFAULT_CAPABILITIES: u64 = 0xa804_25fb;
+
 /// Device nodes bind-mounted from the host into the container's `/dev`.
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
@@ -136,6 +142,8 @@ pub struct Rootfs {
     put_old: CString,
     put_old_inside: CString,
     workdir: CString,
+    /// The kernel's highest capability number.
+    last_cap: u32,
 }
 
 fn c(p: impl AsRef<OsStr>) -> io::Result<CString> {
@@ -172,6 +180,10 @@ impl Rootfs {
             put_old: c(rootfs.join(".strata-old-root"))?,
             put_old_inside: c("/.strata-old-root")?,
             workdir: c(if workdir.is_empty() { "/" } else { workdir })?,
+            last_cap: std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(40),
         })
     }
 
@@ -230,6 +242,12 @@ impl Rootfs {
         rustix::mount::unmount(&*self.put_old_inside, UnmountFlags::DETACH)?;
         rustix::fs::rmdir(&*self.put_old_inside)?;
         rustix::process::chdir(&*self.workdir)?;
+        for cap in 0..=self.last_cap.min(63) {
+            if DEFAULT_CAPABILITIES & (1 << cap) == 0 {
+                let set = rustix::thread::CapabilitySet::from_bits_retain(1 << cap);
+                rustix::thread::remove_capability_from_bounding_set(set)?;
+            }
+        }
         rustix::thread::set_no_new_privs(true)?;
         Ok(())
     }

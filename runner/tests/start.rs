@@ -37,7 +37,7 @@ fn a_container_runs_as_pid_1_in_its_own_namespaces_and_passes_its_exit_code() {
     let Some(root) = store_with_busybox(tmp.path()) else {
         return;
     };
-    let script = "echo pid=$$; hostname; echo foo=$FOO; pwd; grep NoNewPrivs /proc/self/status; \
+    let script = "echo pid=$$; hostname; echo foo=$FOO; pwd; grep -e NoNewPrivs -e CapBnd -e CapEff /proc/self/status; \
                   ls /sys/class/net; ls -a /; ls /dev; exit 7";
     let out = peers::output(runner(&root).args([
         "start",
@@ -57,8 +57,11 @@ fn a_container_runs_as_pid_1_in_its_own_namespaces_and_passes_its_exit_code() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[..4], ["pid=1", "box", "foo=bar", "/data"], "{stdout}");
     assert!(stdout.contains("NoNewPrivs:\t1"), "{stdout}");
+    // docker's default capabilities, no more.
+    assert!(stdout.contains("CapBnd:\t00000000a80425fb"), "{stdout}");
+    assert!(stdout.contains("CapEff:\t00000000a80425fb"), "{stdout}");
     // Its own network namespace: loopback only.
-    assert_eq!(lines[5], "lo", "{stdout}");
+    assert_eq!(lines[7], "lo", "{stdout}");
     // The image's root, not the host's: no host directories, no pivot leftovers.
     assert!(
         stdout.contains("\nbin\n") && stdout.contains("\ndata\n"),
