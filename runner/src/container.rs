@@ -50,6 +50,10 @@ pub struct Container {
     pub command: Vec<String>,
     pub env: Vec<String>,
     pub workdir: String,
+    /// `user[:group]`, names or numbers, resolved in the container's `/etc/passwd` and
+    /// `/etc/group` when it starts; empty for root.
+    #[serde(default)]
+    pub user: String,
     pub hostname: String,
     /// The image's unpacked layers, bottom first.
     pub layers: Vec<PathBuf>,

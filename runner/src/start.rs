@@ -27,6 +27,8 @@ pub struct StartOptions {
     /// `KEY=VALUE` pairs added to (or replacing in) the image's environment.
     pub env: Vec<String>,
     pub hostname: Option<String>,
+    /// `user[:group]` replacing the image's `User`.
+    pub user: Option<String>,
     pub remove: bool,
     pub limits: Limits,
 }
@@ -48,6 +50,12 @@ pub enum StartError {
     NoCommand,
     #[error("invalid environment entry {0:?} (want KEY=VALUE)")]
     BadEnv(String),
+    #[error("unknown {what} {name:?} in the container's /etc/{file}")]
+    UnknownId {
+        what: &'static str,
+        name: String,
+        file: &'static str,
+    },
     #[error("{context}")]
     Io {
         context: String,
@@ -107,6 +115,10 @@ pub fn prepare(store_root: &Path, opts: &StartOptions) -> Result<Container, Star
     }
     let env = merge_env(strings(&runtime["Env"])?, &opts.env)?;
     let workdir = runtime["WorkingDir"].as_str().unwrap_or("").to_string();
+    let user = match &opts.user {
+        Some(u) => u.clone(),
+        None => runtime["User"].as_str().unwrap_or("").to_string(),
+    };
     let id = new_id();
     let c = Container {
         hostname: opts.hostname.clone().unwrap_or_else(|| id[..12].to_string()),
@@ -118,6 +130,7 @@ pub fn prepare(store_root: &Path, opts: &StartOptions) -> Result<Container, Star
         command,
         env,
         workdir: if workdir.is_empty() { "/".into() } else { workdir },
+        user,
         layers,
         remove: opts.remove,
         limits: opts.limits,
@@ -169,9 +182,22 @@ fn supervise(c: &Container, dir: &Path) -> Result<i32, StartError> {
     sys::mount_overlay(&c.layers, &dir.join("upper"), &dir.join("work"), &rootfs)
         .map_err(io(format!("mount the overlay at {}", rootfs.display())))?;
     sys::set_hostname(&c.hostname).map_err(io("set the hostname"))?;
-    let steps = sys::Rootfs::new(&rootfs, &c.workdir).map_err(io("prepare the rootfs"))?;
+    let ids = resolve_user(&c.user, &rootfs)?;
+    let steps = sys::Rootfs::new(
+        &rootfs,
+        &c.workdir,
+        sys::Ids {
+            uid: ids.uid,
+            gid: ids.gid,
+            groups: ids.groups.clone(),
+        },
+    )
+    .map_err(io("prepare the rootfs"))?;
     let mut cmd = Command::new(&c.command[0]);
     cmd.args(&c.command[1..]).env_clear();
+    if !c.env.iter().any(|e| e.starts_with("HOME=")) {
+        cmd.env("HOME", &ids.home);
+    }
     for e in &c.env {
         if let Some((k, v)) = e.split_once('=') {
             cmd.env(k, v);
@@ -216,9 +242,132 @@ fn supervise(c: &Container, dir: &Path) -> Result<i32, StartError> {
     Ok(code)
 }
 
+/// Who the container's process runs as.
+#[derive(Debug, PartialEq, Eq)]
+struct User {
+    uid: u32,
+    gid: u32,
+    /// Supplementary groups: those of `/etc/group` that list the user.
+    groups: Vec<u32>,
+    home: String,
+}
+
+/// Resolves `user[:group]` (names or numbers; empty for root) against the container's
+/// `/etc/passwd` and `/etc/group`, as docker does: a user without a group gets the
+/// primary group from `/etc/passwd`, or 0 when it has no entry there.
+fn resolve_user(spec: &str, rootfs: &Path) -> Result<User, StartError> {
+    let read = |f: &str| std::fs::read_to_string(rootfs.join("etc").join(f)).unwrap_or_default();
+    let (passwd, group) = (read("passwd"), read("group"));
+    // name:x:uid:gid:gecos:home:shell
+    let users: Vec<Vec<&str>> = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .filter(|f| f.len() >= 7)
+        .collect();
+    // name:x:gid:member,member
+    let groups: Vec<Vec<&str>> = group
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .filter(|f| f.len() >= 4)
+        .collect();
+    let (user_part, group_part) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let entry = if user_part.is_empty() {
+        users.iter().find(|f| f[2] == "0")
+    } else if let Ok(uid) = user_part.parse::<u32>() {
+        users.iter().find(|f| f[2].parse::<u32>().ok() == Some(uid))
+    } else {
+        Some(
+            users
+                .iter()
+                .find(|f| f[0] == user_part)
+                .ok_or_else(|| StartError::UnknownId {
+                    what: "user",
+                    name: user_part.to_string(),
+                    file: "passwd",
+                })?,
+        )
+    };
+    let uid = match user_part.parse::<u32>() {
+        Ok(uid) => uid,
+        Err(_) if user_part.is_empty() => 0,
+        Err(_) => entry.and_then(|f| f[2].parse().ok()).unwrap_or(0),
+    };
+    let gid = match group_part {
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => groups
+                .iter()
+                .find(|f| f[0] == g)
+                .and_then(|f| f[2].parse().ok())
+                .ok_or_else(|| StartError::UnknownId {
+                    what: "group",
+                    name: g.to_string(),
+                    file: "group",
+                })?,
+        },
+        None => entry.and_then(|f| f[3].parse().ok()).unwrap_or(0),
+    };
+    let name = entry.map(|f| f[0]);
+    let supplementary = match name {
+        Some(n) => groups
+            .iter()
+            .filter(|f| f[3].split(',').any(|m| m == n))
+            .filter_map(|f| f[2].parse().ok())
+            .filter(|g| *g != gid)
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok(User {
+        uid,
+        gid,
+        groups: supplementary,
+        home: entry.map_or("/", |f| f[5]).to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn users_resolve_like_docker() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001:app:/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("etc/group"),
+            "root:x:0:\nappgrp:x:1001:\nextra:x:2000:app,bob\n",
+        )
+        .unwrap();
+        let r = |s: &str| resolve_user(s, dir.path());
+        let root = r("").unwrap();
+        assert_eq!((root.uid, root.gid, root.home.as_str()), (0, 0, "/root"));
+        let app = r("app").unwrap();
+        assert_eq!(
+            (app.uid, app.gid, app.groups.clone(), app.home.as_str()),
+            (1000, 1001, vec![2000], "/home/app")
+        );
+        assert_eq!(r("1000").unwrap(), app);
+        let x = r("1000:extra").unwrap();
+        assert_eq!((x.uid, x.gid), (1000, 2000));
+        let n = r("4242:7").unwrap();
+        assert_eq!((n.uid, n.gid, n.home.as_str()), (4242, 7, "/"));
+        assert!(matches!(
+            r("nobody"),
+            Err(StartError::UnknownId { what: "user", .. })
+        ));
+        assert!(matches!(
+            r("app:nogroup"),
+            Err(StartError::UnknownId { what: "group", .. })
+        ));
+    }
 
     #[test]
     fn extra_env_replaces_by_key_and_a_path_is_always_there() {

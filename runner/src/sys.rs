@@ -144,6 +144,17 @@ pub struct Rootfs {
     workdir: CString,
     /// The kernel's highest capability number.
     last_cap: u32,
+    ids: Ids,
+    /// `ids.groups`, ready for setgroups(2).
+    supplementary: Vec<rustix::process::Gid>,
+}
+
+/// The user and groups the container's process runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ids {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
 }
 
 fn c(p: impl AsRef<OsStr>) -> io::Result<CString> {
@@ -152,8 +163,8 @@ fn c(p: impl AsRef<OsStr>) -> io::Result<CString> {
 
 impl Rootfs {
     /// Prepares the steps for a container whose root is the mounted `rootfs`, to start
-    /// in `workdir` (a path inside it). Creates the mount points it needs.
-    pub fn new(rootfs: &Path, workdir: &str) -> io::Result<Rootfs> {
+    /// in `workdir` (a path inside it) as `ids`. Creates the mount points it needs.
+    pub fn new(rootfs: &Path, workdir: &str, ids: Ids) -> io::Result<Rootfs> {
         for d in ["proc", "dev", "sys", ".strata-old-root"] {
             std::fs::create_dir_all(rootfs.join(d))?;
         }
@@ -184,6 +195,12 @@ impl Rootfs {
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
                 .unwrap_or(40),
+            supplementary: ids
+                .groups
+                .iter()
+                .map(|g| rustix::process::Gid::from_raw(*g))
+                .collect(),
+            ids,
         })
     }
 
@@ -249,6 +266,18 @@ impl Rootfs {
             }
         }
         rustix::thread::set_no_new_privs(true)?;
+        // Last: a user other than root loses the capabilities it had.
+        rustix::thread::set_thread_groups(&self.supplementary)?;
+        rustix::thread::set_thread_res_gid(
+            rustix::process::Gid::from_raw(self.ids.gid),
+            rustix::process::Gid::from_raw(self.ids.gid),
+            rustix::process::Gid::from_raw(self.ids.gid),
+        )?;
+        rustix::thread::set_thread_res_uid(
+            rustix::process::Uid::from_raw(self.ids.uid),
+            rustix::process::Uid::from_raw(self.ids.uid),
+            rustix::process::Uid::from_raw(self.ids.uid),
+        )?;
         Ok(())
     }
 }

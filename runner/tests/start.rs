@@ -263,3 +263,45 @@ fn detached_containers_run_in_the_background_and_stop() {
     }
     assert!(!root.join("containers").join(id.trim()).exists());
 }
+
+#[test]
+fn a_container_runs_as_the_user_asked_for_without_capabilities() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    let script = "id -u; id -g; echo $HOME; grep CapEff /proc/self/status; touch /etc/x 2>&1 || echo denied";
+    let out = peers::output(runner(&root).args([
+        "start", "--rm", "--user", "nobody", "bb:1", "--", "/bin/sh", "-c", script,
+    ]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", peers::format_output(&out));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[..3], ["65534", "65534", "/nonexistent"], "{stdout}");
+    assert_eq!(lines[3], "CapEff:\t0000000000000000", "{stdout}");
+    assert!(stdout.trim_end().ends_with("denied"), "{stdout}");
+    let out = peers::output(runner(&root).args([
+        "start",
+        "--rm",
+        "-u",
+        "1234:5678",
+        "bb:1",
+        "--",
+        "/bin/sh",
+        "-c",
+        "id -u; id -g",
+    ]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1234\n5678\n",
+        "{}",
+        peers::format_output(&out)
+    );
+    let out = peers::output(runner(&root).args(["start", "--rm", "-u", "nosuch", "bb:1"]));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown user \"nosuch\""),
+        "{}",
+        peers::format_output(&out)
+    );
+}

@@ -43,6 +43,9 @@ pub enum CliCommand {
         /// The container's hostname [default: the first 12 characters of its ID]
         #[arg(long)]
         hostname: Option<String>,
+        /// Run as USER[:GROUP] (names or numbers) instead of the image's User
+        #[arg(long, short = 'u', value_name = "USER[:GROUP]")]
+        user: Option<String>,
         /// Memory limit in bytes (suffixes k, m, g), through the memory cgroup
         #[arg(long, value_name = "BYTES", value_parser = parse_memory)]
         memory: Option<u64>,
@@ -107,6 +110,7 @@ impl Cli {
                 detach,
                 env,
                 hostname,
+                user,
                 memory,
                 pids,
                 image,
@@ -118,6 +122,7 @@ impl Cli {
                     command,
                     env,
                     hostname,
+                    user,
                     remove: rm,
                     limits: Limits { memory, pids },
                 },
