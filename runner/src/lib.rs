@@ -13,11 +13,13 @@
 //! syscall-level step is in `sys`, the only module with `unsafe`.
 
 mod cgroup;
+mod commit;
 mod container;
 mod start;
 mod sys;
 
 pub use cgroup::{CgroupError, Limits, parse_bytes};
+pub use commit::{CommitError, CommitReport, commit};
 pub use container::{Container, ContainerError, ContainerState, Status, containers_dir, list};
 pub use container::{read_state, write_state};
 pub use start::{StartError, StartOptions, prepare, run_supervisor};

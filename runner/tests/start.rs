@@ -305,3 +305,57 @@ fn a_container_runs_as_the_user_asked_for_without_capabilities() {
         peers::format_output(&out)
     );
 }
+
+#[test]
+fn commit_makes_an_image_of_a_containers_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    // A new file, a hard link, a deleted file (a whiteout), and a directory replaced
+    // (an opaque directory).
+    let script = "set -e; echo new > /data/new.txt; ln /data/new.txt /data/hard.txt; rm /data/layer2.txt; \
+                  rm -r /opaque; mkdir /opaque; echo fresh > /opaque/only.txt";
+    peers::run_ok(runner(&root).args(["start", "--name", "c1", "bb:1", "--", "/bin/sh", "-c", script]));
+    let id = peers::run_ok(runner(&root).args(["commit", "c1", "committed:1"]));
+    assert!(id.trim().starts_with("sha256:"), "{id}");
+    let check = "cat /data/new.txt /data/hard.txt; ls /data/layer2.txt 2>/dev/null || echo gone; ls /opaque; \
+                 cat /data/keep.txt";
+    let out =
+        peers::output(runner(&root).args(["start", "--rm", "committed:1", "--", "/bin/sh", "-c", check]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "new\nnew\ngone\nonly.txt\nkept\n",
+        "{}",
+        peers::format_output(&out)
+    );
+    // The original image is untouched, and the store is consistent.
+    let out = peers::output(runner(&root).args([
+        "start",
+        "--rm",
+        "bb:1",
+        "--",
+        "/bin/sh",
+        "-c",
+        "ls /opaque /data/layer2.txt",
+    ]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "/data/layer2.txt\n\n/opaque:\nnew.txt\n",
+        "{}",
+        peers::format_output(&out)
+    );
+    peers::run_ok(
+        Command::new(peers::bin("store"))
+            .arg("--root")
+            .arg(&root)
+            .arg("fsck"),
+    );
+    let inspect = peers::run_ok(
+        Command::new(peers::bin("store"))
+            .arg("--root")
+            .arg(&root)
+            .args(["inspect", "committed:1"]),
+    );
+    assert!(inspect.contains(id.trim()), "{inspect}");
+}

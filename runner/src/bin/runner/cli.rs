@@ -72,6 +72,13 @@ pub enum CliCommand {
         #[arg(required = true, value_name = "ID-OR-PREFIX-OR-NAME")]
         containers: Vec<String>,
     },
+    /// Make a new image of a container's changes, tagged REF
+    Commit {
+        #[arg(value_name = "ID-OR-PREFIX-OR-NAME")]
+        container: String,
+        #[arg(value_name = "REF")]
+        reference: String,
+    },
     /// Remove stopped containers
     Rm {
         #[arg(required = true, value_name = "ID-OR-PREFIX-OR-NAME")]
@@ -96,6 +103,10 @@ pub enum Command {
         json: bool,
     },
     Rm(Vec<String>),
+    Commit {
+        container: String,
+        reference: String,
+    },
     Init(PathBuf),
 }
 
@@ -134,6 +145,7 @@ impl Cli {
             },
             CliCommand::Ps { json } => Command::Ps { json },
             CliCommand::Rm { containers } => Command::Rm(containers),
+            CliCommand::Commit { container, reference } => Command::Commit { container, reference },
             CliCommand::Init { dir } => Command::Init(dir),
         };
         (root, command)

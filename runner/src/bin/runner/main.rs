@@ -112,6 +112,14 @@ fn run(root: &Path, command: cli::Command) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+        cli::Command::Commit { container, reference } => {
+            let (c, _) = find(root, &container)?;
+            let store = strata_store::Store::open(root)?;
+            let r = strata_runner::commit(&store, &c, &c.dir(root), &reference)
+                .with_context(|| format!("commit {} as {reference}", &c.id[..12]))?;
+            println!("{}", r.image_id);
+            Ok(0)
+        }
         cli::Command::Rm(targets) => {
             for t in targets {
                 let (c, s) = find(root, &t)?;
