@@ -359,3 +359,44 @@ fn commit_makes_an_image_of_a_containers_changes() {
     );
     assert!(inspect.contains(id.trim()), "{inspect}");
 }
+
+/// A committed image is a real image: `puller save` → `docker load` → `docker run`.
+#[test]
+fn docker_runs_a_committed_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    let Some(d) = peers::Dockerd::shared() else { return };
+    peers::run_ok(runner(&root).args([
+        "start",
+        "--name",
+        "c2",
+        "bb:1",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo committed by strata > /data/note.txt",
+    ]));
+    peers::run_ok(runner(&root).args(["commit", "c2", "strata-committed:1"]));
+    let archive = tmp.path().join("committed.tar");
+    peers::run_ok(
+        Command::new(peers::bin("puller"))
+            .arg("--root")
+            .arg(&root)
+            .args(["save", "strata-committed:1", "--output"])
+            .arg(&archive),
+    );
+    d.docker_ok(["load", "-i", archive.to_str().unwrap()]);
+    let out = d.docker_ok([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "strata-committed:1",
+        "cat",
+        "/data/note.txt",
+    ]);
+    assert_eq!(out.trim(), "committed by strata");
+    d.docker_ok(["rmi", "strata-committed:1"]);
+}
