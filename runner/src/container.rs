@@ -27,6 +27,8 @@ pub enum ContainerError {
     NotFound(String),
     #[error("container prefix {0:?} is ambiguous")]
     Ambiguous(String),
+    #[error("container {0} is running")]
+    Running(String),
 }
 
 type Result<T, E = ContainerError> = std::result::Result<T, E>;

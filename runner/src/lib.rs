@@ -12,12 +12,14 @@
 //! execs. The supervisor waits, records the exit status, and exits with it. Every
 //! syscall-level step is in `sys`, the only module with `unsafe`.
 
+mod bundle;
 mod cgroup;
 mod commit;
 mod container;
 mod start;
 mod sys;
 
+pub use bundle::export;
 pub use cgroup::{CgroupError, Limits, parse_bytes};
 pub use commit::{CommitError, CommitReport, commit};
 pub use container::{Container, ContainerError, ContainerState, Status, containers_dir, list};

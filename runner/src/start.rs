@@ -244,18 +244,18 @@ fn supervise(c: &Container, dir: &Path) -> Result<i32, StartError> {
 
 /// Who the container's process runs as.
 #[derive(Debug, PartialEq, Eq)]
-struct User {
-    uid: u32,
-    gid: u32,
+pub(crate) struct User {
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
     /// Supplementary groups: those of `/etc/group` that list the user.
-    groups: Vec<u32>,
-    home: String,
+    pub(crate) groups: Vec<u32>,
+    pub(crate) home: String,
 }
 
 /// Resolves `user[:group]` (names or numbers; empty for root) against the container's
 /// `/etc/passwd` and `/etc/group`, as docker does: a user without a group gets the
 /// primary group from `/etc/passwd`, or 0 when it has no entry there.
-fn resolve_user(spec: &str, rootfs: &Path) -> Result<User, StartError> {
+pub(crate) fn resolve_user(spec: &str, rootfs: &Path) -> Result<User, StartError> {
     let read = |f: &str| std::fs::read_to_string(rootfs.join("etc").join(f)).unwrap_or_default();
     let (passwd, group) = (read("passwd"), read("group"));
     // name:x:uid:gid:gecos:home:shell

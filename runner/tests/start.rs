@@ -400,3 +400,81 @@ fn docker_runs_a_committed_image() {
     assert_eq!(out.trim(), "committed by strata");
     d.docker_ok(["rmi", "strata-committed:1"]);
 }
+
+/// An exported container is a bundle runc and crun run as `runner start` would: the
+/// same command and working directory, on the container's own files.
+#[test]
+fn runc_and_crun_run_an_exported_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    if peers::require("runc").is_none() {
+        return;
+    }
+    let script = "cat note.txt 2>/dev/null || echo none; echo written by $(hostname) > note.txt";
+    let out = peers::run_ok(runner(&root).args([
+        "start",
+        "--name",
+        "b2",
+        "--hostname",
+        "bee",
+        "bb:1",
+        "--",
+        "/bin/sh",
+        "-c",
+        script,
+    ]));
+    assert_eq!(out, "none\n");
+    let bundle = tmp.path().join("bundle");
+    peers::run_ok(runner(&root).args(["export", "b2"]).arg(&bundle));
+    let out = peers::output(
+        Command::new("runc")
+            .arg("--root")
+            .arg(tmp.path().join("runc-state"))
+            .args(["run", "--bundle"])
+            .arg(&bundle)
+            .arg("strata-b2"),
+    );
+    let _ = rustix::mount::unmount(
+        bundle.join("rootfs").as_path(),
+        rustix::mount::UnmountFlags::DETACH,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "written by bee\n",
+        "{}",
+        peers::format_output(&out)
+    );
+    // Exporting a running container is refused.
+    let out =
+        peers::output(runner(&root).args(["start", "-d", "--name", "up", "bb:1", "--", "/bin/sleep", "300"]));
+    assert!(out.status.success(), "{}", peers::format_output(&out));
+    let refused = peers::output(runner(&root).args(["export", "up"]).arg(tmp.path().join("b3")));
+    peers::run_ok(runner(&root).args(["stop", "-t", "0", "up"]));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("is running"),
+        "{}",
+        peers::format_output(&refused)
+    );
+    // crun needs the unified cgroup hierarchy out of its way on this hybrid host (PEERS.md).
+    if peers::require("crun").is_some() {
+        peers::run_ok(runner(&root).args(["export", "b2"]).arg(&bundle));
+        let crun = format!(
+            "umount /sys/fs/cgroup/unified 2>/dev/null; crun --root {} run --bundle {} strata-b2c",
+            tmp.path().join("crun-state").display(),
+            bundle.display()
+        );
+        let out = peers::output(Command::new("unshare").args(["-m", "sh", "-c", &crun]));
+        let _ = rustix::mount::unmount(
+            bundle.join("rootfs").as_path(),
+            rustix::mount::UnmountFlags::DETACH,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "written by bee\n",
+            "{}",
+            peers::format_output(&out)
+        );
+    }
+}

@@ -79,6 +79,14 @@ pub enum CliCommand {
         #[arg(value_name = "REF")]
         reference: String,
     },
+    /// Write a stopped container as an OCI runtime bundle (for runc or crun) in DIR: its
+    /// overlay is mounted at DIR/rootfs until you unmount it
+    Export {
+        #[arg(value_name = "ID-OR-PREFIX-OR-NAME")]
+        container: String,
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// Remove stopped containers
     Rm {
         #[arg(required = true, value_name = "ID-OR-PREFIX-OR-NAME")]
@@ -106,6 +114,10 @@ pub enum Command {
     Commit {
         container: String,
         reference: String,
+    },
+    Export {
+        container: String,
+        dir: PathBuf,
     },
     Init(PathBuf),
 }
@@ -146,6 +158,7 @@ impl Cli {
             CliCommand::Ps { json } => Command::Ps { json },
             CliCommand::Rm { containers } => Command::Rm(containers),
             CliCommand::Commit { container, reference } => Command::Commit { container, reference },
+            CliCommand::Export { container, dir } => Command::Export { container, dir },
             CliCommand::Init { dir } => Command::Init(dir),
         };
         (root, command)

@@ -120,6 +120,13 @@ fn run(root: &Path, command: cli::Command) -> anyhow::Result<u8> {
             println!("{}", r.image_id);
             Ok(0)
         }
+        cli::Command::Export { container, dir } => {
+            let (c, _) = find(root, &container)?;
+            strata_runner::export(&c, &c.dir(root), &dir)
+                .with_context(|| format!("export {} to {}", &c.id[..12], dir.display()))?;
+            println!("{}", dir.display());
+            Ok(0)
+        }
         cli::Command::Rm(targets) => {
             for t in targets {
                 let (c, s) = find(root, &t)?;

@@ -1,0 +1,121 @@
+//! `runner export`: a container as an OCI runtime bundle that runc and crun run — the
+//! container's overlay (its image's layers under its own upper directory) mounted at
+//! `DIR/rootfs`, and a runtime-spec `config.json` saying what `runner start` would do:
+//! the same command, environment, working directory, user, hostname, namespaces,
+//! capabilities and limits.
+
+use std::path::Path;
+
+use crate::container::{self, Container, ContainerError, Status};
+use crate::start::{StartError, resolve_user};
+use crate::sys;
+
+/// docker's default capability names, as `sys::DEFAULT_CAPABILITIES` keeps them.
+const CAPABILITIES: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_RAW",
+    "CAP_SYS_CHROOT",
+    "CAP_MKNOD",
+    "CAP_AUDIT_WRITE",
+    "CAP_SETFCAP",
+];
+
+/// Writes the bundle of container `c` (directory `dir`) into `bundle`. The container
+/// must not be running (its upper directory cannot be in two overlays at once).
+pub fn export(c: &Container, dir: &Path, bundle: &Path) -> Result<(), StartError> {
+    let state = container::read_state(dir)?;
+    if state.status == Status::Running && state.pid.is_some_and(sys::alive) {
+        return Err(ContainerError::Running(c.id[..12].to_string()).into());
+    }
+    let rootfs = bundle.join("rootfs");
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |source| StartError::Io {
+            context: what,
+            source,
+        }
+    };
+    std::fs::create_dir_all(&rootfs).map_err(io(&format!("create {}", rootfs.display())))?;
+    sys::mount_overlay(&c.layers, &dir.join("upper"), &dir.join("work"), &rootfs)
+        .map_err(io(&format!("mount the overlay at {}", rootfs.display())))?;
+    let written = write_config(c, &rootfs, bundle);
+    if written.is_err() {
+        let _ = sys::unmount(&rootfs);
+    }
+    written
+}
+
+fn write_config(c: &Container, rootfs: &Path, bundle: &Path) -> Result<(), StartError> {
+    let user = resolve_user(&c.user, rootfs)?;
+    let mut env = c.env.clone();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", user.home));
+    }
+    let mut resources = serde_json::Map::new();
+    if let Some(m) = c.limits.memory {
+        resources.insert("memory".into(), serde_json::json!({ "limit": m }));
+    }
+    if let Some(p) = c.limits.pids {
+        resources.insert("pids".into(), serde_json::json!({ "limit": p }));
+    }
+    let caps = if user.uid == 0 {
+        CAPABILITIES.to_vec()
+    } else {
+        Vec::new()
+    };
+    let config = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": { "uid": user.uid, "gid": user.gid, "additionalGids": user.groups },
+            "args": c.command,
+            "env": env,
+            "cwd": c.workdir,
+            "capabilities": {
+                "bounding": CAPABILITIES,
+                "effective": caps,
+                "permitted": caps,
+            },
+            "noNewPrivileges": true,
+        },
+        "root": { "path": "rootfs", "readonly": false },
+        "hostname": c.hostname,
+        "mounts": [
+            { "destination": "/proc", "type": "proc", "source": "proc" },
+            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+              "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
+            { "destination": "/dev/pts", "type": "devpts", "source": "devpts",
+              "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] },
+            { "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+              "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
+            { "destination": "/sys", "type": "sysfs", "source": "sysfs",
+              "options": ["nosuid", "noexec", "nodev", "ro"] },
+        ],
+        "linux": {
+            "namespaces": [
+                { "type": "pid" }, { "type": "network" }, { "type": "ipc" },
+                { "type": "uts" }, { "type": "mount" },
+            ],
+            "resources": resources,
+            "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+        },
+    });
+    let path = bundle.join("config.json");
+    let bytes = serde_json::to_vec_pretty(&config).map_err(|e| StartError::Config {
+        image: c.image.clone(),
+        message: e.to_string(),
+    })?;
+    std::fs::write(&path, bytes).map_err(|source| StartError::Io {
+        context: format!("write {}", path.display()),
+        source,
+    })
+}
