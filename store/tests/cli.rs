@@ -122,6 +122,9 @@ fn tag_rm_gc_and_du() {
     let du_mid: serde_json::Value = serde_json::from_str(&ok(&root, &["du", "--json"])).unwrap();
     assert_eq!(du_mid["blobs"], du_before["blobs"]);
     ok(&root, &["rm", &ids[0][..12]]);
+    // `tag` touched the image's blobs (in use again): GC keeps what was touched within
+    // its one second of clock slack, even with no grace.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     ok(&root, &["gc", "--grace", "0s"]);
     let du_after: serde_json::Value = serde_json::from_str(&ok(&root, &["du", "--json"])).unwrap();
     // config + layer + manifest gone, and the layer dir.
