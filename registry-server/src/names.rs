@@ -1,6 +1,9 @@
 //! Request paths of the distribution API, and the spec's grammar for repository names,
 //! tags and references.
 
+use strata_store::valid_name_component;
+pub use strata_store::valid_tag;
+
 /// What a `/v2/…` path addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -84,55 +87,10 @@ pub fn parse_route(path: &str) -> Option<Route> {
 
 /// Whether `name` matches the spec's repository name grammar
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*`
-/// and is at most `max_len` bytes.
+/// (each component checked by the store's reference grammar) and is at most `max_len`
+/// bytes.
 pub fn valid_name(name: &str, max_len: usize) -> bool {
-    !name.is_empty() && name.len() <= max_len && name.split('/').all(valid_component)
-}
-
-fn valid_component(c: &str) -> bool {
-    let b = c.as_bytes();
-    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
-    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
-        return false;
-    }
-    let mut i = 0;
-    while i < b.len() {
-        if alnum(b[i]) {
-            i += 1;
-            continue;
-        }
-        // A separator run: ".", "_", "__" or "-+", followed by an alphanumeric.
-        let start = i;
-        match b[i] {
-            b'.' => i += 1,
-            b'_' => {
-                i += 1;
-                if i < b.len() && b[i] == b'_' {
-                    i += 1;
-                }
-            }
-            b'-' => {
-                while i < b.len() && b[i] == b'-' {
-                    i += 1;
-                }
-            }
-            _ => return false,
-        }
-        if i >= b.len() || !alnum(b[i]) || i == start {
-            return false;
-        }
-    }
-    true
-}
-
-/// Whether `tag` matches `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
-pub fn valid_tag(tag: &str) -> bool {
-    let b = tag.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter()
-            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+    !name.is_empty() && name.len() <= max_len && name.split('/').all(valid_name_component)
 }
 
 #[cfg(test)]

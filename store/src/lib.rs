@@ -43,7 +43,9 @@ pub use meta::{
     TagRecord,
 };
 pub use pool::{InFlight, PoolError, Role};
-pub use reference::{ImageRef, ReferenceError, familiar_name, split_tag_key};
+pub use reference::{
+    ImageRef, ReferenceError, familiar_name, split_tag_key, valid_name_component, valid_tag,
+};
 #[cfg(feature = "meta")]
 pub use registry::{Referrer, UploadRecord, repo_tag_key};
 #[cfg(feature = "meta")]

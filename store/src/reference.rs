@@ -78,7 +78,7 @@ impl ImageRef {
         if path.bytes().any(|b| b.is_ascii_uppercase()) {
             return Err(invalid("repository name must be lowercase"));
         }
-        if !path.split('/').all(valid_path_component) {
+        if !path.split('/').all(valid_name_component) {
             return Err(invalid("invalid repository name"));
         }
         let (registry, repository) = match domain {
@@ -145,18 +145,19 @@ impl std::fmt::Display for ImageRef {
     }
 }
 
-/// `[\w][\w.-]{0,127}`.
-fn valid_tag(t: &str) -> bool {
-    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
-    let b = t.as_bytes();
+/// Whether `tag` matches the tag grammar `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
+pub fn valid_tag(tag: &str) -> bool {
+    let b = tag.as_bytes();
     !b.is_empty()
         && b.len() <= 128
-        && word(b[0])
-        && b[1..].iter().all(|c| word(*c) || *c == b'.' || *c == b'-')
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
-/// `alpha-numeric (separator alpha-numeric)*`, separators `.`, `_`, `__` or dashes.
-fn valid_path_component(c: &str) -> bool {
+/// Whether `c` is one `/`-separated component of a repository name:
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`.
+pub fn valid_name_component(c: &str) -> bool {
     let b = c.as_bytes();
     let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
     if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
@@ -168,12 +169,24 @@ fn valid_path_component(c: &str) -> bool {
             i += 1;
             continue;
         }
+        // A separator run: ".", "_", "__" or "-+", followed by an alphanumeric.
         let start = i;
-        while i < b.len() && !alnum(b[i]) {
-            i += 1;
+        match b[i] {
+            b'.' => i += 1,
+            b'_' => {
+                i += 1;
+                if i < b.len() && b[i] == b'_' {
+                    i += 1;
+                }
+            }
+            b'-' => {
+                while i < b.len() && b[i] == b'-' {
+                    i += 1;
+                }
+            }
+            _ => return false,
         }
-        let sep = &c[start..i];
-        if !(sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-')) {
+        if i >= b.len() || !alnum(b[i]) || i == start {
             return false;
         }
     }
