@@ -47,8 +47,9 @@ const CHUNKED_READ: usize = 1 << 20;
 /// Longest chunk-size line, and most trailer bytes, of a chunked body.
 const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 64 << 10;
-/// Most unread body bytes drained after a handler gave up on a body (so that the client
-/// reads the error response instead of a reset); past this the connection is closed.
+/// Most unread request body bytes drained after a handler gave up on a body, here and
+/// in `uploads` (so that the client reads the error response instead of a reset); past
+/// this the connection is closed.
 pub const DRAIN_LIMIT: u64 = 256 << 20;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use strata_store::{Committed, DIRECT_ALIGN, Digest, Ingest, IngestKey, Store, UploadRecord};
 use tokio::sync::OwnedMutexGuard;
 
-use crate::direct::DirectBody;
+use crate::direct::{DRAIN_LIMIT, DirectBody};
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
 
@@ -501,10 +501,6 @@ async fn drain_direct(body: &mut DirectBody, idle: Duration) {
         }
     }
 }
-
-/// Most request bytes read and dropped after a failed write, so the client gets the error
-/// response instead of a reset; past this the connection is closed on it.
-const DRAIN_LIMIT: u64 = 256 << 20;
 
 /// Reads and drops the rest of a request body (up to `DRAIN_LIMIT`, each read within
 /// `idle`).
