@@ -2,31 +2,13 @@
 //! container's overlay (its image's layers under its own upper directory) mounted at
 //! `DIR/rootfs`, and a runtime-spec `config.json` saying what `runner start` would do:
 //! the same command, environment, working directory, user, hostname, namespaces,
-//! capabilities and limits.
+//! capabilities (`sys::DEFAULT_CAPABILITIES`) and limits.
 
 use std::path::Path;
 
 use crate::container::{self, Container, ContainerError, Status};
-use crate::start::{StartError, resolve_user};
+use crate::start::{StartError, io, process_env, resolve_user};
 use crate::sys;
-
-/// docker's default capability names, as `sys::DEFAULT_CAPABILITIES` keeps them.
-const CAPABILITIES: [&str; 14] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_RAW",
-    "CAP_SYS_CHROOT",
-    "CAP_MKNOD",
-    "CAP_AUDIT_WRITE",
-    "CAP_SETFCAP",
-];
 
 /// Writes the bundle of container `c` (directory `dir`) into `bundle`. The container
 /// must not be running (its upper directory cannot be in two overlays at once).
@@ -36,16 +18,9 @@ pub fn export(c: &Container, dir: &Path, bundle: &Path) -> Result<(), StartError
         return Err(ContainerError::Running(c.id[..12].to_string()).into());
     }
     let rootfs = bundle.join("rootfs");
-    let io = |what: &str| {
-        let what = what.to_string();
-        move |source| StartError::Io {
-            context: what,
-            source,
-        }
-    };
-    std::fs::create_dir_all(&rootfs).map_err(io(&format!("create {}", rootfs.display())))?;
+    std::fs::create_dir_all(&rootfs).map_err(io(format!("create {}", rootfs.display())))?;
     sys::mount_overlay(&c.layers, &dir.join("upper"), &dir.join("work"), &rootfs)
-        .map_err(io(&format!("mount the overlay at {}", rootfs.display())))?;
+        .map_err(io(format!("mount the overlay at {}", rootfs.display())))?;
     let written = write_config(c, &rootfs, bundle);
     if written.is_err() {
         let _ = sys::unmount(&rootfs);
@@ -55,10 +30,8 @@ pub fn export(c: &Container, dir: &Path, bundle: &Path) -> Result<(), StartError
 
 fn write_config(c: &Container, rootfs: &Path, bundle: &Path) -> Result<(), StartError> {
     let user = resolve_user(&c.user, rootfs)?;
-    let mut env = c.env.clone();
-    if !env.iter().any(|e| e.starts_with("HOME=")) {
-        env.push(format!("HOME={}", user.home));
-    }
+    let env = process_env(c, &user);
+    let names: Vec<&str> = sys::DEFAULT_CAPABILITIES.iter().map(|(name, _)| *name).collect();
     let mut resources = serde_json::Map::new();
     if let Some(m) = c.limits.memory {
         resources.insert("memory".into(), serde_json::json!({ "limit": m }));
@@ -66,11 +39,7 @@ fn write_config(c: &Container, rootfs: &Path, bundle: &Path) -> Result<(), Start
     if let Some(p) = c.limits.pids {
         resources.insert("pids".into(), serde_json::json!({ "limit": p }));
     }
-    let caps = if user.uid == 0 {
-        CAPABILITIES.to_vec()
-    } else {
-        Vec::new()
-    };
+    let caps = if user.uid == 0 { names.clone() } else { Vec::new() };
     let config = serde_json::json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -80,7 +49,7 @@ fn write_config(c: &Container, rootfs: &Path, bundle: &Path) -> Result<(), Start
             "env": env,
             "cwd": c.workdir,
             "capabilities": {
-                "bounding": CAPABILITIES,
+                "bounding": names,
                 "effective": caps,
                 "permitted": caps,
             },
@@ -114,8 +83,5 @@ fn write_config(c: &Container, rootfs: &Path, bundle: &Path) -> Result<(), Start
         image: c.image.clone(),
         message: e.to_string(),
     })?;
-    std::fs::write(&path, bytes).map_err(|source| StartError::Io {
-        context: format!("write {}", path.display()),
-        source,
-    })
+    std::fs::write(&path, bytes).map_err(io(format!("write {}", path.display())))
 }

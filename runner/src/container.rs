@@ -151,6 +151,19 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io(format!("rename {}", path.display())))
 }
 
+/// The one container an ID, unique ID prefix or name names, with its state.
+pub fn find(store_root: &Path, t: &str) -> Result<(Container, ContainerState)> {
+    let mut matches: Vec<(Container, ContainerState)> = list(store_root)?
+        .into_iter()
+        .filter(|(c, _)| c.id.starts_with(t) || c.name.as_deref() == Some(t))
+        .collect();
+    match matches.len() {
+        1 => Ok(matches.remove(0)),
+        0 => Err(ContainerError::NotFound(t.to_string())),
+        _ => Err(ContainerError::Ambiguous(t.to_string())),
+    }
+}
+
 /// Every container in the store, with its state, oldest first.
 pub fn list(store_root: &Path) -> Result<Vec<(Container, ContainerState)>> {
     let dir = containers_dir(store_root);

@@ -22,7 +22,8 @@ mod sys;
 pub use bundle::export;
 pub use cgroup::{CgroupError, Limits, parse_bytes};
 pub use commit::{CommitError, CommitReport, commit};
-pub use container::{Container, ContainerError, ContainerState, Status, containers_dir, list};
-pub use container::{read_state, write_state};
+pub use container::{
+    Container, ContainerError, ContainerState, Status, containers_dir, find, list, read_state, write_state,
+};
 pub use start::{StartError, StartOptions, prepare, run_supervisor};
 pub use sys::{alive, signal, spawn_supervisor};

@@ -64,7 +64,7 @@ pub enum StartError {
     },
 }
 
-fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
+pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
     let context = context.into();
     move |source| StartError::Io { context, source }
 }
@@ -183,22 +183,11 @@ fn supervise(c: &Container, dir: &Path) -> Result<i32, StartError> {
         .map_err(io(format!("mount the overlay at {}", rootfs.display())))?;
     sys::set_hostname(&c.hostname).map_err(io("set the hostname"))?;
     let ids = resolve_user(&c.user, &rootfs)?;
-    let steps = sys::Rootfs::new(
-        &rootfs,
-        &c.workdir,
-        sys::Ids {
-            uid: ids.uid,
-            gid: ids.gid,
-            groups: ids.groups.clone(),
-        },
-    )
-    .map_err(io("prepare the rootfs"))?;
+    let steps = sys::Rootfs::new(&rootfs, &c.workdir, ids.uid, ids.gid, &ids.groups)
+        .map_err(io("prepare the rootfs"))?;
     let mut cmd = Command::new(&c.command[0]);
     cmd.args(&c.command[1..]).env_clear();
-    if !c.env.iter().any(|e| e.starts_with("HOME=")) {
-        cmd.env("HOME", &ids.home);
-    }
-    for e in &c.env {
+    for e in process_env(c, &ids) {
         if let Some((k, v)) = e.split_once('=') {
             cmd.env(k, v);
         }
@@ -240,6 +229,16 @@ fn supervise(c: &Container, dir: &Path) -> Result<i32, StartError> {
         },
     )?;
     Ok(code)
+}
+
+/// The container process's environment: the container's, plus `HOME` from the user's
+/// `/etc/passwd` entry when it sets none (as docker does).
+pub(crate) fn process_env(c: &Container, user: &User) -> Vec<String> {
+    let mut env = c.env.clone();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", user.home));
+    }
+    env
 }
 
 /// Who the container's process runs as.

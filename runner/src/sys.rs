@@ -119,11 +119,36 @@ pub fn set_hostname(name: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// The capabilities a container keeps, docker's default set: CHOWN, DAC_OVERRIDE,
-/// FOWNER, FSETID, KILL, SETGID, SETUID, SETPCAP, NET_BIND_SERVICE, NET_RAW, SYS_CHROOT,
-/// MKNOD, AUDIT_WRITE, SETFCAP. Everything else leaves the bounding set before exec, so
-/// the command (root or not) can never hold it.
-pub const DEFAULT_CAPABILITIES: u64 = 0xa804_25fb;
+/// The capabilities a container keeps, docker's default set, by name and number.
+/// Everything else leaves the bounding set before exec, so the command (root or not)
+/// can never hold it; `runner export` writes the same names into the bundle.
+pub const DEFAULT_CAPABILITIES: [(&str, u32); 14] = [
+    ("CAP_CHOWN", 0),
+    ("CAP_DAC_OVERRIDE", 1),
+    ("CAP_FOWNER", 3),
+    ("CAP_FSETID", 4),
+    ("CAP_KILL", 5),
+    ("CAP_SETGID", 6),
+    ("CAP_SETUID", 7),
+    ("CAP_SETPCAP", 8),
+    ("CAP_NET_BIND_SERVICE", 10),
+    ("CAP_NET_RAW", 13),
+    ("CAP_SYS_CHROOT", 18),
+    ("CAP_MKNOD", 27),
+    ("CAP_AUDIT_WRITE", 29),
+    ("CAP_SETFCAP", 31),
+];
+
+/// [`DEFAULT_CAPABILITIES`] as a bit mask (`0xa80425fb`, as `CapBnd` shows it).
+const DEFAULT_CAPABILITY_MASK: u64 = {
+    let mut mask = 0u64;
+    let mut i = 0;
+    while i < DEFAULT_CAPABILITIES.len() {
+        mask |= 1 << DEFAULT_CAPABILITIES[i].1;
+        i += 1;
+    }
+    mask
+};
 
 /// Device nodes bind-mounted from the host into the container's `/dev`.
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
@@ -144,17 +169,10 @@ pub struct Rootfs {
     workdir: CString,
     /// The kernel's highest capability number.
     last_cap: u32,
-    ids: Ids,
-    /// `ids.groups`, ready for setgroups(2).
+    uid: rustix::process::Uid,
+    gid: rustix::process::Gid,
+    /// Supplementary groups, ready for setgroups(2).
     supplementary: Vec<rustix::process::Gid>,
-}
-
-/// The user and groups the container's process runs as.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ids {
-    pub uid: u32,
-    pub gid: u32,
-    pub groups: Vec<u32>,
 }
 
 fn c(p: impl AsRef<OsStr>) -> io::Result<CString> {
@@ -163,8 +181,9 @@ fn c(p: impl AsRef<OsStr>) -> io::Result<CString> {
 
 impl Rootfs {
     /// Prepares the steps for a container whose root is the mounted `rootfs`, to start
-    /// in `workdir` (a path inside it) as `ids`. Creates the mount points it needs.
-    pub fn new(rootfs: &Path, workdir: &str, ids: Ids) -> io::Result<Rootfs> {
+    /// in `workdir` (a path inside it) as `uid`, `gid` and supplementary `groups`.
+    /// Creates the mount points it needs.
+    pub fn new(rootfs: &Path, workdir: &str, uid: u32, gid: u32, groups: &[u32]) -> io::Result<Rootfs> {
         for d in ["proc", "dev", "sys", ".strata-old-root"] {
             std::fs::create_dir_all(rootfs.join(d))?;
         }
@@ -195,12 +214,12 @@ impl Rootfs {
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
                 .unwrap_or(40),
-            supplementary: ids
-                .groups
+            uid: rustix::process::Uid::from_raw(uid),
+            gid: rustix::process::Gid::from_raw(gid),
+            supplementary: groups
                 .iter()
                 .map(|g| rustix::process::Gid::from_raw(*g))
                 .collect(),
-            ids,
         })
     }
 
@@ -260,7 +279,7 @@ impl Rootfs {
         rustix::fs::rmdir(&*self.put_old_inside)?;
         rustix::process::chdir(&*self.workdir)?;
         for cap in 0..=self.last_cap.min(63) {
-            if DEFAULT_CAPABILITIES & (1 << cap) == 0 {
+            if DEFAULT_CAPABILITY_MASK & (1 << cap) == 0 {
                 let set = rustix::thread::CapabilitySet::from_bits_retain(1 << cap);
                 rustix::thread::remove_capability_from_bounding_set(set)?;
             }
@@ -268,16 +287,8 @@ impl Rootfs {
         rustix::thread::set_no_new_privs(true)?;
         // Last: a user other than root loses the capabilities it had.
         rustix::thread::set_thread_groups(&self.supplementary)?;
-        rustix::thread::set_thread_res_gid(
-            rustix::process::Gid::from_raw(self.ids.gid),
-            rustix::process::Gid::from_raw(self.ids.gid),
-            rustix::process::Gid::from_raw(self.ids.gid),
-        )?;
-        rustix::thread::set_thread_res_uid(
-            rustix::process::Uid::from_raw(self.ids.uid),
-            rustix::process::Uid::from_raw(self.ids.uid),
-            rustix::process::Uid::from_raw(self.ids.uid),
-        )?;
+        rustix::thread::set_thread_res_gid(self.gid, self.gid, self.gid)?;
+        rustix::thread::set_thread_res_uid(self.uid, self.uid, self.uid)?;
         Ok(())
     }
 }

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use strata_runner::{
-    Container, ContainerState, Status, alive, containers_dir, list, prepare, read_state, run_supervisor,
-    signal, spawn_supervisor,
+    Status, alive, containers_dir, find, list, prepare, read_state, run_supervisor, signal, spawn_supervisor,
 };
 
 fn main() -> ExitCode {
@@ -139,19 +138,6 @@ fn run(root: &Path, command: cli::Command) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-    }
-}
-
-/// The one container an ID, ID prefix or name names.
-fn find(root: &Path, t: &str) -> anyhow::Result<(Container, ContainerState)> {
-    let mut matches: Vec<(Container, ContainerState)> = list(root)?
-        .into_iter()
-        .filter(|(c, _)| c.id.starts_with(t) || c.name.as_deref() == Some(t))
-        .collect();
-    match matches.len() {
-        1 => Ok(matches.remove(0)),
-        0 => bail!("no such container: {t}"),
-        _ => bail!("container prefix {t:?} is ambiguous"),
     }
 }
 
