@@ -19,8 +19,14 @@ pub fn export(c: &Container, dir: &Path, bundle: &Path) -> Result<(), StartError
     }
     let rootfs = bundle.join("rootfs");
     std::fs::create_dir_all(&rootfs).map_err(io(format!("create {}", rootfs.display())))?;
-    sys::mount_overlay(&c.layers, &dir.join("upper"), &dir.join("work"), &rootfs)
-        .map_err(io(format!("mount the overlay at {}", rootfs.display())))?;
+    sys::mount_overlay(
+        &c.layers,
+        &dir.join("upper"),
+        &dir.join("work"),
+        &rootfs,
+        c.security.privileged,
+    )
+    .map_err(io(format!("mount the overlay at {}", rootfs.display())))?;
     let written = write_config(c, &rootfs, bundle);
     if written.is_err() {
         let _ = sys::unmount(&rootfs);
@@ -31,7 +37,7 @@ pub fn export(c: &Container, dir: &Path, bundle: &Path) -> Result<(), StartError
 fn write_config(c: &Container, rootfs: &Path, bundle: &Path) -> Result<(), StartError> {
     let user = resolve_user(&c.user, rootfs)?;
     let env = process_env(c, &user);
-    let names: Vec<&str> = sys::DEFAULT_CAPABILITIES.iter().map(|(name, _)| *name).collect();
+    let names: Vec<&str> = c.security.capabilities.iter().map(String::as_str).collect();
     let mut resources = serde_json::Map::new();
     if let Some(m) = c.limits.memory {
         resources.insert("memory".into(), serde_json::json!({ "limit": m }));
@@ -40,6 +46,32 @@ fn write_config(c: &Container, rootfs: &Path, bundle: &Path) -> Result<(), Start
         resources.insert("pids".into(), serde_json::json!({ "limit": p }));
     }
     let caps = if user.uid == 0 { names.clone() } else { Vec::new() };
+    let paths = |list: &[&std::ffi::CStr]| -> Vec<String> {
+        list.iter().map(|p| p.to_string_lossy().into_owned()).collect()
+    };
+    let (masked, readonly) = if c.security.privileged {
+        (Vec::new(), Vec::new())
+    } else {
+        (paths(&sys::MASKED_PATHS), paths(&sys::READONLY_PATHS))
+    };
+    // The devices cgroup's allowlist, in the runtime spec's form.
+    let mut devices = vec![serde_json::json!({ "allow": c.security.privileged, "access": "rwm" })];
+    if !c.security.privileged {
+        for rule in crate::cgroup::DEVICE_ALLOW {
+            let mut parts = rule.split([' ', ':']);
+            let (kind, major, minor, access) = (
+                parts.next(),
+                parts.next(),
+                parts.next(),
+                parts.next().unwrap_or("rwm"),
+            );
+            let num = |s: Option<&str>| s.and_then(|s| s.parse::<i64>().ok());
+            devices.push(serde_json::json!({
+                "allow": true, "type": kind, "major": num(major), "minor": num(minor), "access": access,
+            }));
+        }
+    }
+    resources.insert("devices".into(), devices.into());
     let config = serde_json::json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -74,8 +106,8 @@ fn write_config(c: &Container, rootfs: &Path, bundle: &Path) -> Result<(), Start
                 { "type": "uts" }, { "type": "mount" },
             ],
             "resources": resources,
-            "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
-            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+            "maskedPaths": masked,
+            "readonlyPaths": readonly,
         },
     });
     let path = bundle.join("config.json");

@@ -1,8 +1,10 @@
 //! Resource limits through cgroups, v2 (the unified hierarchy) or v1 (one hierarchy per
 //! controller), whichever the host mounts at `/sys/fs/cgroup`. A container's group is
-//! `strata/<id>` under each hierarchy it limits; the supervisor joins it before it
-//! spawns the container's process, so everything the container starts is inside, and
-//! leaves and removes it when the container has exited.
+//! `strata/<id>` under each hierarchy it uses (v1: devices and freezer always, memory
+//! and pids when limited); the supervisor joins it before it spawns the container's
+//! process, so everything the container starts is inside, leaves it at once, and removes
+//! it when the container has exited. The devices controller enforces docker's device
+//! allowlist; the freezer pauses a container for `runner commit -p`.
 
 use std::path::{Path, PathBuf};
 
@@ -56,7 +58,25 @@ fn create(path: &Path) -> Result<()> {
     })
 }
 
-/// A container's cgroup, joined by the calling process.
+/// The device rules of a confined container, in the devices cgroup's (v1) syntax:
+/// everything denied, then device nodes may be created (`m`) but only these opened —
+/// docker's default allowlist (null, zero, full, random, urandom, tty, console, ptmx and
+/// the container's own pseudo-terminals).
+pub const DEVICE_ALLOW: [&str; 11] = [
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+];
+
+/// A container's cgroup: `strata/<id>` in each hierarchy it uses.
 #[derive(Debug)]
 pub struct Cgroup {
     /// The container's group directories (one per hierarchy), and the hierarchy roots.
@@ -64,13 +84,15 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
-    /// Creates `strata/<id>` with `limits` and moves the calling process into it.
-    pub fn join(id: &str, limits: &Limits) -> Result<Cgroup> {
+    /// Creates `strata/<id>` with `limits` and the device allowlist (all devices when
+    /// `all_devices`), and moves the calling process into it, so that the container's
+    /// process it spawns next starts inside; then call [`Cgroup::release_self`].
+    pub fn join(id: &str, limits: &Limits, all_devices: bool) -> Result<Cgroup> {
         let root = Path::new(ROOT);
         if root.join("cgroup.controllers").exists() {
             Self::join_v2(root, id, limits)
         } else {
-            Self::join_v1(root, id, limits)
+            Self::join_v1(root, id, limits, all_devices)
         }
     }
 
@@ -110,8 +132,8 @@ impl Cgroup {
         })
     }
 
-    fn join_v1(root: &Path, id: &str, limits: &Limits) -> Result<Cgroup> {
-        let mut groups = Vec::new();
+    fn join_v1(root: &Path, id: &str, limits: &Limits, all_devices: bool) -> Result<Cgroup> {
+        let mut cg = Cgroup { groups: Vec::new() };
         let mut setup = |controller: &'static str, files: Vec<(&str, String)>| -> Result<()> {
             let hierarchy = root.join(controller);
             if !hierarchy.join("cgroup.procs").exists() {
@@ -119,34 +141,116 @@ impl Cgroup {
             }
             let group = hierarchy.join("strata").join(id);
             create(&group)?;
+            cg.groups.push((group.clone(), hierarchy));
             for (file, value) in files {
                 write(&group.join(file), &value)?;
             }
             write(&group.join("cgroup.procs"), &std::process::id().to_string())?;
-            groups.push((group, hierarchy));
             Ok(())
         };
+        let mut devices = vec![("devices.deny", "a".to_string())];
+        if all_devices {
+            devices.push(("devices.allow", "a".into()));
+        } else {
+            devices.extend(DEVICE_ALLOW.iter().map(|r| ("devices.allow", r.to_string())));
+        }
+        setup("devices", devices)?;
+        setup("freezer", Vec::new())?;
         if let Some(m) = limits.memory {
             setup("memory", vec![("memory.limit_in_bytes", m.to_string())])?;
         }
         if let Some(p) = limits.pids {
             setup("pids", vec![("pids.max", p.to_string())])?;
         }
-        Ok(Cgroup { groups })
+        Ok(cg)
     }
 
-    /// Moves the calling process back to each hierarchy's root and removes the
-    /// container's groups (all its processes have exited by then).
-    pub fn leave(self) -> Result<()> {
-        for (group, hierarchy) in &self.groups {
+    /// Moves the calling process (the supervisor) back to each hierarchy's root: only
+    /// the container's processes stay in its groups.
+    pub fn release_self(&self) -> Result<()> {
+        for (_, hierarchy) in &self.groups {
             write(&hierarchy.join("cgroup.procs"), &std::process::id().to_string())?;
-            std::fs::remove_dir(group).map_err(|source| CgroupError::Io {
-                path: group.clone(),
-                source,
-            })?;
         }
         Ok(())
     }
+
+    /// Removes the container's groups (all its processes have exited by then; a
+    /// group whose last process is still being torn down is retried briefly).
+    pub fn remove(self) -> Result<()> {
+        for (group, _) in &self.groups {
+            let mut tries = 0;
+            loop {
+                match std::fs::remove_dir(group) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(e) if e.raw_os_error() == Some(16) && tries < 200 => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    Err(source) => {
+                        return Err(CgroupError::Io {
+                            path: group.clone(),
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A frozen container: its processes are thawed when this is dropped.
+#[derive(Debug)]
+pub struct Frozen {
+    file: PathBuf,
+    thaw: &'static str,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.file, self.thaw);
+    }
+}
+
+/// Freezes every process of container `id` (the v1 freezer, or v2's `cgroup.freeze`)
+/// and waits until they are all stopped.
+pub fn freeze(id: &str) -> Result<Frozen> {
+    let root = Path::new(ROOT);
+    let (file, on, off, done): (PathBuf, &str, &'static str, Box<dyn Fn() -> bool>) =
+        if root.join("cgroup.controllers").exists() {
+            let group = root.join("strata").join(id);
+            let events = group.join("cgroup.events");
+            (
+                group.join("cgroup.freeze"),
+                "1",
+                "0",
+                Box::new(move || {
+                    std::fs::read_to_string(&events).is_ok_and(|s| s.lines().any(|l| l == "frozen 1"))
+                }),
+            )
+        } else {
+            let state = root.join("freezer").join("strata").join(id).join("freezer.state");
+            let s2 = state.clone();
+            (
+                state,
+                "FROZEN",
+                "THAWED",
+                Box::new(move || std::fs::read_to_string(&s2).is_ok_and(|s| s.trim() == "FROZEN")),
+            )
+        };
+    write(&file, on)?;
+    let frozen = Frozen { file, thaw: off };
+    for _ in 0..2000 {
+        if done() {
+            return Ok(frozen);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Err(CgroupError::Io {
+        path: frozen.file.clone(),
+        source: std::io::Error::other("the container did not freeze within 10 s"),
+    })
 }
 
 /// Parses a byte count: digits with an optional `b`, `k`, `m` or `g` suffix (powers of

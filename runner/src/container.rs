@@ -63,6 +63,47 @@ pub struct Container {
     pub remove: bool,
     #[serde(default, skip_serializing_if = "Limits::is_empty")]
     pub limits: Limits,
+    /// How far the container is confined (docker's defaults unless asked otherwise).
+    #[serde(default)]
+    pub security: Security,
+}
+
+/// A container's confinement, fixed when it is created.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Security {
+    /// `--privileged`: every capability, no seccomp, no masked or read-only paths, every
+    /// device.
+    #[serde(default)]
+    pub privileged: bool,
+    /// The capabilities it keeps, by name (`CAP_CHOWN`…).
+    pub capabilities: Vec<String>,
+    pub seccomp: SeccompChoice,
+}
+
+/// Which seccomp filter a container runs under.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SeccompChoice {
+    /// docker's default profile.
+    Default,
+    /// No filter (`--security-opt seccomp=unconfined`).
+    Unconfined,
+    /// A profile in docker's JSON format, as given (`--security-opt seccomp=FILE`).
+    Profile(String),
+}
+
+impl Default for Security {
+    /// docker's defaults: its capability set and seccomp profile.
+    fn default() -> Security {
+        Security {
+            privileged: false,
+            capabilities: crate::sys::DEFAULT_CAPABILITIES
+                .iter()
+                .map(|(n, _)| n.to_string())
+                .collect(),
+            seccomp: SeccompChoice::Default,
+        }
+    }
 }
 
 /// Where a container is in its life.
@@ -84,6 +125,9 @@ pub struct ContainerState {
     /// The container's first process, by its host PID, while running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_pid: Option<u32>,
+    /// The first process's start time (see `sys::start_time`): a reused PID is not it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_start: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
 }
@@ -93,6 +137,30 @@ pub fn containers_dir(store_root: &Path) -> PathBuf {
     store_root.join("containers")
 }
 
+/// Creates `<root>/containers` readable by root only: containers hold device nodes,
+/// setuid files and the secrets given with `--env`.
+fn create_containers_dir(store_root: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = containers_dir(store_root);
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+    {
+        Ok(()) => {}
+        Err(e) => return Err(io(format!("create {}", dir.display()))(e)),
+    }
+    let mode = std::fs::metadata(&dir)
+        .map_err(io(format!("stat {}", dir.display())))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(format!("chmod {}", dir.display())))?;
+    }
+    Ok(dir)
+}
+
 impl Container {
     pub fn dir(&self, store_root: &Path) -> PathBuf {
         containers_dir(store_root).join(&self.id)
@@ -100,6 +168,7 @@ impl Container {
 
     /// Creates the container's directory and records (status `created`).
     pub fn create(&self, store_root: &Path) -> Result<PathBuf> {
+        create_containers_dir(store_root)?;
         let dir = self.dir(store_root);
         for d in ["upper", "work", "rootfs"] {
             std::fs::create_dir_all(dir.join(d)).map_err(io(format!("create {}", dir.join(d).display())))?;
@@ -111,6 +180,7 @@ impl Container {
                 status: Status::Created,
                 pid: None,
                 init_pid: None,
+                init_start: None,
                 exit_code: None,
             },
         )?;

@@ -16,14 +16,19 @@ mod bundle;
 mod cgroup;
 mod commit;
 mod container;
+mod seccomp;
 mod start;
 mod sys;
 
 pub use bundle::export;
-pub use cgroup::{CgroupError, Limits, parse_bytes};
-pub use commit::{CommitError, CommitReport, commit};
+pub use cgroup::{CgroupError, DEVICE_ALLOW, Frozen, Limits, freeze, parse_bytes};
+pub use commit::{CommitError, CommitOptions, CommitReport, commit};
 pub use container::{
     Container, ContainerError, ContainerState, Status, containers_dir, find, list, read_state, write_state,
 };
-pub use start::{StartError, StartOptions, prepare, run_supervisor};
-pub use sys::{alive, signal, spawn_supervisor};
+pub use seccomp::{Profile as SeccompProfile, SeccompError};
+pub use start::{SecurityOptions, StartError, StartOptions, prepare, run_supervisor};
+pub use sys::{
+    MASKED_PATHS, READONLY_PATHS, alive, block_signals, forward_signals_until_exit, signal_checked,
+    single_threaded, spawn_supervisor,
+};

@@ -10,11 +10,99 @@ use std::process::Command;
 use strata_store::{Store, StoreError};
 
 use crate::cgroup::{Cgroup, CgroupError, Limits};
-use crate::container::{self, Container, ContainerError, ContainerState, Status};
+use crate::container::{self, Container, ContainerError, ContainerState, SeccompChoice, Security, Status};
+use crate::seccomp::{Profile, SeccompError};
 use crate::sys;
 
-/// Largest image config read.
-const MAX_CONFIG: u64 = 4 << 20;
+/// Largest `/etc/passwd` or `/etc/group` read from an image.
+const MAX_ID_FILE: u64 = 4 << 20;
+
+/// What the user asked of the container's confinement (docker's flags).
+#[derive(Debug, Clone, Default)]
+pub struct SecurityOptions {
+    /// `--privileged`.
+    pub privileged: bool,
+    /// `--cap-add` and `--cap-drop`: names with or without `CAP_`, or `ALL`.
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    /// `--security-opt seccomp=unconfined` (`Some(None)`) or `seccomp=FILE`
+    /// (`Some(Some(profile JSON))`); `None` for docker's default profile.
+    pub seccomp: Option<Option<String>>,
+}
+
+impl SecurityOptions {
+    /// The container's confinement: docker's default capabilities with the additions
+    /// and removals applied (`ALL` first, as docker does), and its seccomp choice.
+    pub fn resolve(&self) -> Result<Security, StartError> {
+        let mut caps: Vec<String> = if self.privileged {
+            sys::ALL_CAPABILITIES.iter().map(|c| c.to_string()).collect()
+        } else {
+            Security::default().capabilities
+        };
+        let canon = |name: &str| -> Result<Option<String>, StartError> {
+            if name.eq_ignore_ascii_case("ALL") {
+                return Ok(None);
+            }
+            let n =
+                sys::capability_number(name).ok_or_else(|| StartError::BadCapability(name.to_string()))?;
+            Ok(Some(sys::ALL_CAPABILITIES[n as usize].to_string()))
+        };
+        for d in &self.cap_drop {
+            match canon(d)? {
+                None => caps.clear(),
+                Some(n) => caps.retain(|c| *c != n),
+            }
+        }
+        for a in &self.cap_add {
+            match canon(a)? {
+                None => caps = sys::ALL_CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+                Some(n) if !caps.contains(&n) => caps.push(n),
+                Some(_) => {}
+            }
+        }
+        let seccomp = match (&self.seccomp, self.privileged) {
+            (_, true) | (Some(None), _) => SeccompChoice::Unconfined,
+            (Some(Some(json)), _) => {
+                Profile::from_json(json.as_bytes())?;
+                SeccompChoice::Profile(json.clone())
+            }
+            (None, false) => SeccompChoice::Default,
+        };
+        Ok(Security {
+            privileged: self.privileged,
+            capabilities: caps,
+            seccomp,
+        })
+    }
+}
+
+/// The confinement a container's first process gets: capability numbers and the
+/// compiled seccomp program.
+pub(crate) fn confinement(security: &Security) -> Result<sys::Confinement, StartError> {
+    let capabilities = security
+        .capabilities
+        .iter()
+        .map(|n| sys::capability_number(n).ok_or_else(|| StartError::BadCapability(n.clone())))
+        .collect::<Result<Vec<u32>, _>>()?;
+    let names: Vec<&str> = security.capabilities.iter().map(String::as_str).collect();
+    let profile = match &security.seccomp {
+        SeccompChoice::Unconfined => None,
+        SeccompChoice::Default => Some(Profile::docker_default()?),
+        SeccompChoice::Profile(json) => Some(Profile::from_json(json.as_bytes())?),
+    };
+    let seccomp = match profile {
+        Some(p) => {
+            let filter = p.compile(&names)?;
+            Some((filter.program().to_vec(), filter.flags()))
+        }
+        None => None,
+    };
+    Ok(sys::Confinement {
+        capabilities,
+        seccomp,
+        privileged: security.privileged,
+    })
+}
 
 /// What `runner start` was asked for.
 #[derive(Debug, Clone, Default)]
@@ -31,6 +119,7 @@ pub struct StartOptions {
     pub user: Option<String>,
     pub remove: bool,
     pub limits: Limits,
+    pub security: SecurityOptions,
 }
 
 /// Errors starting a container.
@@ -42,6 +131,12 @@ pub enum StartError {
     Container(#[from] ContainerError),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    #[error("unknown capability {0:?}")]
+    BadCapability(String),
+    #[error("the image's /etc/{file}: {message}")]
+    IdFile { file: &'static str, message: String },
     #[error("no image {0} in the store")]
     NoImage(String),
     #[error("image config of {image}: {message}")]
@@ -70,25 +165,24 @@ pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> S
 }
 
 /// Resolves the image, unpacks its layers, and records a new container (status
-/// `created`). Holds the store's write lock only meanwhile.
+/// `created`). An image whose answer the store has cached (its layers unpacked, the
+/// metadata unchanged since) is found without opening the metadata database; otherwise
+/// the store is opened, holding its write lock only meanwhile.
 pub fn prepare(store_root: &Path, opts: &StartOptions) -> Result<Container, StartError> {
-    let store = Store::open(store_root)?;
-    let image_id = store
-        .resolve(&opts.image)?
-        .image
-        .ok_or_else(|| StartError::NoImage(opts.image.clone()))?;
-    let chains = store.ensure_unpacked(&image_id)?;
-    let layers = chains.iter().map(|c| store.layers().diff_path(c)).collect();
-    let config = store
-        .blobs()
-        .read_small(&image_id, MAX_CONFIG)
-        .map_err(StoreError::from)?;
-    drop(store);
+    let image = match strata_store::cached_runnable(store_root, &opts.image) {
+        Some(image) => image,
+        None => Store::open(store_root)?
+            .runnable_image(&opts.image)
+            .map_err(|e| match e {
+                StoreError::NoSuchImage(_) => StartError::NoImage(opts.image.clone()),
+                e => e.into(),
+            })?,
+    };
+    let (image_id, layers, config) = (image.image_id, image.layers, image.config);
     let bad = |message: String| StartError::Config {
         image: opts.image.clone(),
         message,
     };
-    let config: serde_json::Value = serde_json::from_slice(&config).map_err(|e| bad(e.to_string()))?;
     let runtime = &config["config"];
     let strings = |v: &serde_json::Value| -> Result<Vec<String>, StartError> {
         match v {
@@ -119,6 +213,7 @@ pub fn prepare(store_root: &Path, opts: &StartOptions) -> Result<Container, Star
         Some(u) => u.clone(),
         None => runtime["User"].as_str().unwrap_or("").to_string(),
     };
+    let security = opts.security.resolve()?;
     let id = new_id();
     let c = Container {
         hostname: opts.hostname.clone().unwrap_or_else(|| id[..12].to_string()),
@@ -134,6 +229,7 @@ pub fn prepare(store_root: &Path, opts: &StartOptions) -> Result<Container, Star
         layers,
         remove: opts.remove,
         limits: opts.limits,
+        security,
     };
     c.create(store_root)?;
     Ok(c)
@@ -161,13 +257,29 @@ fn new_id() -> String {
     hex::encode(bytes)
 }
 
-/// The supervisor, inside the container's namespaces: mounts the rootfs, joins the
-/// container's cgroup when it has limits, runs the command as the PID namespace's first
-/// process, records and returns its exit code (128 + the signal's number when a signal
-/// ended it).
-pub fn run_supervisor(dir: &Path) -> Result<i32, StartError> {
+/// The supervisor: enters the container's namespaces (when `enter`: the calling
+/// process becomes the supervisor, without a re-exec; it must be single-threaded), mounts
+/// the rootfs, runs the command in the container's cgroup as the PID namespace's first
+/// process, passes signals on to it, records and returns its exit code (128 + the
+/// signal's number when a signal ended it).
+pub fn run_supervisor(dir: &Path, enter: bool) -> Result<i32, StartError> {
+    if enter {
+        sys::enter_namespaces().map_err(io("enter the container's namespaces"))?;
+    }
     let c = Container::load(dir)?;
     let result = supervise(&c, dir);
+    if result.is_err() {
+        let _ = container::write_state(
+            dir,
+            &ContainerState {
+                status: Status::Exited,
+                pid: None,
+                init_pid: None,
+                init_start: None,
+                exit_code: Some(127),
+            },
+        );
+    }
     if c.remove {
         // The rootfs is mounted in this (private) namespace only: detach it first.
         let _ = sys::unmount(&dir.join("rootfs"));
@@ -179,12 +291,23 @@ pub fn run_supervisor(dir: &Path) -> Result<i32, StartError> {
 fn supervise(c: &Container, dir: &Path) -> Result<i32, StartError> {
     let rootfs = dir.join("rootfs");
     sys::make_mounts_private().map_err(io("make mounts private"))?;
-    sys::mount_overlay(&c.layers, &dir.join("upper"), &dir.join("work"), &rootfs)
-        .map_err(io(format!("mount the overlay at {}", rootfs.display())))?;
+    sys::mount_overlay(
+        &c.layers,
+        &dir.join("upper"),
+        &dir.join("work"),
+        &rootfs,
+        c.security.privileged,
+    )
+    .map_err(io(format!("mount the overlay at {}", rootfs.display())))?;
     sys::set_hostname(&c.hostname).map_err(io("set the hostname"))?;
     let ids = resolve_user(&c.user, &rootfs)?;
-    let steps = sys::Rootfs::new(&rootfs, &c.workdir, ids.uid, ids.gid, &ids.groups)
-        .map_err(io("prepare the rootfs"))?;
+    let steps = sys::Rootfs::new(
+        &rootfs,
+        &c.workdir,
+        (ids.uid, ids.gid, &ids.groups),
+        confinement(&c.security)?,
+    )
+    .map_err(io("prepare the rootfs"))?;
     let mut cmd = Command::new(&c.command[0]);
     cmd.args(&c.command[1..]).env_clear();
     for e in process_env(c, &ids) {
@@ -192,39 +315,44 @@ fn supervise(c: &Container, dir: &Path) -> Result<i32, StartError> {
             cmd.env(k, v);
         }
     }
-    // Joined first, so that the container's process and all it starts are inside.
-    let cgroup = if c.limits.is_empty() {
-        None
-    } else {
-        Some(Cgroup::join(&c.id, &c.limits)?)
+    sys::block_signals().map_err(io("block signals"))?;
+    // Joined first, so that the container's process and all it starts are inside; left
+    // at once after, so that only the container is.
+    let cgroup = Cgroup::join(&c.id, &c.limits, c.security.privileged)?;
+    let spawned = sys::spawn_init(cmd, steps);
+    let released = cgroup.release_self();
+    let mut child = match (spawned, released) {
+        (Ok(child), Ok(())) => child,
+        (Err(e), _) => {
+            let _ = cgroup.remove();
+            return Err(io(format!("start {:?}", c.command[0]))(e));
+        }
+        (Ok(mut child), Err(e)) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = cgroup.remove();
+            return Err(e.into());
+        }
     };
-    let mut child = sys::spawn_init(cmd, steps).map_err(io(format!("start {:?}", c.command[0])))?;
     container::write_state(
         dir,
         &ContainerState {
             status: Status::Running,
             pid: Some(std::process::id()),
             init_pid: Some(child.id()),
+            init_start: sys::start_time(child.id()),
             exit_code: None,
         },
     )?;
-    let status = child.wait().map_err(io("wait for the container"))?;
-    if let Some(cg) = cgroup {
-        cg.leave()?;
-    }
-    let code = {
-        use std::os::unix::process::ExitStatusExt;
-        status
-            .code()
-            .or_else(|| status.signal().map(|s| 128 + s))
-            .unwrap_or(255)
-    };
+    let code = sys::forward_signals_until_exit(&mut child).map_err(io("wait for the container"))?;
+    cgroup.remove()?;
     container::write_state(
         dir,
         &ContainerState {
             status: Status::Exited,
             pid: None,
             init_pid: None,
+            init_start: None,
             exit_code: Some(code),
         },
     )?;
@@ -251,12 +379,30 @@ pub(crate) struct User {
     pub(crate) home: String,
 }
 
+/// Reads the image's `/etc/<file>` beneath the rootfs (its symlinks resolve inside the
+/// image, never to the host), at most [`MAX_ID_FILE`] bytes of a regular file; empty
+/// when there is none, as docker takes it.
+fn read_id_file(rootfs: &Path, file: &'static str) -> Result<String, StartError> {
+    use std::io::Read;
+    let bad = |message: String| StartError::IdFile { file, message };
+    let Some(f) = sys::open_in_root(rootfs, &format!("/etc/{file}")).map_err(|e| bad(e.to_string()))? else {
+        return Ok(String::new());
+    };
+    let mut bytes = Vec::new();
+    f.take(MAX_ID_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| bad(e.to_string()))?;
+    if bytes.len() as u64 > MAX_ID_FILE {
+        return Err(bad(format!("larger than {MAX_ID_FILE} bytes")));
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// Resolves `user[:group]` (names or numbers; empty for root) against the container's
 /// `/etc/passwd` and `/etc/group`, as docker does: a user without a group gets the
 /// primary group from `/etc/passwd`, or 0 when it has no entry there.
 pub(crate) fn resolve_user(spec: &str, rootfs: &Path) -> Result<User, StartError> {
-    let read = |f: &str| std::fs::read_to_string(rootfs.join("etc").join(f)).unwrap_or_default();
-    let (passwd, group) = (read("passwd"), read("group"));
+    let (passwd, group) = (read_id_file(rootfs, "passwd")?, read_id_file(rootfs, "group")?);
     // name:x:uid:gid:gecos:home:shell
     let users: Vec<Vec<&str>> = passwd
         .lines()

@@ -1,11 +1,14 @@
 //! Every syscall-level step of the container process model — namespaces, mounts,
-//! `pivot_root`, hostname, `no_new_privs` — and the only `unsafe` in the runner: the two
-//! closures that run in a forked child between `fork` and `exec`. Paths those closures
-//! use are turned into C strings before the fork, so that the child allocates nothing.
+//! `pivot_root`, masked and read-only paths, capabilities, rlimits, the session keyring,
+//! seccomp, signal forwarding — and the only `unsafe` in the runner: the closures that
+//! run in a forked child between `fork` and `exec`, and the few raw syscalls rustix does
+//! not wrap. Everything the child needs is prepared before the fork (C strings, the
+//! seccomp program), so that the child allocates nothing.
 #![allow(unsafe_code)]
 
-use std::ffi::{CString, OsStr};
+use std::ffi::{CStr, CString, OsStr};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -13,10 +16,12 @@ use std::process::{Child, Command};
 
 use rustix::fs::{Mode, OFlags};
 use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
-use rustix::thread::UnshareFlags;
+use rustix::process::{Pid, Resource, Rlimit, Signal};
+use rustix::thread::{CapabilitySet, UnshareFlags};
 
 /// The namespaces every container gets: mount, UTS, IPC and network for the supervisor
-/// and its child, PID for the child (the first process of a new PID namespace).
+/// and its child, PID for the child (the first process of a new PID namespace). The
+/// child also takes a cgroup namespace of its own once it is in its cgroup.
 fn namespaces() -> UnshareFlags {
     UnshareFlags::NEWNS
         | UnshareFlags::NEWUTS
@@ -25,16 +30,19 @@ fn namespaces() -> UnshareFlags {
         | UnshareFlags::NEWPID
 }
 
-/// Spawns the container's supervisor (`runner __init`) in new namespaces; `detach` also
-/// puts it in a session of its own, away from the terminal.
+/// Spawns the container's supervisor (`runner __init`) in new namespaces; `detach` puts
+/// it in a session of its own, away from the terminal, else in a process group of its
+/// own (the caller forwards the terminal's signals to it, once).
 pub fn spawn_supervisor(mut cmd: Command, detach: bool) -> io::Result<Child> {
-    // SAFETY: this runs in the forked child before exec. It only calls unshare(2) and
-    // setsid(2), which allocate nothing and take no lock; the child has a single thread,
-    // so what unshare detaches (no file table here) cannot be observed by another thread.
+    // SAFETY: this runs in the forked child before exec. It only calls setsid(2) or
+    // setpgid(2) and unshare(2), which allocate nothing and take no lock; the child has a
+    // single thread, so what unshare detaches cannot be observed by another thread.
     unsafe {
         cmd.pre_exec(move || {
             if detach {
                 rustix::process::setsid()?;
+            } else {
+                rustix::process::setpgid(None, None)?;
             }
             rustix::thread::unshare_unsafe(namespaces())?;
             Ok(())
@@ -43,16 +51,61 @@ pub fn spawn_supervisor(mut cmd: Command, detach: bool) -> io::Result<Child> {
     cmd.spawn()
 }
 
-/// Sends `signal` (`TERM` or `KILL`) to a container's first process, by its host PID.
-pub fn signal(pid: u32, kill: bool) -> io::Result<()> {
-    let pid = rustix::process::Pid::from_raw(pid as i32).ok_or_else(|| io::Error::other("bad pid"))?;
-    let sig = if kill {
-        rustix::process::Signal::KILL
-    } else {
-        rustix::process::Signal::TERM
-    };
-    rustix::process::kill_process(pid, sig)?;
+/// Whether the calling process has one thread (the condition for [`enter_namespaces`]).
+pub fn single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/stat").ok().and_then(|s| {
+        s.rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').nth(17)?.parse::<u32>().ok())
+    }) == Some(1)
+}
+
+/// Moves the calling process into the container's new mount, UTS, IPC and network
+/// namespaces (its next child starts a new PID namespace): the supervisor without a
+/// re-exec. The process must be single-threaded.
+pub fn enter_namespaces() -> io::Result<()> {
+    if !single_threaded() {
+        return Err(io::Error::other(
+            "enter namespaces: the process has several threads",
+        ));
+    }
+    // SAFETY: checked just above: the process has one thread, so the unshared file
+    // system attributes and namespaces cannot be observed half-changed by another.
+    unsafe { rustix::thread::unshare_unsafe(namespaces()) }?;
     Ok(())
+}
+
+/// A process's start time (clock ticks after boot, field 22 of `/proc/PID/stat`), which
+/// tells a PID's process from a later one that reuses the number.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// Sends `sig` to the process `pid` only if it is still the process that started at
+/// `started` (see [`start_time`]): through a pidfd, so the check and the signal name the
+/// same process even if the PID is reused in between. `Ok(false)` when it is gone.
+pub fn signal_checked(pid: u32, started: Option<u64>, sig: i32) -> io::Result<bool> {
+    let Some(p) = Pid::from_raw(pid as i32) else {
+        return Ok(false);
+    };
+    let fd = match rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::SRCH) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    // The pidfd pins the process: if the start time still matches now, the fd names it.
+    if let Some(started) = started
+        && start_time(pid) != Some(started)
+    {
+        return Ok(false);
+    }
+    let sig = Signal::from_named_raw(sig).ok_or_else(|| io::Error::other(format!("bad signal {sig}")))?;
+    match rustix::process::pidfd_send_signal(&fd, sig) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::SRCH) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Whether a process is still there (and not a zombie).
@@ -76,8 +129,14 @@ pub fn make_mounts_private() -> io::Result<()> {
 }
 
 /// In the supervisor: mounts the overlay of `lower` (bottom first) under `upper` at
-/// `target`.
-pub fn mount_overlay(lower: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> io::Result<()> {
+/// `target`, `nodev` unless `devices` (a layer's device node never opens).
+pub fn mount_overlay(
+    lower: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    devices: bool,
+) -> io::Result<()> {
     // overlayfs lists the top layer first.
     let lower: Vec<String> = lower.iter().rev().map(|p| escape(p)).collect();
     let data = format!(
@@ -94,13 +153,12 @@ pub fn mount_overlay(lower: &[PathBuf], upper: &Path, work: &Path, target: &Path
         )));
     }
     let data = CString::new(data).map_err(|_| io::Error::other("overlay options with a NUL byte"))?;
-    rustix::mount::mount(
-        "overlay",
-        target,
-        "overlay",
-        MountFlags::empty(),
-        Some(data.as_c_str()),
-    )?;
+    let flags = if devices {
+        MountFlags::empty()
+    } else {
+        MountFlags::NODEV
+    };
+    rustix::mount::mount("overlay", target, "overlay", flags, Some(data.as_c_str()))?;
     Ok(())
 }
 
@@ -119,9 +177,48 @@ pub fn set_hostname(name: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// The capabilities a container keeps, docker's default set, by name and number.
-/// Everything else leaves the bounding set before exec, so the command (root or not)
-/// can never hold it; `runner export` writes the same names into the bundle.
+/// Opens `path` (absolute, as seen inside the container) beneath `root` for reading:
+/// symlinks resolve as if `root` were `/` (never to the host), and only a regular file
+/// is accepted (a FIFO or device never blocks or has side effects: the open is
+/// `O_PATH`). `Ok(None)` when it does not exist.
+pub fn open_in_root(root: &Path, path: &str) -> io::Result<Option<std::fs::File>> {
+    use rustix::fs::ResolveFlags;
+    let dir = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let how = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV;
+    let fd = match rustix::fs::openat2(
+        &dir,
+        path.trim_start_matches('/'),
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        how,
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let st = rustix::fs::fstat(&fd)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(io::Error::other(format!(
+            "{path} in the image is not a regular file"
+        )));
+    }
+    // Reopen the pinned inode for reading through its descriptor.
+    let file = rustix::fs::openat(
+        &dir,
+        format!("/proc/self/fd/{}", fd.as_raw_fd()),
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )?;
+    Ok(Some(std::fs::File::from(file)))
+}
+
+/// The capabilities a container keeps by default, docker's default set, by name and
+/// number. Everything else leaves the bounding set before exec, so the command (root or
+/// not) can never hold it; `runner export` writes the same names into the bundle.
 pub const DEFAULT_CAPABILITIES: [(&str, u32); 14] = [
     ("CAP_CHOWN", 0),
     ("CAP_DAC_OVERRIDE", 1),
@@ -139,36 +236,139 @@ pub const DEFAULT_CAPABILITIES: [(&str, u32); 14] = [
     ("CAP_SETFCAP", 31),
 ];
 
-/// [`DEFAULT_CAPABILITIES`] as a bit mask (`0xa80425fb`, as `CapBnd` shows it).
-const DEFAULT_CAPABILITY_MASK: u64 = {
-    let mut mask = 0u64;
-    let mut i = 0;
-    while i < DEFAULT_CAPABILITIES.len() {
-        mask |= 1 << DEFAULT_CAPABILITIES[i].1;
-        i += 1;
-    }
-    mask
-};
+/// Every capability the kernel knows, by name and number.
+pub const ALL_CAPABILITIES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
 
-/// Device nodes bind-mounted from the host into the container's `/dev`.
+/// The number of a capability name (`CAP_` prefix optional, any case).
+pub fn capability_number(name: &str) -> Option<u32> {
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("CAP_") {
+        upper
+    } else {
+        format!("CAP_{upper}")
+    };
+    ALL_CAPABILITIES.iter().position(|c| *c == full).map(|i| i as u32)
+}
+
+/// Device nodes bind-mounted from the host into the container's `/dev` (the devices
+/// cgroup allows these and denies the rest).
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// `/proc` and `/sys` paths hidden from the container, as docker hides them.
+pub const MASKED_PATHS: [&CStr; 12] = [
+    c"/proc/acpi",
+    c"/proc/asound",
+    c"/proc/interrupts",
+    c"/proc/kcore",
+    c"/proc/keys",
+    c"/proc/latency_stats",
+    c"/proc/sched_debug",
+    c"/proc/scsi",
+    c"/proc/timer_list",
+    c"/proc/timer_stats",
+    c"/sys/devices/virtual/powercap",
+    c"/sys/firmware",
+];
+
+/// `/proc` paths the container may read but not write, as docker mounts them.
+pub const READONLY_PATHS: [&CStr; 5] = [
+    c"/proc/bus",
+    c"/proc/fs",
+    c"/proc/irq",
+    c"/proc/sys",
+    c"/proc/sysrq-trigger",
+];
+
+/// The resource limits a container starts with, whatever its caller had: docker's
+/// open-file limit, no core dumps by default, the kernel's defaults elsewhere (each
+/// capped by the runner's own hard limit). `(resource, soft, hard)`, `None` for
+/// unlimited.
+const RLIMITS: [(Resource, Option<u64>, Option<u64>); 6] = [
+    (Resource::Nofile, Some(1_048_576), Some(1_048_576)),
+    (Resource::Core, Some(0), None),
+    (Resource::Stack, Some(8 << 20), None),
+    (Resource::Memlock, Some(8 << 20), Some(8 << 20)),
+    (Resource::Cpu, None, None),
+    (Resource::Fsize, None, None),
+];
+
+/// How much a container is confined (docker's defaults unless the user asked for less).
+#[derive(Debug, Clone)]
+pub struct Confinement {
+    /// Capability numbers kept in the bounding set (and effective for root).
+    pub capabilities: Vec<u32>,
+    /// The compiled seccomp program and its `seccomp(2)` flags, installed last before
+    /// exec; `None` for unconfined.
+    pub seccomp: Option<(Vec<libc::sock_filter>, u32)>,
+    /// `--privileged`: no masked or read-only paths, `/sys` writable, the host's devices.
+    pub privileged: bool,
+}
 
 /// What the container's first process does before exec, with every path ready.
 pub struct Rootfs {
     rootfs: CString,
     proc_dir: CString,
     dev_dir: CString,
+    pts_dir: CString,
     shm_dir: CString,
+    mqueue_dir: CString,
     sys_dir: CString,
     /// Host device, and the file to bind it on.
     devices: Vec<(CString, CString)>,
-    /// `/dev/fd`, `/dev/stdin`… symlinks: (target, link).
+    /// `/dev/fd`, `/dev/stdin`, `/dev/ptmx`… symlinks: (target, link).
     links: Vec<(CString, CString)>,
     put_old: CString,
     put_old_inside: CString,
     workdir: CString,
+    masked: Vec<&'static CStr>,
+    readonly: Vec<&'static CStr>,
     /// The kernel's highest capability number.
     last_cap: u32,
+    keep: CapabilitySet,
+    seccomp: Option<(Vec<libc::sock_filter>, u32)>,
+    privileged: bool,
     uid: rustix::process::Uid,
     gid: rustix::process::Gid,
     /// Supplementary groups, ready for setgroups(2).
@@ -181,20 +381,39 @@ fn c(p: impl AsRef<OsStr>) -> io::Result<CString> {
 
 impl Rootfs {
     /// Prepares the steps for a container whose root is the mounted `rootfs`, to start
-    /// in `workdir` (a path inside it) as `uid`, `gid` and supplementary `groups`.
-    /// Creates the mount points it needs.
-    pub fn new(rootfs: &Path, workdir: &str, uid: u32, gid: u32, groups: &[u32]) -> io::Result<Rootfs> {
+    /// in `workdir` (a path inside it) as `uid`, `gid` and supplementary `groups`, confined
+    /// as `confinement` says. Creates the mount points it needs.
+    pub fn new(
+        rootfs: &Path,
+        workdir: &str,
+        ids: (u32, u32, &[u32]),
+        confinement: Confinement,
+    ) -> io::Result<Rootfs> {
+        let (uid, gid, groups) = ids;
         for d in ["proc", "dev", "sys", ".strata-old-root"] {
             std::fs::create_dir_all(rootfs.join(d))?;
         }
         let dev = rootfs.join("dev");
+        let mut keep = CapabilitySet::empty();
+        for n in &confinement.capabilities {
+            if *n < 64 {
+                keep |= CapabilitySet::from_bits_retain(1 << n);
+            }
+        }
+        let devices = if confinement.privileged {
+            Vec::new()
+        } else {
+            DEVICES.to_vec()
+        };
         Ok(Rootfs {
             rootfs: c(rootfs)?,
             proc_dir: c(rootfs.join("proc"))?,
             dev_dir: c(&dev)?,
+            pts_dir: c(dev.join("pts"))?,
             shm_dir: c(dev.join("shm"))?,
+            mqueue_dir: c(dev.join("mqueue"))?,
             sys_dir: c(rootfs.join("sys"))?,
-            devices: DEVICES
+            devices: devices
                 .iter()
                 .map(|d| Ok((c(format!("/dev/{d}"))?, c(dev.join(d))?)))
                 .collect::<io::Result<_>>()?,
@@ -203,17 +422,35 @@ impl Rootfs {
                 ("/proc/self/fd/0", "stdin"),
                 ("/proc/self/fd/1", "stdout"),
                 ("/proc/self/fd/2", "stderr"),
+                ("/proc/kcore", "core"),
+                ("pts/ptmx", "ptmx"),
             ]
             .iter()
+            .filter(|(_, l)| !confinement.privileged || !matches!(*l, "ptmx" | "core"))
+            // As runc: `/dev/core` only where the kernel has a `/proc/kcore`.
+            .filter(|(_, l)| *l != "core" || Path::new("/proc/kcore").exists())
             .map(|(t, l)| Ok((c(t)?, c(dev.join(l))?)))
             .collect::<io::Result<_>>()?,
             put_old: c(rootfs.join(".strata-old-root"))?,
             put_old_inside: c("/.strata-old-root")?,
             workdir: c(if workdir.is_empty() { "/" } else { workdir })?,
+            masked: if confinement.privileged {
+                Vec::new()
+            } else {
+                MASKED_PATHS.to_vec()
+            },
+            readonly: if confinement.privileged {
+                Vec::new()
+            } else {
+                READONLY_PATHS.to_vec()
+            },
             last_cap: std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
                 .unwrap_or(40),
+            keep,
+            seccomp: confinement.seccomp,
+            privileged: confinement.privileged,
             uid: rustix::process::Uid::from_raw(uid),
             gid: rustix::process::Gid::from_raw(gid),
             supplementary: groups
@@ -226,71 +463,201 @@ impl Rootfs {
     /// Runs in the container's first process before exec (see `spawn_init`).
     fn enter(&self) -> io::Result<()> {
         use rustix::mount::mount;
-        // Die with the supervisor.
-        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+        // Die with the supervisor; a session of its own, without the caller's terminal
+        // as controlling terminal (no TIOCSTI into the caller's shell).
+        rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+        rustix::process::setsid()?;
         // A mount namespace of its own: `pivot_root` moves the root of every process in
-        // the namespace, and the supervisor must keep the host's view.
+        // the namespace, and the supervisor must keep the host's view. A cgroup
+        // namespace rooted at the container's cgroup, which it is in by now.
         // SAFETY: a single-threaded child between fork and exec; no file table is
         // unshared, so no other thread can observe a changed descriptor table.
-        unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWNS) }?;
-        mount(
-            rustix::cstr!("proc"),
-            &*self.proc_dir,
-            rustix::cstr!("proc"),
-            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-            None,
-        )?;
-        mount(
-            rustix::cstr!("tmpfs"),
-            &*self.dev_dir,
-            rustix::cstr!("tmpfs"),
-            MountFlags::NOSUID | MountFlags::STRICTATIME,
-            Some(rustix::cstr!("mode=755,size=65536k")),
-        )?;
-        for (host, inside) in &self.devices {
-            drop(rustix::fs::open(
-                &**inside,
-                OFlags::CREATE | OFlags::WRONLY,
-                Mode::from(0o666),
-            )?);
-            rustix::mount::mount_bind(&**host, &**inside)?;
+        unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWNS | UnshareFlags::NEWCGROUP) }?;
+        let hardened = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+        mount(c"proc", &*self.proc_dir, c"proc", hardened, None)?;
+        if self.privileged {
+            rustix::mount::mount_bind_recursive(c"/dev", &*self.dev_dir)?;
+        } else {
+            mount(
+                c"tmpfs",
+                &*self.dev_dir,
+                c"tmpfs",
+                MountFlags::NOSUID | MountFlags::NODEV | MountFlags::STRICTATIME,
+                Some(c"mode=755,size=65536k"),
+            )?;
+            for (host, inside) in &self.devices {
+                drop(rustix::fs::open(
+                    &**inside,
+                    OFlags::CREATE | OFlags::WRONLY,
+                    Mode::from(0o666),
+                )?);
+                rustix::mount::mount_bind(&**host, &**inside)?;
+            }
+            rustix::fs::mkdir(&*self.pts_dir, Mode::from(0o755))?;
+            mount(
+                c"devpts",
+                &*self.pts_dir,
+                c"devpts",
+                MountFlags::NOSUID | MountFlags::NOEXEC,
+                Some(c"newinstance,ptmxmode=0666,mode=0620,gid=5"),
+            )?;
+            for (target, link) in &self.links {
+                rustix::fs::symlink(&**target, &**link)?;
+            }
+            rustix::fs::mkdir(&*self.shm_dir, Mode::from(0o1777))?;
+            mount(
+                c"shm",
+                &*self.shm_dir,
+                c"tmpfs",
+                hardened,
+                Some(c"mode=1777,size=65536k"),
+            )?;
+            rustix::fs::mkdir(&*self.mqueue_dir, Mode::from(0o755))?;
+            mount(c"mqueue", &*self.mqueue_dir, c"mqueue", hardened, None)?;
         }
-        for (target, link) in &self.links {
-            rustix::fs::symlink(&**target, &**link)?;
-        }
-        rustix::fs::mkdir(&*self.shm_dir, Mode::from(0o1777))?;
-        mount(
-            rustix::cstr!("shm"),
-            &*self.shm_dir,
-            rustix::cstr!("tmpfs"),
-            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-            Some(rustix::cstr!("mode=1777,size=65536k")),
-        )?;
-        mount(
-            rustix::cstr!("sysfs"),
-            &*self.sys_dir,
-            rustix::cstr!("sysfs"),
-            MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-            None,
-        )?;
+        let sys_flags = if self.privileged {
+            hardened
+        } else {
+            hardened | MountFlags::RDONLY
+        };
+        mount(c"sysfs", &*self.sys_dir, c"sysfs", sys_flags, None)?;
         rustix::process::pivot_root(&*self.rootfs, &*self.put_old)?;
-        rustix::process::chdir(rustix::cstr!("/"))?;
+        rustix::process::chdir(c"/")?;
         rustix::mount::unmount(&*self.put_old_inside, UnmountFlags::DETACH)?;
         rustix::fs::rmdir(&*self.put_old_inside)?;
+        for p in &self.masked {
+            mask(p)?;
+        }
+        for p in &self.readonly {
+            read_only(p)?;
+        }
         rustix::process::chdir(&*self.workdir)?;
-        for cap in 0..=self.last_cap.min(63) {
-            if DEFAULT_CAPABILITY_MASK & (1 << cap) == 0 {
-                let set = rustix::thread::CapabilitySet::from_bits_retain(1 << cap);
-                rustix::thread::remove_capability_from_bounding_set(set)?;
-            }
+        // Before the capabilities go: raising a hard limit takes CAP_SYS_RESOURCE.
+        for (resource, soft, hard) in RLIMITS {
+            // Never above the hard limit the runner itself has (raising it takes
+            // CAP_SYS_RESOURCE, which not every host gives root).
+            let cap = rustix::process::getrlimit(resource).maximum;
+            let min = |a: Option<u64>, b: Option<u64>| match (a, b) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, None) | (None, a) => a,
+            };
+            let maximum = min(hard, cap);
+            rustix::process::setrlimit(
+                resource,
+                Rlimit {
+                    current: min(soft, maximum),
+                    maximum,
+                },
+            )?;
+        }
+        self.drop_privileges()?;
+        // A session keyring of its own: the host's keys are not the container's.
+        // SAFETY: keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL) reads no memory of ours.
+        let r = unsafe { libc::syscall(libc::SYS_keyctl, libc::KEYCTL_JOIN_SESSION_KEYRING, 0usize) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // No descriptor of the caller's reaches the command (CVE-2024-21626's class);
+        // close-on-exec rather than closed, so std's exec-error pipe keeps working.
+        // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on descriptors.
+        let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
         }
         rustix::thread::set_no_new_privs(true)?;
-        // Last: a user other than root loses the capabilities it had.
-        rustix::thread::set_thread_groups(&self.supplementary)?;
-        rustix::thread::set_thread_res_gid(self.gid, self.gid, self.gid)?;
-        rustix::thread::set_thread_res_uid(self.uid, self.uid, self.uid)?;
+        if let Some((program, flags)) = &self.seccomp {
+            install_seccomp(program, *flags)?;
+        }
         Ok(())
     }
+
+    /// Capabilities and identity: docker's bounding set, no inheritable or ambient
+    /// capabilities, securebits reset, then the user; root keeps the bounding set as its
+    /// effective set, any other user none.
+    fn drop_privileges(&self) -> io::Result<()> {
+        use rustix::thread::{self as t, CapabilitiesSecureBits};
+        t::set_capabilities_secure_bits(CapabilitiesSecureBits::empty())?;
+        for cap in 0..=self.last_cap.min(63) {
+            let set = CapabilitySet::from_bits_retain(1 << cap);
+            if !self.keep.contains(set) {
+                t::remove_capability_from_bounding_set(set)?;
+            }
+        }
+        // Keep the permitted set across the change of user, so that setuid works even
+        // when CAP_SETUID is not one the container keeps; the sets are cut right after.
+        t::set_keep_capabilities(true)?;
+        t::set_thread_groups(&self.supplementary)?;
+        t::set_thread_res_gid(self.gid, self.gid, self.gid)?;
+        t::set_thread_res_uid(self.uid, self.uid, self.uid)?;
+        t::set_keep_capabilities(false)?;
+        // What the runner itself holds bounds what it can grant (a host may withhold some
+        // capabilities from root).
+        let held = t::capabilities(None)?.permitted;
+        let granted = if self.uid.is_root() {
+            self.keep & held
+        } else {
+            CapabilitySet::empty()
+        };
+        t::set_capabilities(
+            None,
+            t::CapabilitySets {
+                effective: granted,
+                permitted: granted,
+                inheritable: CapabilitySet::empty(),
+            },
+        )?;
+        t::clear_ambient_capability_set()?;
+        Ok(())
+    }
+}
+
+/// Hides a path: an empty read-only tmpfs over a directory, `/dev/null` over a file.
+fn mask(path: &CStr) -> io::Result<()> {
+    match rustix::fs::stat(path) {
+        Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory => {
+            rustix::mount::mount(c"tmpfs", path, c"tmpfs", MountFlags::RDONLY, None)?;
+        }
+        Ok(_) => rustix::mount::mount_bind(c"/dev/null", path)?,
+        Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+/// Makes a path read-only: a bind mount of itself, remounted read-only.
+fn read_only(path: &CStr) -> io::Result<()> {
+    match rustix::mount::mount_bind_recursive(path, path) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    rustix::mount::mount_remount(
+        path,
+        MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        c"",
+    )?;
+    Ok(())
+}
+
+/// Installs a classic-BPF seccomp program for this thread (after `no_new_privs`).
+fn install_seccomp(program: &[libc::sock_filter], flags: u32) -> io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: u16::try_from(program.len()).map_err(|_| io::Error::other("seccomp program too long"))?,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: `prog` points at `program`, which outlives the call; the kernel copies it.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            flags as usize,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Spawns the container's first process: `cmd` (already given its environment and
@@ -298,10 +665,90 @@ impl Rootfs {
 /// the container's new PID namespace.
 pub fn spawn_init(mut cmd: Command, rootfs: Rootfs) -> io::Result<Child> {
     // SAFETY: this runs in the forked child before exec. The supervisor that forks is
-    // single-threaded, and the closure only makes syscalls through rustix on C strings
-    // prepared before the fork: it allocates nothing and takes no lock.
+    // single-threaded, and the closure only makes syscalls through rustix and libc on C
+    // strings and a seccomp program prepared before the fork: it allocates nothing and
+    // takes no lock.
     unsafe {
         cmd.pre_exec(move || rootfs.enter());
     }
     cmd.spawn()
+}
+
+/// The signals a supervisor passes on to its container (as `docker run`'s proxy does).
+const FORWARDED: [i32; 8] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+    libc::SIGCONT,
+];
+
+fn signal_set(with_child: bool) -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset write only the local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in FORWARDED {
+            libc::sigaddset(&mut set, s);
+        }
+        if with_child {
+            libc::sigaddset(&mut set, libc::SIGCHLD);
+        }
+        set
+    }
+}
+
+/// Blocks the forwarded signals (and SIGCHLD) in the calling process, so that
+/// [`forward_signals_until_exit`] receives them synchronously. Children reset their
+/// mask before exec (std does).
+pub fn block_signals() -> io::Result<()> {
+    let set = signal_set(true);
+    // SAFETY: sets the calling thread's mask from a valid local set.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(())
+}
+
+/// Waits for `child` to exit, passing every forwarded signal the caller receives on to
+/// it; returns its wait status as `(exit code, or 128 + signal)`. The signals must be
+/// blocked ([`block_signals`]) before `child` was spawned.
+pub fn forward_signals_until_exit(child: &mut Child) -> io::Result<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    let set = signal_set(true);
+    let pid = child.id();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status
+                .code()
+                .or_else(|| status.signal().map(|s| 128 + s))
+                .unwrap_or(255));
+        }
+        // SAFETY: `info` is a valid out-parameter; `set` a valid signal set.
+        let sig = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let timeout = libc::timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            };
+            libc::sigtimedwait(&set, &mut info, &timeout)
+        };
+        if sig < 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::EINTR) => continue,
+                _ => return Err(e),
+            }
+        }
+        if sig != libc::SIGCHLD
+            && let Some(p) = Pid::from_raw(pid as i32)
+            && let Some(s) = Signal::from_named_raw(sig)
+        {
+            let _ = rustix::process::kill_process(p, s);
+        }
+    }
 }

@@ -2,34 +2,11 @@
 //! namespace in an overlay of the store's unpacked layers, with its own hostname,
 //! network and mounts, `no_new_privs`, and its exit code passed through.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use strata_fixtures::peers;
-use strata_fixtures::{Flavor, LayerCompression, busybox};
 
-/// A store holding the busybox fixture as `bb:1`; `None` (a SKIP line) when not root
-/// outside CI.
-fn store_with_busybox(dir: &Path) -> Option<PathBuf> {
-    if !rustix::process::geteuid().is_root() {
-        assert!(!peers::ci(), "runner tests need root in CI");
-        eprintln!("SKIP: runner tests need root");
-        return None;
-    }
-    let img = busybox(Flavor::Docker, LayerCompression::Gzip);
-    let archive = dir.join("bb.tar");
-    strata_fixtures::write_docker_save(&archive, &[(&img, &["bb:1"])]);
-    let root = dir.join("store");
-    let store = strata_store::Store::open(&root).unwrap();
-    strata_store::load(&store, &archive, &strata_store::LoadOptions::default()).unwrap();
-    Some(root)
-}
-
-fn runner(root: &Path) -> Command {
-    let mut c = Command::new(peers::bin("runner"));
-    c.arg("--root").arg(root);
-    c
-}
+use crate::common::{runner, store_with_busybox};
 
 #[test]
 fn a_container_runs_as_pid_1_in_its_own_namespaces_and_passes_its_exit_code() {

@@ -189,6 +189,16 @@ impl LayerStore {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
         }
+        // Unpacked layers hold what images ship (setuid files, device nodes): only the
+        // store's owner may reach them, as docker keeps its overlay2 directory.
+        let mode = fs::metadata(&dir)
+            .map_err(io_err("reading", &dir))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                .map_err(io_err("setting mode of", &dir))?;
+        }
         let pool = dir.join(POOL);
         if let Err(e) = fs::create_dir(&pool) {
             if e.kind() != io::ErrorKind::AlreadyExists {

@@ -18,6 +18,7 @@ mod pool;
 mod reference;
 #[cfg(feature = "meta")]
 mod registry;
+mod runnable;
 #[cfg(feature = "meta")]
 mod store;
 mod unpack;
@@ -48,6 +49,7 @@ pub use reference::{
 };
 #[cfg(feature = "meta")]
 pub use registry::{Referrer, UploadRecord, repo_tag_key};
+pub use runnable::{RunnableImage, cached_runnable};
 #[cfg(feature = "meta")]
 pub use store::{ImageSummary, Resolved, Store, StoreError, default_root};
 pub use unpack::{

@@ -15,6 +15,7 @@ use crate::meta::{
     BlobRecord, Cf, ImageRecord, LayerRecord, ManifestRecord, Meta, MetaError, TagRecord, repo_link_key,
 };
 use crate::reference::{ImageRef, ReferenceError, familiar_name, split_tag_key};
+use crate::runnable::RunnableImage;
 
 /// Errors from store operations.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,8 @@ pub enum StoreError {
     Index(#[from] IndexError),
     #[error(transparent)]
     Reference(#[from] ReferenceError),
+    #[error("image config of {image}: {message}")]
+    BadConfig { image: Digest, message: String },
     #[error("no such image: {0}")]
     NoSuchImage(String),
     #[error("manifest {manifest} references {digest}, which is not in the store")]
@@ -777,6 +780,32 @@ impl Store {
         Ok(report)
     }
 
+    /// What a container runtime needs to run the image `s` (a reference, digest or ID
+    /// prefix): its ID, its layers unpacked (done now when they are not) and its config.
+    /// The answer is remembered for [`crate::cached_runnable`], which gives it without
+    /// opening the database while the metadata stays unchanged.
+    pub fn runnable_image(&self, s: &str) -> Result<RunnableImage> {
+        let image_id = self
+            .resolve(s)?
+            .image
+            .ok_or_else(|| StoreError::NoSuchImage(s.to_string()))?;
+        let chains = self.ensure_unpacked(&image_id)?;
+        let config = self.blobs.read_small(&image_id, MAX_RUNNABLE_CONFIG)?;
+        let config = serde_json::from_slice(&config).map_err(|e| StoreError::BadConfig {
+            image: image_id,
+            message: e.to_string(),
+        })?;
+        let image = RunnableImage {
+            image_id,
+            layers: chains.iter().map(|c| self.layers.diff_path(c)).collect(),
+            config,
+        };
+        if self._write_lock.is_some() {
+            crate::runnable::remember(&self.root, s, &image);
+        }
+        Ok(image)
+    }
+
     /// Makes sure every layer of an image is unpacked in the layer store (verifying each
     /// diff ID), and returns the chain IDs, bottom first.
     pub fn ensure_unpacked(&self, image_id: &Digest) -> Result<Vec<Digest>> {
@@ -811,6 +840,9 @@ impl Store {
         Ok(chains)
     }
 }
+
+/// Largest image config [`Store::runnable_image`] reads.
+const MAX_RUNNABLE_CONFIG: u64 = 4 << 20;
 
 fn is_image_config(media_type: &str) -> bool {
     matches!(

@@ -2,8 +2,31 @@
 
 use std::path::PathBuf;
 
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use strata_runner::{Limits, StartOptions};
+use strata_runner::{CommitOptions, Limits, SecurityOptions, StartOptions};
+
+/// `--security-opt` values: the seccomp choice (`None`: docker's default profile;
+/// `Some(None)`: unconfined; `Some(Some(json))`: a profile file's contents).
+fn security_options(opts: &[String]) -> anyhow::Result<Option<Option<String>>> {
+    let mut seccomp = None;
+    for o in opts {
+        let (key, value) = o.split_once(['=', ':']).unwrap_or((o.as_str(), ""));
+        match key {
+            "seccomp" if value == "unconfined" => seccomp = Some(None),
+            "seccomp" if !value.is_empty() => {
+                let json = std::fs::read_to_string(value)
+                    .with_context(|| format!("read the seccomp profile {value}"))?;
+                seccomp = Some(Some(json));
+            }
+            "no-new-privileges" if matches!(value, "" | "true") => {}
+            _ => bail!(
+                "unsupported --security-opt {o:?} (seccomp=unconfined, seccomp=FILE, no-new-privileges)"
+            ),
+        }
+    }
+    Ok(seccomp)
+}
 
 fn parse_memory(s: &str) -> Result<u64, String> {
     strata_runner::parse_bytes(s).ok_or_else(|| format!("invalid byte count {s:?} (e.g. 64m, 1g)"))
@@ -52,6 +75,20 @@ pub enum CliCommand {
         /// Most processes and threads, through the pids cgroup
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         pids: Option<u64>,
+        /// Give the container every capability, every device, no seccomp filter and no
+        /// masked or read-only paths (less confinement, as docker's --privileged)
+        #[arg(long)]
+        privileged: bool,
+        /// Add a capability to docker's default set (CAP_NET_ADMIN or NET_ADMIN; ALL)
+        #[arg(long = "cap-add", value_name = "CAP")]
+        cap_add: Vec<String>,
+        /// Drop a capability from docker's default set (ALL drops every one)
+        #[arg(long = "cap-drop", value_name = "CAP")]
+        cap_drop: Vec<String>,
+        /// seccomp=unconfined (no filter), seccomp=FILE (a profile in docker's JSON
+        /// format), or no-new-privileges (always on)
+        #[arg(long = "security-opt", value_name = "OPT")]
+        security_opt: Vec<String>,
         /// Image reference, digest or ID prefix
         image: String,
         /// Command and arguments, replacing the image's Cmd
@@ -74,6 +111,20 @@ pub enum CliCommand {
     },
     /// Make a new image of a container's changes, tagged REF
     Commit {
+        /// The image's author (e.g. "Jane Doe <jane@example.com>")
+        #[arg(long, short = 'a')]
+        author: Option<String>,
+        /// A commit message (the new history entry's comment)
+        #[arg(long, short = 'm')]
+        message: Option<String>,
+        /// Apply a Dockerfile instruction to the image's config (CMD, ENTRYPOINT, ENV,
+        /// EXPOSE, LABEL, ONBUILD, STOPSIGNAL, USER, VOLUME, WORKDIR), repeatable
+        #[arg(long = "change", short = 'c', value_name = "INSTRUCTION")]
+        changes: Vec<String>,
+        /// Freeze a running container while its changes are read (a running container
+        /// is refused without it)
+        #[arg(long, short = 'p')]
+        pause: bool,
         #[arg(value_name = "ID-OR-PREFIX-OR-NAME")]
         container: String,
         #[arg(value_name = "REF")]
@@ -114,6 +165,7 @@ pub enum Command {
     Commit {
         container: String,
         reference: String,
+        opts: CommitOptions,
     },
     Export {
         container: String,
@@ -124,7 +176,7 @@ pub enum Command {
 
 impl Cli {
     /// The store root and the command.
-    pub fn into_parts(self) -> (PathBuf, Command) {
+    pub fn into_parts(self) -> anyhow::Result<(PathBuf, Command)> {
         let root = self.root.unwrap_or_else(strata_store::default_root);
         let command = match self.command {
             CliCommand::Start {
@@ -136,6 +188,10 @@ impl Cli {
                 user,
                 memory,
                 pids,
+                privileged,
+                cap_add,
+                cap_drop,
+                security_opt,
                 image,
                 command,
             } => Command::Start {
@@ -148,6 +204,12 @@ impl Cli {
                     user,
                     remove: rm,
                     limits: Limits { memory, pids },
+                    security: SecurityOptions {
+                        privileged,
+                        cap_add,
+                        cap_drop,
+                        seccomp: security_options(&security_opt)?,
+                    },
                 },
                 detach,
             },
@@ -157,10 +219,26 @@ impl Cli {
             },
             CliCommand::Ps { json } => Command::Ps { json },
             CliCommand::Rm { containers } => Command::Rm(containers),
-            CliCommand::Commit { container, reference } => Command::Commit { container, reference },
+            CliCommand::Commit {
+                author,
+                message,
+                changes,
+                pause,
+                container,
+                reference,
+            } => Command::Commit {
+                container,
+                reference,
+                opts: CommitOptions {
+                    author,
+                    message,
+                    changes,
+                    pause,
+                },
+            },
             CliCommand::Export { container, dir } => Command::Export { container, dir },
             CliCommand::Init { dir } => Command::Init(dir),
         };
-        (root, command)
+        Ok((root, command))
     }
 }

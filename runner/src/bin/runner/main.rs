@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use strata_runner::{
-    Status, alive, containers_dir, find, list, prepare, read_state, run_supervisor, signal, spawn_supervisor,
+    Status, alive, block_signals, containers_dir, find, forward_signals_until_exit, list, prepare,
+    read_state, run_supervisor, signal_checked, single_threaded, spawn_supervisor,
 };
 
 fn main() -> ExitCode {
-    let (root, command) = cli::Cli::parse().into_parts();
-    match run(&root, command) {
+    let parsed = cli::Cli::parse().into_parts();
+    match parsed.and_then(|(root, command)| run(&root, command)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
@@ -44,14 +45,20 @@ fn run(root: &Path, command: cli::Command) -> anyhow::Result<u8> {
                 println!("{}", c.id);
                 return Ok(0);
             }
-            let status = spawn_supervisor(cmd, false)
-                .context("start the container supervisor")?
-                .wait()
-                .context("wait for the container")?;
+            let code = if single_threaded() {
+                // This process becomes the supervisor: no re-exec.
+                run_supervisor(&dir, true).with_context(|| format!("container {}", &c.id[..12]))?
+            } else {
+                // Opening the store left threads behind: a fresh process supervises, in a
+                // process group of its own; the terminal's signals reach it through here.
+                block_signals().context("block signals")?;
+                let mut child = spawn_supervisor(cmd, false).context("start the container supervisor")?;
+                forward_signals_until_exit(&mut child).context("wait for the container")?
+            };
             if c.remove && dir.exists() {
                 std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
             }
-            Ok(status.code().unwrap_or(255).clamp(0, 255) as u8)
+            Ok(code.clamp(0, 255) as u8)
         }
         cli::Command::Stop { containers, grace } => {
             for t in containers {
@@ -70,7 +77,7 @@ fn run(root: &Path, command: cli::Command) -> anyhow::Result<u8> {
                 .chars()
                 .take(12)
                 .collect();
-            let code = run_supervisor(&dir).with_context(|| format!("container {id}"))?;
+            let code = run_supervisor(&dir, false).with_context(|| format!("container {id}"))?;
             Ok(code.clamp(0, 255) as u8)
         }
         cli::Command::Ps { json } => {
@@ -111,11 +118,18 @@ fn run(root: &Path, command: cli::Command) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        cli::Command::Commit { container, reference } => {
+        cli::Command::Commit {
+            container,
+            reference,
+            opts,
+        } => {
             let (c, _) = find(root, &container)?;
             let store = strata_store::Store::open(root)?;
-            let r = strata_runner::commit(&store, &c, &c.dir(root), &reference)
+            let r = strata_runner::commit(&store, &c, &c.dir(root), &reference, &opts)
                 .with_context(|| format!("commit {} as {reference}", &c.id[..12]))?;
+            for path in &r.skipped {
+                eprintln!("warning: {path} is a socket: not committed");
+            }
             println!("{}", r.image_id);
             Ok(0)
         }
@@ -167,6 +181,9 @@ fn stop(dir: &Path, grace: Duration) -> anyhow::Result<()> {
     let (Status::Running, Some(init)) = (state.status, state.init_pid) else {
         return Ok(());
     };
+    // Only the container's own first process is signalled, never a process that reused
+    // its PID (checked through a pidfd).
+    let signal = |kill: bool| signal_checked(init, state.init_start, if kill { 9 } else { 15 });
     let exited = |until: Instant| -> anyhow::Result<bool> {
         while Instant::now() < until {
             let s = match read_state(dir) {
@@ -182,12 +199,11 @@ fn stop(dir: &Path, grace: Duration) -> anyhow::Result<()> {
         }
         Ok(false)
     };
-    if alive(init) {
-        let _ = signal(init, false);
+    if signal(false)? {
         if exited(Instant::now() + grace)? {
             return Ok(());
         }
-        let _ = signal(init, true);
+        signal(true)?;
     }
     if !exited(Instant::now() + Duration::from_secs(10))? {
         bail!("the container did not exit after SIGKILL");
