@@ -4,11 +4,22 @@
 //! and pids when limited); the supervisor joins it before it spawns the container's
 //! process, so everything the container starts is inside, leaves it at once, and removes
 //! it when the container has exited. The devices controller enforces docker's device
-//! allowlist; the freezer pauses a container for `runner commit -p`.
+//! allowlist; the freezer pauses a container for `runner commit -p`. Cgroup v2 has no
+//! devices controller: there the same allowlist is an eBPF program (`devices.rs`) attached
+//! to the container's group ([`confine_devices`]).
+//!
+//! `STRATA_CGROUP_V2_ROOT`, when set (to a cgroup2 mount such as `/sys/fs/cgroup/unified`
+//! on a hybrid host), makes containers use v2 at that root whatever `/sys/fs/cgroup` is:
+//! a test aid for v2 on a v1 host. Memory and pids limits then need their controllers
+//! enabled at that root; the device program works on any cgroup2 directory.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::devices::DevicePolicy;
+use crate::sys;
 
 /// Errors setting up or removing a container's cgroup.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +32,12 @@ pub enum CgroupError {
     },
     #[error("no cgroup hierarchy with the {0} controller at /sys/fs/cgroup")]
     NoController(&'static str),
+    #[error("cgroup {path}: device program: {source}")]
+    DeviceProgram {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 type Result<T> = std::result::Result<T, CgroupError>;
@@ -43,6 +60,16 @@ impl Limits {
 }
 
 const ROOT: &str = "/sys/fs/cgroup";
+
+/// The environment variable naming a cgroup2 mount to use instead of `/sys/fs/cgroup`.
+pub const V2_ROOT_ENV: &str = "STRATA_CGROUP_V2_ROOT";
+
+/// The cgroup2 root [`V2_ROOT_ENV`] names, if set.
+fn v2_root_override() -> Option<PathBuf> {
+    std::env::var_os(V2_ROOT_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
 
 fn write(path: &Path, value: &str) -> Result<()> {
     std::fs::write(path, value).map_err(|source| CgroupError::Io {
@@ -88,15 +115,18 @@ impl Cgroup {
     /// `all_devices`), and moves the calling process into it, so that the container's
     /// process it spawns next starts inside; then call [`Cgroup::release_self`].
     pub fn join(id: &str, limits: &Limits, all_devices: bool) -> Result<Cgroup> {
+        if let Some(root) = v2_root_override() {
+            return Self::join_v2(&root, id, limits, all_devices);
+        }
         let root = Path::new(ROOT);
         if root.join("cgroup.controllers").exists() {
-            Self::join_v2(root, id, limits)
+            Self::join_v2(root, id, limits, all_devices)
         } else {
             Self::join_v1(root, id, limits, all_devices)
         }
     }
 
-    fn join_v2(root: &Path, id: &str, limits: &Limits) -> Result<Cgroup> {
+    fn join_v2(root: &Path, id: &str, limits: &Limits, all_devices: bool) -> Result<Cgroup> {
         let parent = root.join("strata");
         create(&parent)?;
         let wanted: Vec<&str> = [limits.memory.map(|_| "memory"), limits.pids.map(|_| "pids")]
@@ -125,6 +155,10 @@ impl Cgroup {
         }
         if let Some(p) = limits.pids {
             write(&group.join("pids.max"), &p.to_string())?;
+        }
+        if !all_devices && let Err(e) = confine_devices(&group) {
+            let _ = std::fs::remove_dir(&group);
+            return Err(e);
         }
         write(&group.join("cgroup.procs"), &std::process::id().to_string())?;
         Ok(Cgroup {
@@ -198,6 +232,29 @@ impl Cgroup {
         }
         Ok(())
     }
+}
+
+/// Confines the processes of the cgroup2 group `group` (a directory of a cgroup2 mount) to
+/// docker's device allowlist, [`DEVICE_ALLOW`]: the policy's eBPF program, attached to
+/// the group (with the programs of its ancestors, if any, still in force). What
+/// [`Cgroup::join`] does on v2 for a container that is not privileged.
+pub fn confine_devices(group: &Path) -> Result<()> {
+    let program = DevicePolicy::docker().program();
+    let failed = |source| CgroupError::DeviceProgram {
+        path: group.to_path_buf(),
+        source,
+    };
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(group)
+        .map_err(|source| CgroupError::Io {
+            path: group.to_path_buf(),
+            source,
+        })?;
+    let prog = sys::load_device_program(&program).map_err(failed)?;
+    // The group holds the program from here on; it goes with the group.
+    sys::attach_device_program(&dir, &prog).map_err(failed)
 }
 
 /// A frozen container: its processes are thawed when this is dropped.

@@ -16,15 +16,22 @@ mod bundle;
 mod cgroup;
 mod commit;
 mod container;
+mod devices;
 mod seccomp;
 mod start;
 mod sys;
 
 pub use bundle::export;
-pub use cgroup::{CgroupError, DEVICE_ALLOW, Frozen, Limits, freeze, parse_bytes};
+pub use cgroup::{
+    CgroupError, DEVICE_ALLOW, Frozen, Limits, V2_ROOT_ENV, confine_devices, freeze, parse_bytes,
+};
 pub use commit::{CommitError, CommitOptions, CommitReport, commit};
 pub use container::{
     Container, ContainerError, ContainerState, Status, containers_dir, find, list, read_state, write_state,
+};
+pub use devices::{
+    Access as DeviceAccess, BpfInsn, DevicePolicy, DeviceRule, DeviceRuleError, DeviceType,
+    Rule as DeviceRuleLine,
 };
 pub use seccomp::{Profile as SeccompProfile, SeccompError};
 pub use start::{SecurityOptions, StartError, StartOptions, prepare, run_supervisor};

@@ -752,3 +752,128 @@ pub fn forward_signals_until_exit(child: &mut Child) -> io::Result<i32> {
         }
     }
 }
+
+/// Loads `insns` as a cgroup device program (`BPF_PROG_TYPE_CGROUP_DEVICE`, see
+/// `devices.rs`). When the kernel refuses it (`EINVAL`, `EACCES`), the load is tried once
+/// more with a log buffer and the verifier's log goes into the error.
+pub fn load_device_program(insns: &[crate::devices::BpfInsn]) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    /// The `BPF_PROG_LOAD` member of `union bpf_attr`, up to the fields used, zero-padded
+    /// (the kernel wants whatever it knows beyond the fields used to be zero).
+    #[repr(C)]
+    struct ProgLoadAttr {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+        prog_name: [u8; 16],
+        zero: [u8; 64],
+    }
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+    const _: () = assert!(std::mem::size_of::<ProgLoadAttr>() == 128);
+    const _: () = assert!(std::mem::size_of::<crate::devices::BpfInsn>() == 8);
+    let license = c"Apache-2.0";
+    let mut name = [0u8; 16];
+    name[..10].copy_from_slice(b"strata_dev");
+    let load = |log: Option<&mut [u8]>| -> io::Result<OwnedFd> {
+        let (log_level, log_size, log_buf) = match log {
+            Some(buf) => (1, buf.len() as u32, buf.as_mut_ptr() as u64),
+            None => (0, 0, 0),
+        };
+        let attr = ProgLoadAttr {
+            prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+            insn_cnt: u32::try_from(insns.len()).map_err(|_| io::Error::other("device program too long"))?,
+            insns: insns.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            log_level,
+            log_size,
+            log_buf,
+            kern_version: 0,
+            prog_flags: 0,
+            prog_name: name,
+            zero: [0; 64],
+        };
+        // SAFETY: `attr` is a valid BPF_PROG_LOAD attribute of the size passed; the
+        // instructions, the license and the log buffer it points at outlive the call (the
+        // kernel copies the first two and writes at most `log_size` bytes into the last).
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_LOAD,
+                &attr as *const ProgLoadAttr,
+                std::mem::size_of::<ProgLoadAttr>(),
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this new descriptor (close-on-exec), ours alone.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    };
+    match load(None) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EACCES)) => {
+            let mut log = vec![0u8; 256 << 10];
+            let again = load(Some(&mut log));
+            let len = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+            let log = String::from_utf8_lossy(&log[..len]);
+            match again {
+                Ok(fd) => Ok(fd),
+                Err(e) => Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "load the device program: {e}; the verifier says:\n{}",
+                        log.trim_end()
+                    ),
+                )),
+            }
+        }
+        other => other,
+    }
+}
+
+/// Attaches a device program (from [`load_device_program`]) to the cgroup whose directory
+/// `cgroup_dir` is open (`BPF_CGROUP_DEVICE`, with `BPF_F_ALLOW_MULTI`: the programs of
+/// its ancestors still run, and every one of them must allow a device).
+pub fn attach_device_program(cgroup_dir: &std::fs::File, prog: &std::os::fd::OwnedFd) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    /// The `BPF_PROG_ATTACH` member of `union bpf_attr`, up to the fields used, zero-padded.
+    #[repr(C)]
+    struct ProgAttachAttr {
+        target_fd: u32,
+        attach_bpf_fd: u32,
+        attach_type: u32,
+        attach_flags: u32,
+        zero: [u8; 112],
+    }
+    const BPF_PROG_ATTACH: libc::c_long = 8;
+    const BPF_CGROUP_DEVICE: u32 = 6;
+    const BPF_F_ALLOW_MULTI: u32 = 2;
+    const _: () = assert!(std::mem::size_of::<ProgAttachAttr>() == 128);
+    let attr = ProgAttachAttr {
+        target_fd: cgroup_dir.as_raw_fd() as u32,
+        attach_bpf_fd: prog.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        attach_flags: BPF_F_ALLOW_MULTI,
+        zero: [0; 112],
+    };
+    // SAFETY: `attr` is a valid BPF_PROG_ATTACH attribute of the size passed, naming two
+    // descriptors that are open for the duration of the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_ATTACH,
+            &attr as *const ProgAttachAttr,
+            std::mem::size_of::<ProgAttachAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

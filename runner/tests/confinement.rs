@@ -466,3 +466,114 @@ fn stop_never_signals_a_reused_pid() {
     std::fs::write(dir.join("state.json"), serde_json::to_vec(&state).unwrap()).unwrap();
     peers::run_ok(runner(&root).args(["stop", "-t", "1", "s"]));
 }
+
+/// On cgroup v2 the device allowlist is an eBPF program attached to the container's group
+/// (`STRATA_CGROUP_V2_ROOT` puts containers on the unified hierarchy of a hybrid host). A
+/// process in a group with the program cannot read a host block device (a loop device,
+/// through the host's `/dev`, which is not `nodev`: the refusal is the program's) but
+/// reads `/dev/zero`; a container started on v2 runs with a usable `/dev`, may mknod, and
+/// its group refuses the loop device to a process that joins it.
+#[test]
+fn cgroup_v2_devices_follow_dockers_allowlist() {
+    let tmp = tempfile::tempdir().unwrap();
+    if !can_run() {
+        return;
+    }
+    let v2 = [Path::new("/sys/fs/cgroup/unified"), Path::new("/sys/fs/cgroup")]
+        .into_iter()
+        .find(|p| p.join("cgroup.controllers").exists());
+    let Some(v2) = v2 else {
+        eprintln!("SKIP: no cgroup2 hierarchy mounted");
+        return;
+    };
+    let lo = Loop::new(tmp.path());
+    // `sh` joins `group` (its cwd), then execs `head` on the device.
+    let read_in = |group: &Path, dev: &str| {
+        peers::output(
+            Command::new("sh")
+                .args(["-c", "echo $$ > cgroup.procs && exec head -c 16 \"$0\"", dev])
+                .current_dir(group),
+        )
+    };
+
+    /// A cgroup of the test's own, removed (once its processes are gone) on drop.
+    struct Group(PathBuf);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            for _ in 0..200 {
+                if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+    let group = Group(v2.join(format!("strata-test-{}", std::process::id())));
+    std::fs::create_dir(&group.0).unwrap();
+    strata_runner::confine_devices(&group.0).unwrap();
+    let out = read_in(&group.0, &lo.dev);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
+        "{}",
+        peers::format_output(&out)
+    );
+    let out = read_in(&group.0, "/dev/zero");
+    assert_eq!(out.stdout, [0u8; 16], "{}", peers::format_output(&out));
+    drop(group);
+
+    // Containers on v2: docker's devices work, and mknod is allowed (the open of the node
+    // is refused, by the mount's nodev first).
+    let root = store_with_probe(tmp.path(), None).unwrap();
+    let on_v2 = |args: &[&str]| {
+        let mut c = runner(&root);
+        c.env(strata_runner::V2_ROOT_ENV, v2).args(args);
+        peers::run_ok(&mut c)
+    };
+    on_v2(&["start", "--rm", "probe:1", "--", "/bin/true"]);
+    let out = on_v2(&[
+        "start",
+        "--rm",
+        "probe:1",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo x > /dev/null && head -c 5 /dev/zero | wc -c && head -c 6 /dev/urandom | wc -c \
+         && head -c 7 /dev/full | wc -c",
+    ]);
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["5", "6", "7"],
+        "{out}"
+    );
+    let (maj, min) = (lo.major.to_string(), lo.minor.to_string());
+    let out = on_v2(&["start", "--rm", "probe:1", "--", PROBE, "disk", &maj, &min]);
+    assert!(out.contains("mknod: ok") && out.contains("open: E"), "{out}");
+
+    // The container's own group carries the program.
+    let id = on_v2(&[
+        "start",
+        "-d",
+        "--name",
+        "v2",
+        "probe:1",
+        "--",
+        "/bin/sleep",
+        "300",
+    ]);
+    let group = v2.join("strata").join(id.trim());
+    assert!(group.join("cgroup.procs").exists(), "{}", group.display());
+    let out = read_in(&group, &lo.dev);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
+        "{}",
+        peers::format_output(&out)
+    );
+    on_v2(&["stop", "-t", "1", "v2"]);
+    for _ in 0..500 {
+        if !group.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!group.exists(), "{} left behind", group.display());
+}
