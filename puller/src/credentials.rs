@@ -6,8 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-
-use crate::client::Credentials;
+use strata_client::Credentials;
 
 /// Credentials for `registry` (as written in an image reference, e.g. `127.0.0.1:5000`
 /// or `docker.io`), from the environment first, then docker's config file.

@@ -12,12 +12,11 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use futures::StreamExt;
+use strata_client::{BlobProgress, Client, ClientError, Credentials};
 use strata_store::{
     BlobStore, Config, Digest, ImageRef, LayerStore, MAX_MANIFEST_BYTES, Manifest, Platform, Store,
     StoreError, chain_id,
 };
-
-use crate::client::{BlobProgress, Client, ClientError, Credentials};
 use tokio::sync::watch;
 
 /// What can go wrong in a fetch.

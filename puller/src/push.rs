@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use strata_client::{Client, ClientError, Credentials};
 use strata_store::{Digest, ImageRef, MAX_MANIFEST_BYTES, Manifest, Store, StoreError};
 
-use crate::client::{Client, ClientError, Credentials};
 use crate::fetch::registry_url;
 
 /// What can go wrong in a push.

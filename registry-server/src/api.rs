@@ -61,7 +61,7 @@ pub enum StateError {
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error("proxy upstream: {0}")]
-    Proxy(#[from] strata_puller::ClientError),
+    Proxy(#[from] strata_client::ClientError),
 }
 
 impl std::fmt::Debug for AppState {

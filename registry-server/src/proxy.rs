@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use strata_puller::client::{BlobProgress, Client, ClientError, Credentials, FetchedManifest};
+use strata_client::{BlobProgress, Client, ClientError, Credentials, FetchedManifest};
 use strata_store::{Digest, InFlight, Manifest, PoolError};
 use tokio::sync::watch;
 

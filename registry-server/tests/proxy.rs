@@ -500,7 +500,7 @@ async fn client_resumes_an_interrupted_blob_download_with_a_range_request() {
     let blob: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     let d: Digest = up.push_blob("t/r", &blob).await.parse().unwrap();
     let upstream = Served::start(up.state.clone()).await;
-    let client = strata_puller::Client::new(&format!("http://{}", upstream.addr), None).unwrap();
+    let client = strata_client::Client::new(&format!("http://{}", upstream.addr), None).unwrap();
     client.ping().await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();

@@ -1,116 +1,27 @@
-//! A registry HTTP client (OCI distribution API): the `/v2/` ping, the auth challenge flow
+//! `Client`, one registry's OCI distribution API: the `/v2/` ping, the auth challenge flow
 //! (bearer tokens from the challenge's realm, anonymous or with basic credentials; basic
-//! challenges answered with the credentials), manifest GET/HEAD with the OCI and Docker
-//! media types, and blobs streamed straight into a store ingest (never held whole in
-//! memory; the ingest checks the digest), optionally publishing their progress on a watch
-//! channel so that readers can follow the partial file while it is written.
+//! challenges answered with the credentials), manifest GET/HEAD/PUT with the OCI and
+//! Docker media types, blob HEAD and push, tag lists. Blob downloads are in `blob.rs`.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE, WWW_AUTHENTICATE};
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
-use strata_store::{
-    BlobError, BlobStore, Committed, Digest, Ingest, IngestKey, MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST,
-};
-use tokio::sync::watch;
+use strata_store::{Digest, MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST};
+
+use crate::challenge::{Challenge, parse_challenge};
+use crate::error::{ClientError, Result};
 
 /// The manifest media types a client accepts, most preferred first.
-pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+pub(crate) const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
      application/vnd.docker.distribution.manifest.list.v2+json, \
      application/vnd.oci.image.manifest.v1+json, \
      application/vnd.docker.distribution.manifest.v2+json";
-
-/// Chunks of a blob download queued for the writer thread.
-const BLOB_QUEUE: usize = 16;
-/// The writer batches queued chunks up to this many bytes per `writev`.
-const WRITE_BATCH: usize = 1 << 20;
-
-/// Errors talking to a registry.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("invalid registry url {0:?}")]
-    InvalidUrl(String),
-    #[error("request {url}: {source}")]
-    Http {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
-    #[error("{url}: not found")]
-    NotFound { url: String },
-    #[error("{url}: unauthorized{}", if *.with_credentials { " (credentials refused)" } else { " (no credentials)" })]
-    Unauthorized { url: String, with_credentials: bool },
-    #[error("{url}: unexpected status {status}: {body}")]
-    Status { url: String, status: u16, body: String },
-    #[error("token from {realm}: {message}")]
-    Token { realm: String, message: String },
-    #[error("manifest {reference} exceeds {limit} bytes")]
-    ManifestTooLarge { reference: String, limit: u64 },
-    #[error("manifest {reference}: digest is {actual}, expected {expected}")]
-    DigestMismatch {
-        reference: String,
-        expected: Digest,
-        actual: Digest,
-    },
-    #[error("{url}: invalid {header} header {value:?}")]
-    BadHeader {
-        url: String,
-        header: &'static str,
-        value: String,
-    },
-    #[error("store blob {digest}: {source}")]
-    Store {
-        digest: Digest,
-        #[source]
-        source: BlobError,
-    },
-    #[error("blob writer stopped: {0}")]
-    Writer(String),
-}
-
-impl ClientError {
-    /// Whether trying again may succeed: the connection failed or broke off, or the
-    /// registry answered 429 or a 5xx. (A digest mismatch is not: the registry serves
-    /// what it serves.)
-    pub fn is_transient(&self) -> bool {
-        match self {
-            ClientError::Http { .. } => true,
-            ClientError::Status { status, .. } => *status == 429 || *status >= 500,
-            ClientError::Writer(_) => true,
-            _ => false,
-        }
-    }
-
-    /// Whether the registry answered that the thing does not exist (as opposed to being
-    /// unreachable or failing).
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, ClientError::NotFound { .. })
-    }
-}
-
-type Result<T, E = ClientError> = std::result::Result<T, E>;
-
-/// How far a blob download has got, published on a `watch` channel by
-/// [`Client::fetch_blob_following`]: a reader may `pread` bytes `0..written` of `file`
-/// while the download runs, and the rest once `done` is `Some(Ok(()))` (the digest and
-/// size verified, the blob committed).
-#[derive(Debug, Clone, Default)]
-pub struct BlobProgress {
-    /// The partial ingest file, read-only, once the body is flowing into it (it becomes
-    /// the stored blob on commit). `None` when nothing is downloaded (already stored).
-    pub file: Option<Arc<File>>,
-    /// The blob's size as the registry announced it (checked at commit), if it did.
-    pub size: Option<u64>,
-    /// Bytes of the blob written to `file` so far (from offset 0, resumed bytes included).
-    pub written: u64,
-    /// `Some(Ok(()))` once committed (or found stored), `Some(Err(why))` if it failed.
-    pub done: Option<Result<(), String>>,
-}
 
 /// Credentials for a registry.
 #[derive(Clone)]
@@ -168,58 +79,6 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// A parsed `WWW-Authenticate` challenge.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Challenge {
-    pub scheme: String,
-    pub params: HashMap<String, String>,
-}
-
-/// Parses `Bearer realm="…",service="…",scope="…"` (or `Basic realm="…"`).
-pub fn parse_challenge(v: &str) -> Option<Challenge> {
-    let v = v.trim();
-    let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
-    if scheme.is_empty() {
-        return None;
-    }
-    let mut params = HashMap::new();
-    let mut s = rest.trim();
-    while !s.is_empty() {
-        let (key, after) = s.split_once('=')?;
-        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
-        let after = after.trim_start();
-        let (value, next) = if let Some(q) = after.strip_prefix('"') {
-            let mut out = String::new();
-            let mut chars = q.char_indices();
-            let mut end = None;
-            while let Some((i, c)) = chars.next() {
-                match c {
-                    '\\' => {
-                        if let Some((_, n)) = chars.next() {
-                            out.push(n);
-                        }
-                    }
-                    '"' => {
-                        end = Some(i + 1);
-                        break;
-                    }
-                    c => out.push(c),
-                }
-            }
-            (out, &q[end?..])
-        } else {
-            let end = after.find(',').unwrap_or(after.len());
-            (after[..end].trim().to_string(), &after[end..])
-        };
-        params.insert(key, value);
-        s = next.trim_start().trim_start_matches(',').trim_start();
-    }
-    Some(Challenge {
-        scheme: scheme.to_ascii_lowercase(),
-        params,
-    })
-}
-
 impl Client {
     /// A client for `base` (`http://127.0.0.1:5000`), optionally with credentials.
     pub fn new(base: &str, credentials: Option<Credentials>) -> Result<Client> {
@@ -266,7 +125,7 @@ impl Client {
     }
 
     /// Sends a request, answering one auth challenge (then retrying once).
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: Method,
         url: &str,
@@ -373,7 +232,7 @@ impl Client {
             .ok_or_else(|| terr("no token in the response".into()))
     }
 
-    async fn check(&self, resp: Response, url: &str) -> Result<Response> {
+    pub(crate) async fn check(&self, resp: Response, url: &str) -> Result<Response> {
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -397,7 +256,7 @@ impl Client {
         self.check(resp, &url).await.map(|_| ())
     }
 
-    fn scope(name: &str) -> String {
+    pub(crate) fn scope(name: &str) -> String {
         format!("repository:{name}:pull")
     }
 
@@ -609,211 +468,6 @@ impl Client {
             .and_then(|v| v.to_str().ok()?.parse().ok())
             .unwrap_or(own))
     }
-
-    /// `GET` of a blob (from `offset` with a Range request when non-zero). The response
-    /// is checked; its body is the byte stream.
-    pub async fn get_blob(&self, name: &str, digest: &Digest, offset: u64) -> Result<Response> {
-        let url = format!("{}/v2/{name}/blobs/{digest}", self.base);
-        let range;
-        let headers: &[(&str, String)] = if offset > 0 {
-            range = [(RANGE.as_str(), format!("bytes={offset}-"))];
-            &range
-        } else {
-            &[]
-        };
-        let resp = self.send(Method::GET, &url, &Self::scope(name), headers).await?;
-        self.check(resp, &url).await
-    }
-
-    /// Downloads a blob into `blobs` through an ingest keyed by its digest: the body
-    /// streams through a bounded queue to a blocking writer, which commits only if the
-    /// content hashes to `digest` (and has the registry's announced size). An interrupted
-    /// earlier ingest is resumed with a Range request. Returns without downloading when
-    /// the blob is already stored (`written: false`).
-    pub async fn fetch_blob(&self, name: &str, digest: &Digest, blobs: &BlobStore) -> Result<Committed> {
-        self.fetch_blob_following(name, digest, blobs, watch::Sender::new(BlobProgress::default()))
-            .await
-    }
-
-    /// [`Client::fetch_blob`], publishing its progress on `progress`: the partial file and
-    /// the announced size when the body starts, the bytes written after each write, and
-    /// the outcome at the end (a dropped sender, e.g. a cancelled download, also ends it).
-    pub async fn fetch_blob_following(
-        &self,
-        name: &str,
-        digest: &Digest,
-        blobs: &BlobStore,
-        progress: watch::Sender<BlobProgress>,
-    ) -> Result<Committed> {
-        let result = self.fetch_blob_inner(name, digest, blobs, &progress).await;
-        progress.send_modify(|p| {
-            p.done = Some(match &result {
-                Ok(_) => Ok(()),
-                Err(e) => Err(e.to_string()),
-            })
-        });
-        result
-    }
-
-    async fn fetch_blob_inner(
-        &self,
-        name: &str,
-        digest: &Digest,
-        blobs: &BlobStore,
-        progress: &watch::Sender<BlobProgress>,
-    ) -> Result<Committed> {
-        let d = *digest;
-        let store_err = move |source| ClientError::Store { digest: d, source };
-        let bs = blobs.clone();
-        let begun = tokio::task::spawn_blocking(move || bs.begin(IngestKey::Digest(d)))
-            .await
-            .map_err(|e| ClientError::Writer(e.to_string()))?
-            .map_err(store_err)?;
-        let Some(mut ingest) = begun else {
-            return already_stored(blobs, digest);
-        };
-        let offset = ingest.offset();
-        let resp = match self.get_blob(name, digest, offset).await {
-            Ok(r) => r,
-            Err(e) => {
-                if offset == 0 {
-                    // Leave no empty partial behind for a blob that never came.
-                    let _ = tokio::task::spawn_blocking(move || ingest.discard()).await;
-                }
-                return Err(e);
-            }
-        };
-        let url = resp.url().to_string();
-        let mut total = None;
-        if offset > 0 {
-            let resumed = resp.status() == StatusCode::PARTIAL_CONTENT
-                && resp
-                    .headers()
-                    .get(CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(parse_content_range)
-                    .is_some_and(|(start, len)| {
-                        total = len;
-                        start == offset
-                    });
-            if !resumed {
-                // The registry sent the whole blob: start the ingest afresh.
-                let bs = blobs.clone();
-                let again = tokio::task::spawn_blocking(move || {
-                    ingest.discard()?;
-                    bs.begin(IngestKey::Digest(d))
-                })
-                .await
-                .map_err(|e| ClientError::Writer(e.to_string()))?
-                .map_err(store_err)?;
-                let Some(i) = again else {
-                    return already_stored(blobs, digest);
-                };
-                ingest = i;
-                total = resp.content_length();
-            }
-        } else {
-            total = resp.content_length();
-        }
-        let file = Arc::new(ingest.reader().map_err(store_err)?);
-        progress.send_modify(|p| {
-            p.file = Some(file);
-            p.size = total;
-            p.written = ingest.offset();
-        });
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(BLOB_QUEUE);
-        let writer_progress = progress.clone();
-        let writer =
-            tokio::task::spawn_blocking(move || write_ingest(ingest, rx, &d, total, &writer_progress));
-        let mut stream = resp.bytes_stream();
-        let mut failed = None;
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(c) => {
-                    if tx.send(Ok(c)).await.is_err() {
-                        break; // the writer stopped; its error says why
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e.to_string())).await;
-                    failed = Some(e);
-                    break;
-                }
-            }
-        }
-        drop(tx);
-        let written = writer.await.map_err(|e| ClientError::Writer(e.to_string()))?;
-        if let Some(source) = failed {
-            return Err(ClientError::Http { url, source });
-        }
-        written
-    }
-}
-
-fn already_stored(blobs: &BlobStore, digest: &Digest) -> Result<Committed> {
-    let d = *digest;
-    let size = blobs
-        .size(digest)
-        .map_err(|source| ClientError::Store { digest: d, source })?
-        .ok_or(ClientError::Store {
-            digest: d,
-            source: BlobError::NotFound(d),
-        })?;
-    Ok(Committed {
-        digest: d,
-        size,
-        written: false,
-    })
-}
-
-/// The blocking side of a blob download: appends queued chunks (batched into one
-/// `writev` up to `WRITE_BATCH`, each then published as progress), then commits. A
-/// download error leaves the partial ingest in place for a resume.
-fn write_ingest(
-    mut ingest: Ingest,
-    mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, String>>,
-    digest: &Digest,
-    total: Option<u64>,
-    progress: &watch::Sender<BlobProgress>,
-) -> Result<Committed> {
-    let store_err = |source| ClientError::Store {
-        digest: *digest,
-        source,
-    };
-    let mut batch: Vec<Bytes> = Vec::new();
-    while let Some(first) = rx.blocking_recv() {
-        let mut size = 0;
-        let mut next = Some(first);
-        while let Some(item) = next.take() {
-            match item {
-                Ok(b) => {
-                    size += b.len();
-                    batch.push(b);
-                }
-                Err(e) => {
-                    // Keep what arrived before the failure: a retry resumes after it.
-                    let _ = ingest.write_all_vectored(&batch);
-                    return Err(ClientError::Writer(format!("download of {digest} failed: {e}")));
-                }
-            }
-            if size < WRITE_BATCH {
-                next = rx.try_recv().ok();
-            }
-        }
-        ingest.write_all_vectored(&batch).map_err(store_err)?;
-        batch.clear();
-        let written = ingest.offset();
-        progress.send_modify(|p| p.written = written);
-    }
-    ingest.commit(digest, total).map_err(store_err)
-}
-
-/// `bytes START-END/TOTAL` → (START, TOTAL if known).
-fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
-    let spec = v.trim().strip_prefix("bytes")?.trim();
-    let (range, total) = spec.split_once('/')?;
-    let (start, _) = range.split_once('-')?;
-    Some((start.trim().parse().ok()?, total.trim().parse().ok()))
 }
 
 fn media_type(h: &reqwest::header::HeaderMap) -> Option<String> {
@@ -838,32 +492,6 @@ fn sniff_media_type(body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn challenges() {
-        let c = parse_challenge(
-            r#"Bearer realm="http://127.0.0.1:5000/token",service="reg",scope="repository:a/b:pull,push""#,
-        )
-        .unwrap();
-        assert_eq!(c.scheme, "bearer");
-        assert_eq!(c.params["realm"], "http://127.0.0.1:5000/token");
-        assert_eq!(c.params["service"], "reg");
-        assert_eq!(c.params["scope"], "repository:a/b:pull,push");
-        let c = parse_challenge(r#"Basic realm="basic-realm""#).unwrap();
-        assert_eq!(c.scheme, "basic");
-        assert_eq!(c.params["realm"], "basic-realm");
-        let c = parse_challenge("Bearer realm=http://x/t, service=s").unwrap();
-        assert_eq!(c.params["realm"], "http://x/t");
-        assert_eq!(c.params["service"], "s");
-        assert!(parse_challenge("").is_none());
-    }
-
-    #[test]
-    fn content_ranges() {
-        assert_eq!(parse_content_range("bytes 10-99/100"), Some((10, Some(100))));
-        assert_eq!(parse_content_range("bytes 10-99/*"), Some((10, None)));
-        assert_eq!(parse_content_range("items 1-2/3"), None);
-    }
 
     #[test]
     fn urls() {

@@ -1,0 +1,12 @@
+//! strata's registry HTTP client (OCI distribution API), shared by `puller` (fetch, push)
+//! and the registry's pull-through cache: auth challenges, manifests (digest checked),
+//! tag lists, blob pushes, and blobs streamed into the store through its ingest.
+
+mod blob;
+mod challenge;
+mod client;
+mod error;
+
+pub use blob::BlobProgress;
+pub use client::{Client, Credentials, FetchedManifest, ManifestHead};
+pub use error::ClientError;
