@@ -9,6 +9,10 @@
 //! the upstream announced the size) with a body that follows the partial ingest file as
 //! it grows, holding back the last byte until the digest verified and cutting the body
 //! if the download fails. HEAD and Range requests fetch first. Pushes are refused.
+//!
+//! Only the router (`api/mod.rs`) calls in here; the proxy downloads with `strata_client`
+//! and answers through the resource handlers (`api::manifests`, `api::blobs`) once the
+//! store has what was asked.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -24,7 +28,9 @@ use strata_client::{BlobProgress, Client, ClientError, Credentials, FetchedManif
 use strata_store::{Digest, InFlight, Manifest, PoolError};
 use tokio::sync::watch;
 
-use crate::api::{self, AppState, Reference};
+use crate::api::blobs::{self, BLOB_READ_CHUNK, read_chunk};
+use crate::api::manifests::{self, Reference, parse_reference};
+use crate::api::shared::{Shared, blocking};
 use crate::config::ProxyConfig;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::names::Route;
@@ -92,8 +98,10 @@ impl Drop for Unregister {
     }
 }
 
-/// The pull-through cache's state: the upstream client and the in-flight work.
+/// The pull-through cache: the registry it fills (what the resource handlers share), the
+/// upstream client and the in-flight work.
 pub struct Proxy {
+    shared: Shared,
     client: Client,
     downloads: Downloads,
     manifests: InFlight<(String, Digest), (), FetchError>,
@@ -106,7 +114,7 @@ impl std::fmt::Debug for Proxy {
 }
 
 impl Proxy {
-    pub fn new(config: &ProxyConfig) -> Result<Proxy, ClientError> {
+    pub fn new(config: &ProxyConfig, shared: Shared) -> Result<Proxy, ClientError> {
         let credentials = match (&config.username, &config.password) {
             (Some(u), Some(p)) => Some(Credentials {
                 username: u.clone(),
@@ -115,6 +123,7 @@ impl Proxy {
             _ => None,
         };
         Ok(Proxy {
+            shared,
             client: Client::new(&config.remote_url, credentials)?,
             downloads: Downloads::default(),
             manifests: InFlight::new(),
@@ -159,28 +168,23 @@ pub async fn upstream_tags(proxy: &Proxy, name: &str) -> Option<Vec<String>> {
     }
 }
 
-fn proxy_of(st: &AppState) -> &Arc<Proxy> {
-    st.proxy().expect("proxy mode")
-}
-
 /// Makes sure blob `digest` is linked into `name`, fetching it from the upstream first
 /// when it is not (the blob GET/HEAD path).
-pub async fn ensure_blob(st: &AppState, name: &str, digest: &str) -> ApiResult<()> {
+pub async fn ensure_blob(proxy: &Arc<Proxy>, name: &str, digest: &str) -> ApiResult<()> {
     let Ok(d) = digest.parse::<Digest>() else {
         return Ok(()); // the normal path reports the bad digest
     };
-    if st.store().is_linked(name, &d)? {
+    if proxy.shared.store().is_linked(name, &d)? {
         return Ok(());
     }
-    fetch_blob(st, name, d)
+    fetch_blob(proxy, name, d)
         .await
         .map_err(|e| upstream_error(e, || ApiError::blob_unknown(d)))
 }
 
 /// The download of `d`: the one in flight, or a new one started for `name` on its own
 /// task (it goes on if the caller goes away). Once per digest however many ask.
-fn start(st: &AppState, name: &str, d: Digest) -> Download {
-    let proxy = proxy_of(st);
+fn start(proxy: &Arc<Proxy>, name: &str, d: Digest) -> Download {
     let mut map = proxy.downloads.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(dl) = map.get(&d) {
         return dl.clone();
@@ -197,9 +201,9 @@ fn start(st: &AppState, name: &str, d: Digest) -> Download {
         downloads: proxy.downloads.clone(),
         digest: d,
     };
-    let (st, name) = (st.clone(), name.to_string());
+    let (proxy, name) = (proxy.clone(), name.to_string());
     tokio::spawn(async move {
-        let out = download(st, name, d, progress_tx).await;
+        let out = download(proxy, name, d, progress_tx).await;
         // Unregister first: a caller arriving after this point finds the blob linked
         // (or starts afresh after a failure).
         drop(guard);
@@ -209,14 +213,14 @@ fn start(st: &AppState, name: &str, d: Digest) -> Download {
 }
 
 /// Fetches `d` for `name` unless it is linked there, once per digest however many ask.
-async fn fetch_blob(st: &AppState, name: &str, d: Digest) -> Result<(), FetchError> {
-    let dl = start(st, name, d);
-    finish(st, name, d, dl).await
+async fn fetch_blob(proxy: &Arc<Proxy>, name: &str, d: Digest) -> Result<(), FetchError> {
+    let dl = start(proxy, name, d);
+    finish(proxy, name, d, dl).await
 }
 
 /// Waits for `dl` to end; when it was for another repository, checks that the upstream
 /// has the blob in `name` too and links it there.
-async fn finish(st: &AppState, name: &str, d: Digest, dl: Download) -> Result<(), FetchError> {
+async fn finish(proxy: &Proxy, name: &str, d: Digest, dl: Download) -> Result<(), FetchError> {
     let mut result = dl.result;
     let fetched = match result.wait_for(Option::is_some).await {
         Ok(r) => match r.as_ref() {
@@ -226,12 +230,12 @@ async fn finish(st: &AppState, name: &str, d: Digest, dl: Download) -> Result<()
         Err(_) => return Err(FetchError::Store("fetch abandoned".into())),
     };
     if fetched.repository != name {
-        let size = proxy_of(st)
+        let size = proxy
             .client
             .blob_size(name, &d)
             .await?
             .ok_or(FetchError::NotFound)?;
-        record(st, name, d, size).await?;
+        record(&proxy.shared, name, d, size).await?;
     }
     Ok(())
 }
@@ -241,13 +245,12 @@ async fn finish(st: &AppState, name: &str, d: Digest, dl: Download) -> Result<()
 /// it. Progress goes out on `progress` (ended by the client, or here when there is
 /// nothing to download).
 async fn download(
-    st: AppState,
+    proxy: Arc<Proxy>,
     name: String,
     d: Digest,
     progress: watch::Sender<BlobProgress>,
 ) -> Result<Fetched, FetchError> {
-    let proxy = proxy_of(&st);
-    let blobs = st.store().blobs();
+    let blobs = proxy.shared.store().blobs();
     let size = if blobs.contains(&d) {
         let size = async {
             proxy
@@ -271,7 +274,7 @@ async fn download(
         tracing::info!(repository = %name, digest = %d, size = c.size, written = c.written, "cached blob from upstream");
         c.size
     };
-    record(&st, &name, d, size).await?;
+    record(&proxy.shared, &name, d, size).await?;
     Ok(Fetched { repository: name })
 }
 
@@ -279,34 +282,35 @@ async fn download(
 /// path (after fetching an uncached blob whole); an uncached full GET is answered while
 /// the blob downloads.
 pub async fn get_blob(
-    st: &AppState,
+    proxy: &Arc<Proxy>,
     name: String,
     digest: String,
     headers: &HeaderMap,
     head: bool,
     slot: Option<SendfileSlot>,
 ) -> ApiResult {
+    let st = &proxy.shared;
     let Ok(d) = digest.parse::<Digest>() else {
-        return api::get_blob(st, name, digest, headers, head, slot).await; // reports it
+        return blobs::get_blob(st, name, digest, headers, head, slot).await; // reports it
     };
     if head || headers.contains_key(header::RANGE) || st.store().is_linked(&name, &d)? {
-        ensure_blob(st, &name, &digest).await?;
-        return api::get_blob(st, name, digest, headers, head, slot).await;
+        ensure_blob(proxy, &name, &digest).await?;
+        return blobs::get_blob(st, name, digest, headers, head, slot).await;
     }
-    let dl = start(st, &name, d);
-    if let Some(resp) = follow(st, &name, d, &dl).await? {
+    let dl = start(proxy, &name, d);
+    if let Some(resp) = follow(proxy, &name, d, &dl).await? {
         return Ok(resp);
     }
     // Nothing to follow (no announced size, or nothing downloaded): wait for the result.
-    finish(st, &name, d, dl)
+    finish(proxy, &name, d, dl)
         .await
         .map_err(|e| upstream_error(e, || ApiError::blob_unknown(d)))?;
-    api::get_blob(st, name, digest, headers, head, slot).await
+    blobs::get_blob(st, name, digest, headers, head, slot).await
 }
 
 /// A response whose body follows download `dl` of `d`, once the partial file and the
 /// size are known; `None` when there is nothing to follow.
-async fn follow(st: &AppState, name: &str, d: Digest, dl: &Download) -> ApiResult<Option<Response>> {
+async fn follow(proxy: &Proxy, name: &str, d: Digest, dl: &Download) -> ApiResult<Option<Response>> {
     let mut progress = dl.progress.clone();
     let (file, size) = {
         let Ok(p) = progress
@@ -323,7 +327,6 @@ async fn follow(st: &AppState, name: &str, d: Digest, dl: &Download) -> ApiResul
     if dl.repository != name {
         // Joined a download for another repository: this one must have the blob upstream
         // too. It is linked here once the download is stored.
-        let proxy = proxy_of(st);
         let found = proxy
             .client
             .blob_size(name, &d)
@@ -332,7 +335,7 @@ async fn follow(st: &AppState, name: &str, d: Digest, dl: &Download) -> ApiResul
         if found.is_none() {
             return Err(ApiError::blob_unknown(d));
         }
-        let (st, name, dl) = (st.clone(), name.to_string(), dl.clone());
+        let (st, name, dl) = (proxy.shared.clone(), name.to_string(), dl.clone());
         tokio::spawn(async move {
             let mut result = dl.result;
             let stored = result
@@ -344,7 +347,7 @@ async fn follow(st: &AppState, name: &str, d: Digest, dl: &Download) -> ApiResul
             }
         });
     }
-    st.metrics().add_bytes_out(size);
+    proxy.shared.metrics().add_bytes_out(size);
     let mut resp = Response::new(follow_body(d, file, size, progress));
     let h = resp.headers_mut();
     h.insert(
@@ -390,9 +393,9 @@ impl Follower {
                 }
             };
             if self.offset < available {
-                let len = (available - self.offset).min(api::BLOB_READ_CHUNK as u64) as usize;
+                let len = (available - self.offset).min(BLOB_READ_CHUNK as u64) as usize;
                 let (file, offset) = (self.file.clone(), self.offset);
-                let chunk = tokio::task::spawn_blocking(move || api::read_chunk(&file, offset, len))
+                let chunk = tokio::task::spawn_blocking(move || read_chunk(&file, offset, len))
                     .await
                     .map_err(std::io::Error::other)??;
                 self.offset += chunk.len() as u64;
@@ -435,7 +438,7 @@ fn follow_body(digest: Digest, file: Arc<File>, size: u64, progress: watch::Rece
     Body::from_stream(stream)
 }
 
-async fn record(st: &AppState, name: &str, d: Digest, size: u64) -> Result<(), FetchError> {
+async fn record(st: &Shared, name: &str, d: Digest, size: u64) -> Result<(), FetchError> {
     let store = st.store().clone();
     let name = name.to_string();
     tokio::task::spawn_blocking(move || store.record_uploaded_blob(&name, &d, size))
@@ -445,41 +448,41 @@ async fn record(st: &AppState, name: &str, d: Digest, size: u64) -> Result<(), F
 }
 
 /// Whether manifest `d` is stored and linked into `name`.
-fn have_manifest(st: &AppState, name: &str, d: &Digest) -> ApiResult<bool> {
+fn have_manifest(st: &Shared, name: &str, d: &Digest) -> ApiResult<bool> {
     Ok(st.store().is_linked(name, d)? && st.store().get_manifest(d)?.is_some())
 }
 
 /// Manifest GET/HEAD in proxy mode.
 pub async fn get_manifest(
-    st: &AppState,
+    proxy: &Arc<Proxy>,
     name: String,
     reference: String,
     headers: &HeaderMap,
     head: bool,
 ) -> ApiResult {
-    let proxy = proxy_of(st);
-    match api::parse_reference(&reference, false)? {
+    let st = &proxy.shared;
+    match parse_reference(&reference, false)? {
         Reference::Tag(tag) => match proxy.client.head_manifest(&name, &tag).await {
             Ok(h) => {
                 if have_manifest(st, &name, &h.digest)? {
                     let store = st.store().clone();
                     let registry = st.registry_name().to_string();
                     let (n2, d) = (name.clone(), h.digest);
-                    api::blocking(move || {
+                    blocking(move || {
                         if store.repo_tag(&registry, &n2, &tag)?.map(|t| t.manifest) != Some(d) {
                             store.set_repo_tag(&registry, &n2, &tag, &d)?;
                         }
                         Ok(())
                     })
                     .await?;
-                    return api::get_manifest(st, name, h.digest.to_string(), headers, head).await;
+                    return manifests::get_manifest(st, name, h.digest.to_string(), headers, head).await;
                 }
                 let m = proxy
                     .client
                     .get_manifest(&name, &h.digest.to_string())
                     .await
                     .map_err(|e| upstream_error(e.into(), || ApiError::manifest_unknown(&tag)))?;
-                spawn_cache(st, &name, m.clone(), Some(tag));
+                spawn_cache(proxy, &name, m.clone(), Some(tag));
                 Ok(serve(&m, head))
             }
             Err(e) if e.is_not_found() => Err(ApiError::manifest_unknown(&tag)),
@@ -490,19 +493,19 @@ pub async fn get_manifest(
                     return Err(upstream_error(e.into(), || ApiError::manifest_unknown(&tag)));
                 }
                 tracing::warn!(repository = %name, %tag, "upstream unavailable ({e}); serving the cached tag");
-                api::get_manifest(st, name, tag, headers, head).await
+                manifests::get_manifest(st, name, tag, headers, head).await
             }
         },
         Reference::Digest(d) => {
             if have_manifest(st, &name, &d)? {
-                return api::get_manifest(st, name, reference, headers, head).await;
+                return manifests::get_manifest(st, name, reference, headers, head).await;
             }
             let m = proxy
                 .client
                 .get_manifest(&name, &reference)
                 .await
                 .map_err(|e| upstream_error(e.into(), || ApiError::manifest_unknown(&reference)))?;
-            spawn_cache(st, &name, m.clone(), None);
+            spawn_cache(proxy, &name, m.clone(), None);
             Ok(serve(&m, head))
         }
     }
@@ -532,16 +535,16 @@ fn serve(m: &FetchedManifest, head: bool) -> Response {
 }
 
 /// Caches `m` (and what it references) in the background, then points `tag` at it.
-fn spawn_cache(st: &AppState, name: &str, m: FetchedManifest, tag: Option<String>) {
-    let st = st.clone();
+fn spawn_cache(proxy: &Arc<Proxy>, name: &str, m: FetchedManifest, tag: Option<String>) {
+    let proxy = proxy.clone();
     let name = name.to_string();
     tokio::spawn(async move {
         let d = m.digest;
-        let result = cache_manifest(st.clone(), name.clone(), m).await;
+        let result = cache_manifest(proxy.clone(), name.clone(), m).await;
         let result = match (result, tag) {
             (Ok(()), Some(tag)) => {
-                let store = st.store().clone();
-                let registry = st.registry_name().to_string();
+                let store = proxy.shared.store().clone();
+                let registry = proxy.shared.registry_name().to_string();
                 let n2 = name.clone();
                 tokio::task::spawn_blocking(move || store.set_repo_tag(&registry, &n2, &tag, &d))
                     .await
@@ -561,23 +564,23 @@ fn spawn_cache(st: &AppState, name: &str, m: FetchedManifest, tag: Option<String
 /// config and layers, an index's child manifests (recursively). Once per (repository,
 /// manifest) at a time.
 fn cache_manifest(
-    st: AppState,
+    proxy: Arc<Proxy>,
     name: String,
     m: FetchedManifest,
 ) -> BoxFuture<'static, Result<(), FetchError>> {
     Box::pin(async move {
         let key = (name.clone(), m.digest);
-        let proxy = proxy_of(&st).clone();
         let (res, _) = proxy
             .manifests
-            .run(key, || cache_manifest_work(st.clone(), name, m))
+            .run(key, || cache_manifest_work(proxy.clone(), name, m))
             .await;
         flatten(res.map(|_| ()))
     })
 }
 
-async fn cache_manifest_work(st: AppState, name: String, m: FetchedManifest) -> Result<(), FetchError> {
-    if have_manifest(&st, &name, &m.digest).map_err(|e| FetchError::Store(e.message.clone()))? {
+async fn cache_manifest_work(proxy: Arc<Proxy>, name: String, m: FetchedManifest) -> Result<(), FetchError> {
+    let st = &proxy.shared;
+    if have_manifest(st, &name, &m.digest).map_err(|e| FetchError::Store(e.message.clone()))? {
         return Ok(());
     }
     let parsed =
@@ -587,17 +590,18 @@ async fn cache_manifest_work(st: AppState, name: String, m: FetchedManifest) -> 
         Manifest::Image { .. } => {
             futures::stream::iter(refs)
                 .map(|d| {
-                    let st = st.clone();
+                    let proxy = proxy.clone();
                     let name = name.clone();
                     async move {
-                        if st
+                        if proxy
+                            .shared
                             .store()
                             .is_linked(&name, &d)
                             .map_err(|e| FetchError::Store(e.to_string()))?
                         {
                             return Ok(());
                         }
-                        fetch_blob(&st, &name, d).await
+                        fetch_blob(&proxy, &name, d).await
                     }
                 })
                 .buffer_unordered(CACHE_JOBS)
@@ -605,13 +609,13 @@ async fn cache_manifest_work(st: AppState, name: String, m: FetchedManifest) -> 
                 .await?;
         }
         Manifest::Index { .. } => {
-            let client = &proxy_of(&st).client;
+            let client = &proxy.client;
             for d in refs {
-                if have_manifest(&st, &name, &d).map_err(|e| FetchError::Store(e.message.clone()))? {
+                if have_manifest(st, &name, &d).map_err(|e| FetchError::Store(e.message.clone()))? {
                     continue;
                 }
                 let child = client.get_manifest(&name, &d.to_string()).await?;
-                cache_manifest(st.clone(), name.clone(), child).await?;
+                cache_manifest(proxy.clone(), name.clone(), child).await?;
             }
         }
     }
