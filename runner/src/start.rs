@@ -11,7 +11,7 @@ use strata_store::{Store, StoreError};
 
 use crate::cgroup::{Cgroup, CgroupError, Limits};
 use crate::container::{self, Container, ContainerError, ContainerState, SeccompChoice, Security, Status};
-use crate::seccomp::{Profile, SeccompError};
+use crate::seccomp::{self, Profile, SeccompError};
 use crate::sys;
 
 /// Largest `/etc/passwd` or `/etc/group` read from an image.
@@ -77,22 +77,22 @@ impl SecurityOptions {
 }
 
 /// The confinement a container's first process gets: capability numbers and the
-/// compiled seccomp program.
-pub(crate) fn confinement(security: &Security) -> Result<sys::Confinement, StartError> {
+/// compiled seccomp program (from the store's cache of compiled programs, `cache`).
+pub(crate) fn confinement(security: &Security, cache: &Path) -> Result<sys::Confinement, StartError> {
     let capabilities = security
         .capabilities
         .iter()
         .map(|n| sys::capability_number(n).ok_or_else(|| StartError::BadCapability(n.clone())))
         .collect::<Result<Vec<u32>, _>>()?;
     let names: Vec<&str> = security.capabilities.iter().map(String::as_str).collect();
-    let profile = match &security.seccomp {
+    let source = match &security.seccomp {
         SeccompChoice::Unconfined => None,
-        SeccompChoice::Default => Some(Profile::docker_default()?),
-        SeccompChoice::Profile(json) => Some(Profile::from_json(json.as_bytes())?),
+        SeccompChoice::Default => Some(seccomp::docker_default_source()),
+        SeccompChoice::Profile(json) => Some(json.as_bytes()),
     };
-    let seccomp = match profile {
-        Some(p) => {
-            let filter = p.compile(&names)?;
+    let seccomp = match source {
+        Some(source) => {
+            let filter = seccomp::compile_cached(cache, source, &names)?;
             Some((filter.program().to_vec(), filter.flags()))
         }
         None => None,
@@ -301,13 +301,16 @@ fn supervise(c: &Container, dir: &Path) -> Result<i32, StartError> {
     .map_err(io(format!("mount the overlay at {}", rootfs.display())))?;
     sys::set_hostname(&c.hostname).map_err(io("set the hostname"))?;
     let ids = resolve_user(&c.user, &rootfs)?;
-    let steps = sys::Rootfs::new(
-        &rootfs,
-        &c.workdir,
-        (ids.uid, ids.gid, &ids.groups),
-        confinement(&c.security)?,
-    )
-    .map_err(io("prepare the rootfs"))?;
+    // <root>/containers/<id>: the store's cache of compiled seccomp programs.
+    let cache = dir
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(dir)
+        .join("cache")
+        .join("seccomp");
+    let confined = confinement(&c.security, &cache)?;
+    let steps = sys::Rootfs::new(&rootfs, &c.workdir, (ids.uid, ids.gid, &ids.groups), confined)
+        .map_err(io("prepare the rootfs"))?;
     let mut cmd = Command::new(&c.command[0]);
     cmd.args(&c.command[1..]).env_clear();
     for e in process_env(c, &ids) {
