@@ -274,32 +274,21 @@ impl Drop for Frozen {
 /// and waits until they are all stopped.
 pub fn freeze(id: &str) -> Result<Frozen> {
     let root = Path::new(ROOT);
-    let (file, on, off, done): (PathBuf, &str, &'static str, Box<dyn Fn() -> bool>) =
-        if root.join("cgroup.controllers").exists() {
-            let group = root.join("strata").join(id);
-            let events = group.join("cgroup.events");
-            (
-                group.join("cgroup.freeze"),
-                "1",
-                "0",
-                Box::new(move || {
-                    std::fs::read_to_string(&events).is_ok_and(|s| s.lines().any(|l| l == "frozen 1"))
-                }),
-            )
-        } else {
+    let v2 = v2_root_override().or_else(|| root.join("cgroup.controllers").exists().then(|| root.to_path_buf()));
+    let (file, on, thaw, check, want) = match v2 {
+        Some(v2) => {
+            let group = v2.join("strata").join(id);
+            (group.join("cgroup.freeze"), "1", "0", group.join("cgroup.events"), "frozen 1")
+        }
+        None => {
             let state = root.join("freezer").join("strata").join(id).join("freezer.state");
-            let s2 = state.clone();
-            (
-                state,
-                "FROZEN",
-                "THAWED",
-                Box::new(move || std::fs::read_to_string(&s2).is_ok_and(|s| s.trim() == "FROZEN")),
-            )
-        };
+            (state.clone(), "FROZEN", "THAWED", state, "FROZEN")
+        }
+    };
     write(&file, on)?;
-    let frozen = Frozen { file, thaw: off };
+    let frozen = Frozen { file, thaw };
     for _ in 0..2000 {
-        if done() {
+        if std::fs::read_to_string(&check).is_ok_and(|s| s.lines().any(|l| l.trim() == want)) {
             return Ok(frozen);
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
