@@ -455,3 +455,53 @@ fn runc_and_crun_run_an_exported_bundle() {
         );
     }
 }
+
+/// `runner start` finds an unpacked image without opening the metadata database, from
+/// the store's cache: a tag moved or an image removed since is seen at once.
+#[test]
+fn a_moved_tag_or_a_removed_image_is_seen_by_the_next_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    let run = |check: &str| {
+        peers::output(runner(&root).args(["start", "--rm", "bb:1", "--", "/bin/sh", "-c", check]))
+    };
+    // Twice: the second start comes from the cache.
+    for _ in 0..2 {
+        let out = run("cat /data/keep.txt");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "kept\n",
+            "{}",
+            peers::format_output(&out)
+        );
+    }
+    assert!(root.join("cache/runnable").read_dir().unwrap().next().is_some());
+    // bb:1 now names another image (the probe image has no /data).
+    crate::common::load(
+        &root,
+        &strata_fixtures::probe_image(strata_fixtures::Flavor::Docker, |_| {}),
+        "bb:1",
+    );
+    let out = run("ls /usr/local/bin/probe /data 2>&1; true");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("/usr/local/bin/probe") && stdout.contains("No such file"),
+        "{}",
+        peers::format_output(&out)
+    );
+    peers::run_ok(
+        Command::new(peers::bin("store"))
+            .arg("--root")
+            .arg(&root)
+            .args(["rm", "bb:1"]),
+    );
+    let out = run("true");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bb:1"),
+        "{}",
+        peers::format_output(&out)
+    );
+}

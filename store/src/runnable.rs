@@ -88,10 +88,54 @@ pub fn cached_runnable(root: &Path, name: &str) -> Option<RunnableImage> {
     Some(entry.image)
 }
 
-/// Records `image` as the answer for `name` at the metadata's current state. The caller
-/// holds the store's write lock (nothing else writes meanwhile). Best effort: a cache
-/// that cannot be written only costs the next start a database open.
-pub(crate) fn remember(root: &Path, name: &str, image: &RunnableImage) {
+/// Answers to record once the metadata database is closed (opening and closing it
+/// changes its files, so the fingerprint is taken after), while the store's write lock
+/// is still held (so nothing else wrote meanwhile). Part of a writable `Store`, dropped
+/// between the two.
+pub(crate) struct Remembered {
+    root: Option<PathBuf>,
+    pending: std::sync::Mutex<Vec<(String, RunnableImage)>>,
+}
+
+impl Remembered {
+    pub(crate) fn new(root: &Path) -> Remembered {
+        Remembered {
+            root: Some(root.to_path_buf()),
+            pending: Default::default(),
+        }
+    }
+
+    /// For read-only views, which record nothing.
+    pub(crate) fn disabled() -> Remembered {
+        Remembered {
+            root: None,
+            pending: Default::default(),
+        }
+    }
+
+    pub(crate) fn add(&self, name: &str, image: &RunnableImage) {
+        if self.root.is_some() {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.retain(|(n, _)| n != name);
+            p.push((name.to_string(), image.clone()));
+        }
+    }
+}
+
+impl Drop for Remembered {
+    fn drop(&mut self) {
+        let pending = std::mem::take(self.pending.get_mut().unwrap_or_else(|e| e.into_inner()));
+        if let (Some(root), false) = (&self.root, pending.is_empty()) {
+            for (name, image) in &pending {
+                remember(root, name, image);
+            }
+        }
+    }
+}
+
+/// Records `image` as the answer for `name` at the metadata's current state. Best
+/// effort: a cache that cannot be written only costs the next start a database open.
+fn remember(root: &Path, name: &str, image: &RunnableImage) {
     use std::os::unix::fs::DirBuilderExt;
     let Ok(fingerprint) = fingerprint(root) else {
         return;

@@ -103,6 +103,9 @@ pub struct Store {
     meta: Meta,
     index: RwLock<IdIndex>,
     gc_refs: Mutex<Option<HashSet<Digest>>>,
+    /// Dropped after `meta` (closed) and before the write lock: records the runnable
+    /// images answered meanwhile against the metadata as it is left.
+    remembered: crate::runnable::Remembered,
     _write_lock: Option<LockedFile>,
     _scratch: Option<tempfile::TempDir>,
 }
@@ -144,6 +147,7 @@ impl Store {
             meta,
             index: RwLock::new(IdIndex::new()),
             gc_refs: Mutex::new(None),
+            remembered: crate::runnable::Remembered::new(root),
             _write_lock: Some(lock),
             _scratch: None,
         };
@@ -183,6 +187,7 @@ impl Store {
             meta,
             index: RwLock::new(IdIndex::new()),
             gc_refs: Mutex::new(None),
+            remembered: crate::runnable::Remembered::disabled(),
             _write_lock: None,
             _scratch: Some(scratch),
         };
@@ -800,9 +805,7 @@ impl Store {
             layers: chains.iter().map(|c| self.layers.diff_path(c)).collect(),
             config,
         };
-        if self._write_lock.is_some() {
-            crate::runnable::remember(&self.root, s, &image);
-        }
+        self.remembered.add(s, &image);
         Ok(image)
     }
 
