@@ -274,11 +274,21 @@ impl Drop for Frozen {
 /// and waits until they are all stopped.
 pub fn freeze(id: &str) -> Result<Frozen> {
     let root = Path::new(ROOT);
-    let v2 = v2_root_override().or_else(|| root.join("cgroup.controllers").exists().then(|| root.to_path_buf()));
+    let v2 = v2_root_override().or_else(|| {
+        root.join("cgroup.controllers")
+            .exists()
+            .then(|| root.to_path_buf())
+    });
     let (file, on, thaw, check, want) = match v2 {
         Some(v2) => {
             let group = v2.join("strata").join(id);
-            (group.join("cgroup.freeze"), "1", "0", group.join("cgroup.events"), "frozen 1")
+            (
+                group.join("cgroup.freeze"),
+                "1",
+                "0",
+                group.join("cgroup.events"),
+                "frozen 1",
+            )
         }
         None => {
             let state = root.join("freezer").join("strata").join(id).join("freezer.state");

@@ -132,6 +132,10 @@ pub struct ContainerState {
     pub exit_code: Option<i32>,
 }
 
+/// Where supervisors mount their container's root (`containers/.rootfs`): one directory
+/// for all, since each mounts it in a mount namespace of its own.
+pub const ROOTFS_MOUNT_POINT: &str = ".rootfs";
+
 /// `<root>/containers`.
 pub fn containers_dir(store_root: &Path) -> PathBuf {
     store_root.join("containers")
@@ -170,7 +174,9 @@ impl Container {
     pub fn create(&self, store_root: &Path) -> Result<PathBuf> {
         create_containers_dir(store_root)?;
         let dir = self.dir(store_root);
-        for d in ["upper", "work", "rootfs"] {
+        let mount_point = dir.parent().unwrap_or(&dir).join(ROOTFS_MOUNT_POINT);
+        std::fs::create_dir_all(&mount_point).map_err(io(format!("create {}", mount_point.display())))?;
+        for d in ["upper", "work"] {
             std::fs::create_dir_all(dir.join(d)).map_err(io(format!("create {}", dir.join(d).display())))?;
         }
         write_json(&dir.join("config.json"), self)?;

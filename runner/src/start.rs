@@ -281,15 +281,18 @@ pub fn run_supervisor(dir: &Path, enter: bool) -> Result<i32, StartError> {
         );
     }
     if c.remove {
-        // The rootfs is mounted in this (private) namespace only: detach it first.
-        let _ = sys::unmount(&dir.join("rootfs"));
+        // The rootfs is mounted in this process's own namespace, on a mount point outside
+        // the container's directory: nothing to unmount (a lazy unmount waits for an RCU
+        // grace period; the namespace goes with the process).
         let _ = std::fs::remove_dir_all(dir);
     }
     result
 }
 
 fn supervise(c: &Container, dir: &Path) -> Result<i32, StartError> {
-    let rootfs = dir.join("rootfs");
+    // Every supervisor mounts its container's overlay on the same directory, each in a
+    // mount namespace of its own.
+    let rootfs = dir.parent().unwrap_or(dir).join(container::ROOTFS_MOUNT_POINT);
     sys::make_mounts_private().map_err(io("make mounts private"))?;
     sys::mount_overlay(
         &c.layers,

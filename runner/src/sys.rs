@@ -359,8 +359,6 @@ pub struct Rootfs {
     devices: Vec<(CString, CString)>,
     /// `/dev/fd`, `/dev/stdin`, `/dev/ptmx`… symlinks: (target, link).
     links: Vec<(CString, CString)>,
-    put_old: CString,
-    put_old_inside: CString,
     workdir: CString,
     masked: Vec<&'static CStr>,
     readonly: Vec<&'static CStr>,
@@ -390,7 +388,7 @@ impl Rootfs {
         confinement: Confinement,
     ) -> io::Result<Rootfs> {
         let (uid, gid, groups) = ids;
-        for d in ["proc", "dev", "sys", ".strata-old-root"] {
+        for d in ["proc", "dev", "sys"] {
             std::fs::create_dir_all(rootfs.join(d))?;
         }
         let dev = rootfs.join("dev");
@@ -431,8 +429,6 @@ impl Rootfs {
             .filter(|(_, l)| *l != "core" || Path::new("/proc/kcore").exists())
             .map(|(t, l)| Ok((c(t)?, c(dev.join(l))?)))
             .collect::<io::Result<_>>()?,
-            put_old: c(rootfs.join(".strata-old-root"))?,
-            put_old_inside: c("/.strata-old-root")?,
             workdir: c(if workdir.is_empty() { "/" } else { workdir })?,
             masked: if confinement.privileged {
                 Vec::new()
@@ -521,10 +517,12 @@ impl Rootfs {
             hardened | MountFlags::RDONLY
         };
         mount(c"sysfs", &*self.sys_dir, c"sysfs", sys_flags, None)?;
-        rustix::process::pivot_root(&*self.rootfs, &*self.put_old)?;
+        // pivot_root(".", "."), as runc does: the old root is stacked under the new one
+        // and detached at once, with no directory left in the container for it.
+        rustix::process::chdir(&*self.rootfs)?;
+        rustix::process::pivot_root(c".", c".")?;
+        rustix::mount::unmount(c".", UnmountFlags::DETACH)?;
         rustix::process::chdir(c"/")?;
-        rustix::mount::unmount(&*self.put_old_inside, UnmountFlags::DETACH)?;
-        rustix::fs::rmdir(&*self.put_old_inside)?;
         for p in &self.masked {
             mask(p)?;
         }

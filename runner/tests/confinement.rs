@@ -318,10 +318,10 @@ fn other_users_cannot_reach_containers_or_layers() {
     }
     let id = std::fs::read_dir(root.join("containers"))
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .file_name();
+        .flatten()
+        .map(|e| e.file_name())
+        .find(|n| !n.to_string_lossy().starts_with('.'))
+        .unwrap();
     let config = root.join("containers").join(&id).join("config.json");
     let layer = std::fs::read_dir(root.join("layers"))
         .unwrap()

@@ -49,13 +49,21 @@ fn a_container_runs_as_pid_1_in_its_own_namespaces_and_passes_its_exit_code() {
         "{stdout}"
     );
     assert!(stdout.contains("null") && stdout.contains("urandom"), "{stdout}");
-    // --rm: nothing left.
-    assert!(
-        std::fs::read_dir(root.join("containers"))
+    // --rm: nothing left but the shared (empty) mount point, and no mount on the host.
+    let left: Vec<_> = std::fs::read_dir(root.join("containers"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, [".rootfs"]);
+    assert_eq!(
+        std::fs::read_dir(root.join("containers/.rootfs"))
             .unwrap()
-            .next()
-            .is_none()
+            .count(),
+        0
     );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(root.to_str().unwrap()), "{mounts}");
 }
 
 #[test]
