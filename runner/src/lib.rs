@@ -17,6 +17,8 @@ mod cgroup;
 mod commit;
 mod container;
 mod devices;
+mod dockerfile;
+mod dockerignore;
 mod seccomp;
 mod start;
 mod sys;
@@ -33,6 +35,14 @@ pub use devices::{
     Access as DeviceAccess, BpfInsn, DevicePolicy, DeviceRule, DeviceRuleError, DeviceType,
     Rule as DeviceRuleLine,
 };
+pub use dockerfile::{
+    Arg as DockerfileArg, Base as StageBase, Command as DockerfileCommand, CommandLine, CopyArgs, Directives,
+    Dockerfile, DockerfileError, ExpandError, Healthcheck, Instruction as DockerfileInstruction, KeyValue,
+    ResolvedInstruction, ResolvedStage, Resolver as DockerfileResolver, Stage as BuildStage,
+    Vars as BuildVars, expand as expand_word, expand_words, needed_stages, parse as parse_dockerfile,
+    resolve as resolve_dockerfile,
+};
+pub use dockerignore::{DockerIgnore, DockerIgnoreError, Verdict as IgnoreVerdict};
 pub use seccomp::{Profile as SeccompProfile, SeccompError};
 pub use start::{SecurityOptions, StartError, StartOptions, prepare, run_supervisor};
 pub use sys::{
