@@ -3539,4 +3539,73 @@ CMD ["serve"]
             Command::Label(vec![kv("clé", "\"valeur ☃\"")])
         );
     }
+
+    /// Random text made of the characters that matter never panics the parser, the resolver or `expand`.
+    #[test]
+    fn arbitrary_input_never_panics() {
+        const PIECES: &[&str] = &[
+            "FROM ",
+            "RUN ",
+            "ENV ",
+            "ARG ",
+            "COPY ",
+            "ONBUILD ",
+            "HEALTHCHECK ",
+            "LABEL ",
+            "EXPOSE ",
+            "CMD ",
+            "AS ",
+            "a",
+            "b",
+            "=",
+            " ",
+            "\t",
+            "\n",
+            "\r\n",
+            "\\",
+            "`",
+            "\"",
+            "'",
+            "$",
+            "{",
+            "}",
+            ":",
+            "-",
+            "+",
+            "?",
+            "#",
+            "%",
+            "/",
+            "*",
+            "[",
+            "]",
+            ",",
+            "--",
+            "<<",
+            "é",
+            "☃",
+            "# escape=`\n",
+            "${A",
+            "$A",
+            "0",
+        ];
+        let mut state: u64 = 0x5eed;
+        let mut next = |n: usize| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) as usize) % n
+        };
+        let args = build_args(&[("A", "x y"), ("B", "")]);
+        for _ in 0..20_000 {
+            let len = next(24);
+            let text: String = (0..len).map(|_| PIECES[next(PIECES.len())]).collect();
+            if let Ok(df) = parse(&text) {
+                let _ = resolve(&df, &args);
+            }
+            let vars = |n: &str| if n == "A" { Some("a*b".to_string()) } else { None };
+            let _ = expand(&text, &vars, '\\');
+            let _ = expand_words(&text, &vars, '`');
+        }
+    }
 }

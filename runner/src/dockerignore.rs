@@ -774,4 +774,29 @@ mod tests {
             );
         }
     }
+
+    /// Random patterns and paths never panic the parser or the matcher.
+    #[test]
+    fn arbitrary_patterns_never_panic() {
+        const PIECES: &[&str] = &[
+            "a", "b", "/", "*", "**", "?", "[", "]", "^", "-", "\\", "!", ".", "..", " ", "\n", "#", "é",
+        ];
+        let mut state: u64 = 0xd0c;
+        let mut next = |n: usize| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) as usize) % n
+        };
+        for _ in 0..20_000 {
+            let pattern: String = (0..next(12)).map(|_| PIECES[next(PIECES.len())]).collect();
+            let path: String = (0..next(10))
+                .map(|_| PIECES[next(PIECES.len())])
+                .filter(|p| *p != "\n")
+                .collect();
+            if let Ok(d) = DockerIgnore::parse(&pattern) {
+                let _ = d.check(&path, next(2) == 0);
+            }
+        }
+    }
 }
