@@ -462,6 +462,17 @@ impl Rootfs {
         // Die with the supervisor; a session of its own, without the caller's terminal
         // as controlling terminal (no TIOCSTI into the caller's shell).
         rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+        // The supervisor blocks the signals it forwards; the container starts with none
+        // blocked (a forked child inherits the mask).
+        // SAFETY: an empty local set; sets this thread's mask only.
+        let r = unsafe {
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut())
+        };
+        if r != 0 {
+            return Err(io::Error::from_raw_os_error(r));
+        }
         rustix::process::setsid()?;
         // A mount namespace of its own: `pivot_root` moves the root of every process in
         // the namespace, and the supervisor must keep the host's view. A cgroup
@@ -700,8 +711,9 @@ fn signal_set(with_child: bool) -> libc::sigset_t {
 }
 
 /// Blocks the forwarded signals (and SIGCHLD) in the calling process, so that
-/// [`forward_signals_until_exit`] receives them synchronously. Children reset their
-/// mask before exec (std does).
+/// [`forward_signals_until_exit`] receives them synchronously. The container's first
+/// process unblocks them before exec (`Rootfs::enter`); a re-executed supervisor
+/// blocks them again itself.
 pub fn block_signals() -> io::Result<()> {
     let set = signal_set(true);
     // SAFETY: sets the calling thread's mask from a valid local set.

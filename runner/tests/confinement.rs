@@ -126,6 +126,7 @@ fn a_container_is_confined_as_docker_confines_it() {
     expect("Seccomp", "2");
     expect("NoNewPrivs", "1");
     expect("own session", "yes");
+    expect("SigBlk", "0000000000000000");
     expect("fds", "0 1 2");
     for p in strata_runner::MASKED_PATHS {
         let p = p.to_str().unwrap();

@@ -513,3 +513,30 @@ fn a_moved_tag_or_a_removed_image_is_seen_by_the_next_start() {
         peers::format_output(&out)
     );
 }
+
+/// Signals sent to `runner start` in the foreground reach the container's first process
+/// (which is in a session of its own, away from the caller's terminal).
+#[test]
+fn signals_to_a_foreground_start_reach_the_container() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    let script = "trap 'echo got TERM; exit 3' TERM; echo ready; sleep 100 & wait";
+    let mut child = runner(&root)
+        .args(["start", "--rm", "bb:1", "--", "/bin/sh", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert_eq!(rest, "got TERM\n");
+    assert_eq!(status.code(), Some(3));
+}
