@@ -15,7 +15,7 @@ fn a_container_runs_as_pid_1_in_its_own_namespaces_and_passes_its_exit_code() {
         return;
     };
     let script = "echo pid=$$; hostname; echo foo=$FOO; pwd; grep -e NoNewPrivs -e CapBnd -e CapEff /proc/self/status; \
-                  ls /sys/class/net; ls -a /; ls /dev; exit 7";
+                  ls /sys/class/net; ls -a /; ls /dev; echo cg=$(grep :devices: /proc/self/cgroup | cut -d: -f3); exit 7";
     let out = peers::output(runner(&root).args([
         "start",
         "--rm",
@@ -49,6 +49,8 @@ fn a_container_runs_as_pid_1_in_its_own_namespaces_and_passes_its_exit_code() {
         "{stdout}"
     );
     assert!(stdout.contains("null") && stdout.contains("urandom"), "{stdout}");
+    // A cgroup namespace rooted at the container's own group.
+    assert!(stdout.contains("\ncg=/\n"), "{stdout}");
     // --rm: nothing left but the shared (empty) mount point, and no mount on the host.
     let left: Vec<_> = std::fs::read_dir(root.join("containers"))
         .unwrap()
