@@ -2,12 +2,13 @@
 //! container's overlay (its image's layers under its own upper directory) mounted at
 //! `DIR/rootfs`, and a runtime-spec `config.json` saying what `runner start` would do:
 //! the same command, environment, working directory, user, hostname, namespaces,
-//! capabilities (`sys::DEFAULT_CAPABILITIES`) and limits.
+//! capabilities, masked and read-only paths, device rules, seccomp filter and limits.
 
 use std::path::Path;
 
-use crate::container::{self, Container, ContainerError, Status};
-use crate::start::{StartError, io, process_env, resolve_user};
+use crate::container::{self, Container, ContainerError, SeccompChoice, Status};
+use crate::seccomp::Profile;
+use crate::start::{StartError, io, mount_rootfs, process_env, resolve_user};
 use crate::sys;
 
 /// Writes the bundle of container `c` (directory `dir`) into `bundle`. The container
@@ -19,14 +20,7 @@ pub fn export(c: &Container, dir: &Path, bundle: &Path) -> Result<(), StartError
     }
     let rootfs = bundle.join("rootfs");
     std::fs::create_dir_all(&rootfs).map_err(io(format!("create {}", rootfs.display())))?;
-    sys::mount_overlay(
-        &c.layers,
-        &dir.join("upper"),
-        &dir.join("work"),
-        &rootfs,
-        c.security.privileged,
-    )
-    .map_err(io(format!("mount the overlay at {}", rootfs.display())))?;
+    mount_rootfs(c, dir, &rootfs)?;
     let written = write_config(c, &rootfs, bundle);
     if written.is_err() {
         let _ = sys::unmount(&rootfs);
@@ -72,7 +66,14 @@ fn write_config(c: &Container, rootfs: &Path, bundle: &Path) -> Result<(), Start
         }
     }
     resources.insert("devices".into(), devices.into());
-    let config = serde_json::json!({
+    // docker's seccomp profile (or the container's own) in the runtime spec's form.
+    let profile = match &c.security.seccomp {
+        SeccompChoice::Unconfined => None,
+        SeccompChoice::Default => Some(Profile::docker_default()?),
+        SeccompChoice::Profile(json) => Some(Profile::from_json(json.as_bytes())?),
+    };
+    let seccomp = profile.map(|p| p.to_runtime_spec(&names)).transpose()?;
+    let mut config = serde_json::json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -110,6 +111,9 @@ fn write_config(c: &Container, rootfs: &Path, bundle: &Path) -> Result<(), Start
             "readonlyPaths": readonly,
         },
     });
+    if let Some(seccomp) = seccomp {
+        config["linux"]["seccomp"] = seccomp;
+    }
     let path = bundle.join("config.json");
     let bytes = serde_json::to_vec_pretty(&config).map_err(|e| StartError::Config {
         image: c.image.clone(),

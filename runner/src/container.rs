@@ -136,6 +136,19 @@ pub struct ContainerState {
 /// for all, since each mounts it in a mount namespace of its own.
 pub const ROOTFS_MOUNT_POINT: &str = ".rootfs";
 
+impl ContainerState {
+    /// Exited with `code`.
+    pub fn exited(code: i32) -> ContainerState {
+        ContainerState {
+            status: Status::Exited,
+            pid: None,
+            init_pid: None,
+            init_start: None,
+            exit_code: Some(code),
+        }
+    }
+}
+
 /// `<root>/containers`.
 pub fn containers_dir(store_root: &Path) -> PathBuf {
     store_root.join("containers")

@@ -258,6 +258,24 @@ pub struct Rule {
     pub excludes: Option<Condition>,
 }
 
+impl Rule {
+    /// Whether the rule is part of the filter for a container with `caps`, on the
+    /// architecture docker calls `arch` and on `kernel` (docker's `includes`/`excludes`).
+    fn applies(&self, caps: &[&str], arch: Option<&str>, kernel: KernelVersion) -> bool {
+        let has = |c: &String| caps.contains(&c.as_str());
+        let arch_in = |list: &[String]| arch.is_some_and(|n| list.iter().any(|a| a == n));
+        let excluded = self.excludes.as_ref().is_some_and(|ex| {
+            arch_in(&ex.arches) || ex.caps.iter().any(has) || ex.min_kernel.is_some_and(|m| kernel >= m)
+        });
+        let included = self.includes.as_ref().is_none_or(|inc| {
+            (inc.arches.is_empty() || arch_in(&inc.arches))
+                && inc.caps.iter().all(has)
+                && inc.min_kernel.is_none_or(|m| kernel >= m)
+        });
+        included && !excluded
+    }
+}
+
 /// An architecture and the sub-architectures a filter for it also covers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -469,6 +487,60 @@ impl Profile {
         Ok(profile)
     }
 
+    /// The profile as the OCI runtime spec's `linux.seccomp` for a container with `caps`
+    /// on this machine, as docker hands it to runc: the rules that apply, the native
+    /// architecture and its sub-architectures.
+    pub fn to_runtime_spec(&self, caps: &[&str]) -> Result<serde_json::Value, SeccompError> {
+        let kernel = KernelVersion::running()?;
+        let native = ScmpArch::native();
+        let architectures: Vec<String> = if self.architectures.is_empty() {
+            self.arch_map
+                .iter()
+                .find(|a| a.architecture.parse::<ScmpArch>().ok() == Some(native))
+                .map(|a| {
+                    std::iter::once(&a.architecture)
+                        .chain(&a.sub_architectures)
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default()
+        } else {
+            self.architectures.clone()
+        };
+        let syscalls: Vec<serde_json::Value> = self
+            .syscalls
+            .iter()
+            .filter(|r| r.applies(caps, docker_arch_name(native), kernel))
+            .map(|r| {
+                let names = if r.names.is_empty() {
+                    r.name.iter().cloned().collect()
+                } else {
+                    r.names.clone()
+                };
+                let mut rule = serde_json::json!({ "names": names, "action": r.action });
+                if let Some(e) = r.errno_ret {
+                    rule["errnoRet"] = e.into();
+                }
+                if !r.args.is_empty() {
+                    rule["args"] = serde_json::json!(r.args);
+                }
+                rule
+            })
+            .collect();
+        let mut spec = serde_json::json!({
+            "defaultAction": self.default_action,
+            "architectures": architectures,
+            "syscalls": syscalls,
+        });
+        if let Some(e) = self.default_errno_ret {
+            spec["defaultErrnoRet"] = e.into();
+        }
+        if !self.flags.is_empty() {
+            spec["flags"] = serde_json::json!(self.flags);
+        }
+        Ok(spec)
+    }
+
     /// A profile file in docker's JSON format.
     pub fn from_file(path: &Path) -> Result<Profile, SeccompError> {
         let json = std::fs::read(path).map_err(|source| SeccompError::Read {
@@ -539,20 +611,10 @@ impl Profile {
                 .map_err(lib(format!("add architecture {arch:?}")))?;
         }
 
-        let has = |c: &String| caps.contains(&c.as_str());
-        let arch_in = |list: &[String]| native_name.is_some_and(|n| list.iter().any(|a| a == n));
         // Every syscall a rule applied to, for the ENOSYS stub.
         let mut named: Vec<&str> = Vec::new();
         for (i, rule) in self.syscalls.iter().enumerate() {
-            let excluded = rule.excludes.as_ref().is_some_and(|ex| {
-                arch_in(&ex.arches) || ex.caps.iter().any(has) || ex.min_kernel.is_some_and(|m| kernel >= m)
-            });
-            let included = rule.includes.as_ref().is_none_or(|inc| {
-                (inc.arches.is_empty() || arch_in(&inc.arches))
-                    && inc.caps.iter().all(has)
-                    && inc.min_kernel.is_none_or(|m| kernel >= m)
-            });
-            if excluded || !included {
+            if !rule.applies(caps, native_name, kernel) {
                 continue;
             }
             let names: &[String] = match (&rule.name, rule.names.is_empty()) {
@@ -719,22 +781,15 @@ mod tests {
     use super::*;
 
     /// Docker's default capabilities.
-    const DEFAULT_CAPS: [&str; 14] = [
-        "CAP_CHOWN",
-        "CAP_DAC_OVERRIDE",
-        "CAP_FOWNER",
-        "CAP_FSETID",
-        "CAP_KILL",
-        "CAP_SETGID",
-        "CAP_SETUID",
-        "CAP_SETPCAP",
-        "CAP_NET_BIND_SERVICE",
-        "CAP_NET_RAW",
-        "CAP_SYS_CHROOT",
-        "CAP_MKNOD",
-        "CAP_AUDIT_WRITE",
-        "CAP_SETFCAP",
-    ];
+    const DEFAULT_CAPS: [&str; 14] = {
+        let mut names = [""; 14];
+        let mut i = 0;
+        while i < 14 {
+            names[i] = crate::sys::DEFAULT_CAPABILITIES[i].0;
+            i += 1;
+        }
+        names
+    };
 
     const ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
     const EPERM: u32 = libc::SECCOMP_RET_ERRNO | 1;

@@ -269,16 +269,7 @@ pub fn run_supervisor(dir: &Path, enter: bool) -> Result<i32, StartError> {
     let c = Container::load(dir)?;
     let result = supervise(&c, dir);
     if result.is_err() {
-        let _ = container::write_state(
-            dir,
-            &ContainerState {
-                status: Status::Exited,
-                pid: None,
-                init_pid: None,
-                init_start: None,
-                exit_code: Some(127),
-            },
-        );
+        let _ = container::write_state(dir, &ContainerState::exited(127));
     }
     if c.remove {
         // The rootfs is mounted in this process's own namespace, on a mount point outside
@@ -289,19 +280,25 @@ pub fn run_supervisor(dir: &Path, enter: bool) -> Result<i32, StartError> {
     result
 }
 
+/// Mounts container `c`'s overlay (its image's layers under its own upper directory,
+/// `dir/upper`) at `target`.
+pub(crate) fn mount_rootfs(c: &Container, dir: &Path, target: &Path) -> Result<(), StartError> {
+    sys::mount_overlay(
+        &c.layers,
+        &dir.join("upper"),
+        &dir.join("work"),
+        target,
+        c.security.privileged,
+    )
+    .map_err(io(format!("mount the overlay at {}", target.display())))
+}
+
 fn supervise(c: &Container, dir: &Path) -> Result<i32, StartError> {
     // Every supervisor mounts its container's overlay on the same directory, each in a
     // mount namespace of its own.
     let rootfs = dir.parent().unwrap_or(dir).join(container::ROOTFS_MOUNT_POINT);
     sys::make_mounts_private().map_err(io("make mounts private"))?;
-    sys::mount_overlay(
-        &c.layers,
-        &dir.join("upper"),
-        &dir.join("work"),
-        &rootfs,
-        c.security.privileged,
-    )
-    .map_err(io(format!("mount the overlay at {}", rootfs.display())))?;
+    mount_rootfs(c, dir, &rootfs)?;
     sys::set_hostname(&c.hostname).map_err(io("set the hostname"))?;
     let ids = resolve_user(&c.user, &rootfs)?;
     // <root>/containers/<id>: the store's cache of compiled seccomp programs.
@@ -352,16 +349,7 @@ fn supervise(c: &Container, dir: &Path) -> Result<i32, StartError> {
     )?;
     let code = sys::forward_signals_until_exit(&mut child).map_err(io("wait for the container"))?;
     cgroup.remove()?;
-    container::write_state(
-        dir,
-        &ContainerState {
-            status: Status::Exited,
-            pid: None,
-            init_pid: None,
-            init_start: None,
-            exit_code: Some(code),
-        },
-    )?;
+    container::write_state(dir, &ContainerState::exited(code))?;
     Ok(code)
 }
 

@@ -399,7 +399,8 @@ fn runc_and_crun_run_an_exported_bundle() {
     if peers::require("runc").is_none() {
         return;
     }
-    let script = "cat note.txt 2>/dev/null || echo none; echo written by $(hostname) > note.txt";
+    let script = "cat note.txt 2>/dev/null || echo none; echo written by $(hostname) > note.txt; \
+                  grep Seccomp: /proc/self/status";
     let out = peers::run_ok(runner(&root).args([
         "start",
         "--name",
@@ -412,7 +413,7 @@ fn runc_and_crun_run_an_exported_bundle() {
         "-c",
         script,
     ]));
-    assert_eq!(out, "none\n");
+    assert_eq!(out, "none\nSeccomp:\t2\n");
     let bundle = tmp.path().join("bundle");
     peers::run_ok(runner(&root).args(["export", "b2"]).arg(&bundle));
     let out = peers::output(
@@ -429,7 +430,7 @@ fn runc_and_crun_run_an_exported_bundle() {
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "written by bee\n",
+        "written by bee\nSeccomp:\t2\n",
         "{}",
         peers::format_output(&out)
     );
@@ -459,7 +460,7 @@ fn runc_and_crun_run_an_exported_bundle() {
         );
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
-            "written by bee\n",
+            "written by bee\nSeccomp:\t2\n",
             "{}",
             peers::format_output(&out)
         );
