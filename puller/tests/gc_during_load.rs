@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use strata_fixtures as fx;
 use strata_fixtures::peers;
@@ -67,6 +68,7 @@ fn gc_from_other_processes_during_a_load_keeps_the_loading_image() {
         .unwrap();
     assert!(loaded.success());
     store(&root, &["rm", "strata/y:1"]);
+    let y_written = std::time::Instant::now();
 
     let mut load = Command::new(puller)
         .arg("--root")
@@ -87,6 +89,9 @@ fn gc_from_other_processes_during_a_load_keeps_the_loading_image() {
     // One writer process at a time: the first GC waited for the load's lock, so the runs
     // fall before and after it, never inside a half-recorded load.
     assert!(gc_runs >= 1);
+    // GC keeps a second of slack on file times: Y's blobs are garbage once older than it
+    // (a fast load can end sooner).
+    std::thread::sleep(Duration::from_millis(1200).saturating_sub(y_written.elapsed()));
     store(&root, &["gc", "--grace", "0s"]);
 
     let ls = store(&root, &["ls", "--json"]);

@@ -2,6 +2,7 @@
 //! namespace in an overlay of the store's unpacked layers, with its own hostname,
 //! network and mounts, `no_new_privs`, and its exit code passed through.
 
+use std::path::Path;
 use std::process::Command;
 
 use strata_fixtures::peers;
@@ -542,4 +543,49 @@ fn signals_to_a_foreground_start_reach_the_container() {
     std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
     assert_eq!(rest, "got TERM\n");
     assert_eq!(status.code(), Some(3));
+}
+
+/// A container keeps what it runs on: after its image's tag is removed, `store gc`
+/// leaves the container's layers and image config, and the container still exports
+/// and runs (as docker keeps an image while a container uses it).
+#[test]
+fn gc_keeps_the_layers_of_containers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    peers::run_ok(runner(&root).args(["start", "--name", "keep", "bb:1", "--", "/bin/true"]));
+    let store = |args: &[&str]| {
+        peers::run_ok(
+            Command::new(peers::bin("store"))
+                .arg("--root")
+                .arg(&root)
+                .args(args),
+        )
+    };
+    store(&["rm", "bb:1"]);
+    // Past GC's second of slack on file times: only the container keeps the image now.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    store(&["gc", "--grace", "0s"]);
+    let ps = peers::run_ok(runner(&root).args(["ps", "--json"]));
+    let rows: serde_json::Value = serde_json::from_str(&ps).unwrap();
+    let id = rows[0]["id"].as_str().unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("containers").join(id).join("config.json")).unwrap())
+            .unwrap();
+    for l in config["layers"].as_array().unwrap() {
+        assert!(
+            Path::new(l.as_str().unwrap()).join("bin").exists() || Path::new(l.as_str().unwrap()).is_dir(),
+            "{l}"
+        );
+    }
+    let image = config["image_id"].as_str().unwrap().trim_start_matches("sha256:");
+    assert!(root.join("blobs/sha256").join(image).is_file());
+    store(&["fsck"]);
+    // Once the container is gone, so is what only it kept.
+    peers::run_ok(runner(&root).args(["rm", "keep"]));
+    // GC keeps a second of slack on file times.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    store(&["gc", "--grace", "0s"]);
+    assert!(!root.join("blobs/sha256").join(image).exists());
 }

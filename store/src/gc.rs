@@ -126,6 +126,9 @@ impl Store {
                 layers.extend(chains.iter().filter_map(|v| v.as_str()?.parse::<Digest>().ok()));
             }
         }
+        let (images, chains) = container_roots(self.root());
+        blobs.extend(images);
+        layers.extend(chains);
         let now_s = now();
         for (key, lease) in meta.scan::<LeaseRecord>(Cf::Leases)? {
             if lease.expires < now_s {
@@ -238,4 +241,33 @@ impl Store {
         u.tags = self.meta().keys(Cf::Tags, "")?.len() as u64;
         Ok(u)
     }
+}
+
+/// What the runner's containers use: each `containers/<id>/config.json` names its image
+/// (`image_id`: the config blob) and its unpacked layers (`layers`:
+/// `<root>/layers/<chain-hex>/diff`). A container outlives its image's tag, so its
+/// layers stay while it does, as docker keeps an image a container uses.
+fn container_roots(root: &std::path::Path) -> (Vec<Digest>, Vec<Digest>) {
+    let (mut images, mut chains) = (Vec::new(), Vec::new());
+    let Ok(entries) = std::fs::read_dir(root.join("containers")) else {
+        return (images, chains);
+    };
+    for e in entries.flatten() {
+        let Ok(bytes) = std::fs::read(e.path().join("config.json")) else {
+            continue;
+        };
+        let Ok(c) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            continue;
+        };
+        images.extend(c["image_id"].as_str().and_then(|s| s.parse::<Digest>().ok()));
+        for l in c["layers"].as_array().into_iter().flatten() {
+            let chain = l
+                .as_str()
+                .map(std::path::Path::new)
+                .and_then(|p| p.parent()?.file_name()?.to_str())
+                .and_then(|hex| Digest::from_hex(hex).ok());
+            chains.extend(chain);
+        }
+    }
+    (images, chains)
 }
