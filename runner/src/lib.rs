@@ -19,6 +19,7 @@ mod container;
 mod devices;
 mod dockerfile;
 mod dockerignore;
+mod lifecycle;
 mod seccomp;
 mod start;
 mod sys;
@@ -43,6 +44,7 @@ pub use dockerfile::{
     resolve as resolve_dockerfile,
 };
 pub use dockerignore::{DockerIgnore, DockerIgnoreError, Verdict as IgnoreVerdict};
+pub use lifecycle::{LifecycleError, kill, logs, parse_signal, stop, wait_exit};
 pub use seccomp::{Profile as SeccompProfile, SeccompError};
 pub use start::{SecurityOptions, StartError, StartOptions, prepare, run_supervisor};
 pub use sys::{

@@ -589,3 +589,66 @@ fn gc_keeps_the_layers_of_containers() {
     store(&["gc", "--grace", "0s"]);
     assert!(!root.join("blobs/sha256").join(image).exists());
 }
+
+/// `kill -s`, `logs [-f]`, `wait` and `inspect` on a detached container, as docker's.
+#[test]
+fn kill_logs_wait_and_inspect_a_detached_container() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    let script = "trap 'echo got USR1; exit 5' USR1; echo started; while :; do sleep 0.1; done";
+    let id = peers::run_ok(runner(&root).args([
+        "start", "-d", "--name", "lc", "bb:1", "--", "/bin/sh", "-c", script,
+    ]));
+    let id = id.trim();
+    // Its first line, then follow until it exits.
+    for _ in 0..100 {
+        if peers::run_ok(runner(&root).args(["logs", "lc"])) == "started\n" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let follow = runner(&root)
+        .args(["logs", "-f", "lc"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let inspect = peers::run_ok(runner(&root).args(["inspect", &id[..12]]));
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(v[0]["id"], id);
+    assert_eq!(v[0]["name"], "lc");
+    assert_eq!(v[0]["state"]["status"], "running");
+    let waiter = runner(&root)
+        .args(["wait", "lc"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    peers::run_ok(runner(&root).args(["kill", "-s", "USR1", "lc"]));
+    let waited = waiter.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&waited.stdout), "5\n");
+    let followed = follow.wait_with_output().unwrap();
+    assert!(followed.status.success());
+    assert_eq!(String::from_utf8_lossy(&followed.stdout), "started\ngot USR1\n");
+    // Not running any more: kill is an error; a bad signal too.
+    let out = peers::output(runner(&root).args(["kill", "lc"]));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not running"),
+        "{}",
+        peers::format_output(&out)
+    );
+    let out = peers::output(runner(&root).args(["kill", "-s", "NOPE", "lc"]));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown signal"),
+        "{}",
+        peers::format_output(&out)
+    );
+    // A foreground container has no log.
+    peers::run_ok(runner(&root).args(["start", "--name", "fg", "bb:1", "--", "/bin/true"]));
+    let out = peers::output(runner(&root).args(["logs", "fg"]));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no log"),
+        "{}",
+        peers::format_output(&out)
+    );
+}

@@ -109,6 +109,32 @@ pub enum CliCommand {
         #[arg(required = true, value_name = "ID-OR-PREFIX-OR-NAME")]
         containers: Vec<String>,
     },
+    /// Send a signal to running containers' first process
+    Kill {
+        /// The signal, by name (TERM, SIGHUP…) or number
+        #[arg(long, short = 's', default_value = "KILL")]
+        signal: String,
+        #[arg(required = true, value_name = "ID-OR-PREFIX-OR-NAME")]
+        containers: Vec<String>,
+    },
+    /// Wait until containers exit and print their exit codes
+    Wait {
+        #[arg(required = true, value_name = "ID-OR-PREFIX-OR-NAME")]
+        containers: Vec<String>,
+    },
+    /// Print a detached container's output (its log)
+    Logs {
+        /// Keep printing what it writes until it exits
+        #[arg(long, short = 'f')]
+        follow: bool,
+        #[arg(value_name = "ID-OR-PREFIX-OR-NAME")]
+        container: String,
+    },
+    /// Print containers' configuration and state as JSON
+    Inspect {
+        #[arg(required = true, value_name = "ID-OR-PREFIX-OR-NAME")]
+        containers: Vec<String>,
+    },
     /// Make a new image of a container's changes, tagged REF
     Commit {
         /// The image's author (e.g. "Jane Doe <jane@example.com>")
@@ -158,6 +184,16 @@ pub enum Command {
         containers: Vec<String>,
         grace: std::time::Duration,
     },
+    Kill {
+        signal: i32,
+        containers: Vec<String>,
+    },
+    Wait(Vec<String>),
+    Logs {
+        follow: bool,
+        container: String,
+    },
+    Inspect(Vec<String>),
     Ps {
         json: bool,
     },
@@ -213,6 +249,13 @@ impl Cli {
                 },
                 detach,
             },
+            CliCommand::Kill { signal, containers } => Command::Kill {
+                signal: strata_runner::parse_signal(&signal)?,
+                containers,
+            },
+            CliCommand::Wait { containers } => Command::Wait(containers),
+            CliCommand::Logs { follow, container } => Command::Logs { follow, container },
+            CliCommand::Inspect { containers } => Command::Inspect(containers),
             CliCommand::Stop { time, containers } => Command::Stop {
                 containers,
                 grace: std::time::Duration::from_secs(time),

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use strata_runner::{
     Status, alive, block_signals, containers_dir, find, forward_signals_until_exit, list, prepare,
-    read_state, run_supervisor, signal_checked, single_threaded, spawn_supervisor,
+    read_state, run_supervisor, single_threaded, spawn_supervisor,
 };
 
 fn main() -> ExitCode {
@@ -64,7 +64,7 @@ fn run(root: &Path, command: cli::Command) -> anyhow::Result<u8> {
             for t in containers {
                 let (c, _) = find(root, &t)?;
                 let dir = c.dir(root);
-                stop(&dir, grace).with_context(|| format!("stop {}", &c.id[..12]))?;
+                strata_runner::stop(&dir, grace).with_context(|| format!("stop {}", &c.id[..12]))?;
                 println!("{}", c.id);
             }
             Ok(0)
@@ -133,6 +133,41 @@ fn run(root: &Path, command: cli::Command) -> anyhow::Result<u8> {
             println!("{}", r.image_id);
             Ok(0)
         }
+        cli::Command::Kill { signal, containers } => {
+            for t in containers {
+                let (c, _) = find(root, &t)?;
+                strata_runner::kill(&c.dir(root), signal)?;
+                println!("{}", c.id);
+            }
+            Ok(0)
+        }
+        cli::Command::Wait(containers) => {
+            for t in containers {
+                let (c, _) = find(root, &t)?;
+                let code = strata_runner::wait_exit(&c.dir(root), None)?.flatten();
+                match code {
+                    Some(code) => println!("{code}"),
+                    None => println!("unknown (removed or its supervisor died)"),
+                }
+            }
+            Ok(0)
+        }
+        cli::Command::Logs { follow, container } => {
+            let (c, _) = find(root, &container)?;
+            strata_runner::logs(&c.dir(root), follow, &mut std::io::stdout().lock())?;
+            Ok(0)
+        }
+        cli::Command::Inspect(containers) => {
+            let mut all = Vec::new();
+            for t in containers {
+                let (c, s) = find(root, &t)?;
+                let mut v = serde_json::to_value(&c)?;
+                v["state"] = serde_json::to_value(&s)?;
+                all.push(v);
+            }
+            println!("{}", serde_json::to_string_pretty(&all)?);
+            Ok(0)
+        }
         cli::Command::Export { container, dir } => {
             let (c, _) = find(root, &container)?;
             strata_runner::export(&c, &c.dir(root), &dir)
@@ -172,41 +207,4 @@ fn wait_started(dir: &Path, mut supervisor: std::process::Child) -> anyhow::Resu
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-/// SIGTERM to the container's first process, SIGKILL after `grace`, then waits for its
-/// supervisor to record the exit. A container that is not running is left as it is.
-fn stop(dir: &Path, grace: Duration) -> anyhow::Result<()> {
-    let state = read_state(dir)?;
-    let (Status::Running, Some(init)) = (state.status, state.init_pid) else {
-        return Ok(());
-    };
-    // Only the container's own first process is signalled, never a process that reused
-    // its PID (checked through a pidfd).
-    let signal = |kill: bool| signal_checked(init, state.init_start, if kill { 9 } else { 15 });
-    let exited = |until: Instant| -> anyhow::Result<bool> {
-        while Instant::now() < until {
-            let s = match read_state(dir) {
-                Ok(s) => s,
-                // Removed at exit (--rm), or being removed.
-                Err(_) if !dir.join("state.json").exists() => return Ok(true),
-                Err(e) => return Err(e.into()),
-            };
-            if s.status == Status::Exited || !s.pid.is_some_and(alive) {
-                return Ok(true);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(false)
-    };
-    if signal(false)? {
-        if exited(Instant::now() + grace)? {
-            return Ok(());
-        }
-        signal(true)?;
-    }
-    if !exited(Instant::now() + Duration::from_secs(10))? {
-        bail!("the container did not exit after SIGKILL");
-    }
-    Ok(())
 }
