@@ -9,6 +9,8 @@ mod digest;
 mod fsck;
 #[cfg(feature = "meta")]
 mod gc;
+#[cfg(feature = "meta")]
+mod history;
 mod index;
 mod layers;
 mod manifest;
@@ -31,6 +33,8 @@ pub use digest::{Digest, DigestError, Hasher, HashingReader, HashingWriter};
 pub use fsck::{Fault, FsckReport};
 #[cfg(feature = "meta")]
 pub use gc::{GcOptions, GcReport, Usage};
+#[cfg(feature = "meta")]
+pub use history::{HistoryEntry, MISSING_ID};
 pub use index::{IdIndex, IdKind, IndexError};
 pub use layers::{LayerError, LayerStore, LayerUsage, chain_id};
 pub use manifest::{

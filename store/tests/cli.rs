@@ -1,4 +1,4 @@
-//! The `store` binary end to end: ls, inspect by prefix (unique and ambiguous), tag, rm, gc, du.
+//! The `store` binary end to end: ls, inspect by prefix (unique and ambiguous), history, tag, rm, gc, du.
 
 use std::path::Path;
 use std::process::Command;
@@ -200,4 +200,82 @@ fn a_writer_waits_for_the_holder_and_names_it() {
         "{stderr}"
     );
     assert_eq!(Store::writer(&root), None);
+}
+
+#[test]
+fn history_lists_steps_newest_first_as_json_and_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("s");
+    let image = fx::busybox(fx::Flavor::Docker, fx::LayerCompression::Gzip);
+    {
+        let store = Store::open(&root).unwrap();
+        let path = dir.path().join("busybox.tar");
+        fx::write_docker_save(&path, &[(&image, &["busybox:hist"][..])]);
+        load(&store, &path, &LoadOptions::default()).unwrap();
+    }
+    let config: serde_json::Value = serde_json::from_slice(&image.config.bytes).unwrap();
+    let mut want = config["history"].as_array().unwrap().clone();
+    want.reverse();
+    assert!(want.iter().any(|w| w["empty_layer"] == true));
+
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&ok(&root, &["history", "busybox:hist", "--json"])).unwrap();
+    assert_eq!(rows.len(), want.len());
+    for (i, (row, w)) in rows.iter().zip(&want).enumerate() {
+        for key in ["id", "created", "created_by", "size", "comment", "empty_layer"] {
+            assert!(row.get(key).is_some(), "row {i} lacks {key}: {row}");
+        }
+        assert_eq!(row["created_by"], w["created_by"], "row {i}");
+        assert_eq!(row["created"], w["created"], "row {i}");
+        let empty = w["empty_layer"] == true;
+        assert_eq!(row["empty_layer"], empty, "row {i}");
+        assert_eq!(row["size"].as_u64().unwrap() == 0, empty, "row {i}: {row}");
+        let id = if i == 0 {
+            image.id()
+        } else {
+            "<missing>".to_string()
+        };
+        assert_eq!(row["id"], id.as_str(), "row {i}");
+    }
+    // By ID prefix too.
+    let hex = image.id().trim_start_matches("sha256:").to_string();
+    let by_prefix: Vec<serde_json::Value> =
+        serde_json::from_str(&ok(&root, &["history", &hex[..10], "--json"])).unwrap();
+    assert_eq!(by_prefix, rows);
+
+    let table = ok(&root, &["history", "busybox:hist"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), want.len() + 1, "{table}");
+    let head: Vec<&str> = lines[0]
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        head,
+        ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"],
+        "{table}"
+    );
+    assert!(lines[1].starts_with(&hex[..12]), "{table}");
+    assert!(lines[2..].iter().all(|l| l.starts_with("<missing>")), "{table}");
+    assert!(lines[1..].iter().all(|l| l.contains(" ago")), "{table}");
+    // The long RUN step is cut to 45 characters; --no-trunc shows it whole.
+    let run = want
+        .iter()
+        .find_map(|w| w["created_by"].as_str().filter(|c| c.starts_with("RUN")))
+        .unwrap();
+    assert!(run.chars().count() > 45);
+    let cut: String = run.chars().take(44).chain(['…']).collect();
+    assert!(table.contains(&cut) && !table.contains(run), "{table}");
+    assert!(table.contains("0B"), "{table}");
+    let full = ok(&root, &["history", "--no-trunc", "busybox:hist"]);
+    assert!(full.contains(run) && full.contains(&image.id()), "{full}");
+
+    let out = store_cmd(&root, &["history", "nosuch:tag"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: no such image") && err.lines().count() == 1,
+        "{err}"
+    );
 }

@@ -28,6 +28,17 @@ pub enum Command {
         #[arg(value_name = "ID-OR-PREFIX-OR-REF")]
         target: String,
     },
+    /// Show an image's build steps, newest first (like `docker history`)
+    History {
+        #[arg(value_name = "ID-OR-PREFIX-OR-REF")]
+        image: String,
+        /// Print a JSON array instead of a table
+        #[arg(long)]
+        json: bool,
+        /// Show the full image ID and CREATED BY text
+        #[arg(long)]
+        no_trunc: bool,
+    },
     /// Tag an image: point DST at the manifest SRC names
     Tag { src: String, dst: String },
     /// Remove a tag, or an image and all its tags; space is reclaimed by `gc`

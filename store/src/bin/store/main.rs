@@ -1,4 +1,4 @@
-//! `store`: the admin tool for a strata store (list, inspect, tag, remove, gc, fsck, du).
+//! `store`: the admin tool for a strata store (list, inspect, history, tag, remove, gc, fsck, du).
 
 mod cli;
 
@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use strata_store::{GcOptions, ImageRef, Store, default_root};
+use strata_store::{Digest, GcOptions, ImageRef, Store, default_root};
 
 use cli::{Cli, Command};
 
@@ -78,6 +78,48 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let v = store.inspect(&target)?;
             serde_json::to_writer_pretty(&mut out, &v)?;
             writeln!(out)?;
+        }
+        Command::History {
+            image,
+            json,
+            no_trunc,
+        } => {
+            let store = open_ro()?;
+            let rows = store.history(&image)?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &rows)?;
+                writeln!(out)?;
+            } else {
+                let table: Vec<[String; 5]> = rows
+                    .iter()
+                    .map(|r| {
+                        let id = match r.id.parse::<Digest>() {
+                            Ok(d) if !no_trunc => store
+                                .index()
+                                .shortest_unique(&d.hex(), 12)
+                                .unwrap_or_else(|| d.hex()[..12].to_string()),
+                            _ => r.id.clone(),
+                        };
+                        let created_by = r.created_by.replace(['\t', '\n'], " ");
+                        [
+                            id,
+                            r.created.as_deref().map_or_else(|| "N/A".into(), human_created),
+                            if no_trunc {
+                                created_by
+                            } else {
+                                ellipsis(&created_by, 45)
+                            },
+                            human_size(r.size),
+                            r.comment.clone(),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &mut out,
+                    ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"],
+                    &table,
+                )?;
+            }
         }
         Command::Tag { src, dst } => {
             let store = open_rw()?;
@@ -246,6 +288,16 @@ fn human_size(n: u64) -> String {
             .to_string()
             + UNITS[i]
     }
+}
+
+/// `s` cut to `max` characters, the last of them `…`, when longer (docker's truncation).
+fn ellipsis(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
 }
 
 /// `2 days ago`, from an RFC 3339 timestamp.
