@@ -36,6 +36,12 @@ fn write_config(c: &Container, rootfs: &Path, bundle: &Path) -> Result<(), Start
     if let Some(m) = c.limits.memory {
         resources.insert("memory".into(), serde_json::json!({ "limit": m }));
     }
+    if let Some(m) = c.limits.cpus_milli {
+        resources.insert(
+            "cpu".into(),
+            serde_json::json!({ "quota": m * 100, "period": 100_000 }),
+        );
+    }
     if let Some(p) = c.limits.pids {
         resources.insert("pids".into(), serde_json::json!({ "limit": p }));
     }
@@ -88,7 +94,7 @@ fn write_config(c: &Container, rootfs: &Path, bundle: &Path) -> Result<(), Start
             },
             "noNewPrivileges": true,
         },
-        "root": { "path": "rootfs", "readonly": false },
+        "root": { "path": "rootfs", "readonly": c.read_only },
         "hostname": c.hostname,
         "mounts": [
             { "destination": "/proc", "type": "proc", "source": "proc" },

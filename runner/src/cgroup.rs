@@ -51,11 +51,23 @@ pub struct Limits {
     /// Most processes and threads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<u64>,
+    /// CPU time, in thousandths of a CPU (`--cpus 1.5` is 1500): a CFS quota per
+    /// 100 ms period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus_milli: Option<u64>,
 }
+
+/// The CFS period the CPU quota is given in (docker's).
+const CPU_PERIOD_US: u64 = 100_000;
 
 impl Limits {
     pub fn is_empty(&self) -> bool {
-        self.memory.is_none() && self.pids.is_none()
+        self.memory.is_none() && self.pids.is_none() && self.cpus_milli.is_none()
+    }
+
+    /// The CFS quota in microseconds per [`CPU_PERIOD_US`].
+    fn cpu_quota_us(&self) -> Option<u64> {
+        self.cpus_milli.map(|m| (m * CPU_PERIOD_US / 1000).max(1000))
     }
 }
 
@@ -129,10 +141,14 @@ impl Cgroup {
     fn join_v2(root: &Path, id: &str, limits: &Limits, all_devices: bool) -> Result<Cgroup> {
         let parent = root.join("strata");
         create(&parent)?;
-        let wanted: Vec<&str> = [limits.memory.map(|_| "memory"), limits.pids.map(|_| "pids")]
-            .into_iter()
-            .flatten()
-            .collect();
+        let wanted: Vec<&str> = [
+            limits.memory.map(|_| "memory"),
+            limits.pids.map(|_| "pids"),
+            limits.cpus_milli.map(|_| "cpu"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         for dir in [root, parent.as_path()] {
             let available = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
             for c in &wanted {
@@ -155,6 +171,9 @@ impl Cgroup {
         }
         if let Some(p) = limits.pids {
             write(&group.join("pids.max"), &p.to_string())?;
+        }
+        if let Some(q) = limits.cpu_quota_us() {
+            write(&group.join("cpu.max"), &format!("{q} {CPU_PERIOD_US}"))?;
         }
         if !all_devices && let Err(e) = confine_devices(&group) {
             let _ = std::fs::remove_dir(&group);
@@ -195,6 +214,15 @@ impl Cgroup {
         }
         if let Some(p) = limits.pids {
             setup("pids", vec![("pids.max", p.to_string())])?;
+        }
+        if let Some(q) = limits.cpu_quota_us() {
+            setup(
+                "cpu",
+                vec![
+                    ("cpu.cfs_period_us", CPU_PERIOD_US.to_string()),
+                    ("cpu.cfs_quota_us", q.to_string()),
+                ],
+            )?;
         }
         Ok(cg)
     }

@@ -66,6 +66,9 @@ pub struct Container {
     /// How far the container is confined (docker's defaults unless asked otherwise).
     #[serde(default)]
     pub security: Security,
+    /// `--read-only`: its root filesystem is mounted read-only.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// A container's confinement, fixed when it is created.

@@ -120,6 +120,13 @@ pub struct StartOptions {
     pub remove: bool,
     pub limits: Limits,
     pub security: SecurityOptions,
+    /// `--entrypoint`: replaces the image's `Entrypoint` (and drops its `Cmd`, as
+    /// docker does); empty for none.
+    pub entrypoint: Option<String>,
+    /// `-w`: the working directory instead of the image's.
+    pub workdir: Option<String>,
+    /// `--read-only`: the container's root filesystem mounted read-only.
+    pub read_only: bool,
 }
 
 /// Errors starting a container.
@@ -198,17 +205,27 @@ pub fn prepare(store_root: &Path, opts: &StartOptions) -> Result<Container, Star
             other => Err(bad(format!("not a list of strings: {other}"))),
         }
     };
-    let mut command = strings(&runtime["Entrypoint"])?;
-    if opts.command.is_empty() {
-        command.extend(strings(&runtime["Cmd"])?);
-    } else {
+    let mut command = match &opts.entrypoint {
+        Some(e) if e.is_empty() => Vec::new(),
+        Some(e) => vec![e.clone()],
+        None => strings(&runtime["Entrypoint"])?,
+    };
+    if !opts.command.is_empty() {
         command.extend(opts.command.iter().cloned());
+    } else if opts.entrypoint.is_none() {
+        command.extend(strings(&runtime["Cmd"])?);
     }
     if command.is_empty() {
         return Err(StartError::NoCommand);
     }
     let env = merge_env(strings(&runtime["Env"])?, &opts.env)?;
-    let workdir = runtime["WorkingDir"].as_str().unwrap_or("").to_string();
+    let workdir = match &opts.workdir {
+        Some(w) if !w.starts_with('/') => {
+            return Err(bad(format!("the working directory {w:?} is not absolute")));
+        }
+        Some(w) => w.clone(),
+        None => runtime["WorkingDir"].as_str().unwrap_or("").to_string(),
+    };
     let user = match &opts.user {
         Some(u) => u.clone(),
         None => runtime["User"].as_str().unwrap_or("").to_string(),
@@ -230,6 +247,7 @@ pub fn prepare(store_root: &Path, opts: &StartOptions) -> Result<Container, Star
         remove: opts.remove,
         limits: opts.limits,
         security,
+        read_only: opts.read_only,
     };
     c.create(store_root)?;
     Ok(c)
@@ -309,8 +327,14 @@ fn supervise(c: &Container, dir: &Path) -> Result<i32, StartError> {
         .join("cache")
         .join("seccomp");
     let confined = confinement(&c.security, &cache)?;
-    let steps = sys::Rootfs::new(&rootfs, &c.workdir, (ids.uid, ids.gid, &ids.groups), confined)
-        .map_err(io("prepare the rootfs"))?;
+    let steps = sys::Rootfs::new(
+        &rootfs,
+        &c.workdir,
+        (ids.uid, ids.gid, &ids.groups),
+        confined,
+        c.read_only,
+    )
+    .map_err(io("prepare the rootfs"))?;
     let mut cmd = Command::new(&c.command[0]);
     cmd.args(&c.command[1..]).env_clear();
     for e in process_env(c, &ids) {

@@ -367,6 +367,7 @@ pub struct Rootfs {
     keep: CapabilitySet,
     seccomp: Option<(Vec<libc::sock_filter>, u32)>,
     privileged: bool,
+    read_only: bool,
     uid: rustix::process::Uid,
     gid: rustix::process::Gid,
     /// Supplementary groups, ready for setgroups(2).
@@ -386,6 +387,7 @@ impl Rootfs {
         workdir: &str,
         ids: (u32, u32, &[u32]),
         confinement: Confinement,
+        read_only: bool,
     ) -> io::Result<Rootfs> {
         let (uid, gid, groups) = ids;
         for d in ["proc", "dev", "sys"] {
@@ -447,6 +449,7 @@ impl Rootfs {
             keep,
             seccomp: confinement.seccomp,
             privileged: confinement.privileged,
+            read_only,
             uid: rustix::process::Uid::from_raw(uid),
             gid: rustix::process::Gid::from_raw(gid),
             supplementary: groups
@@ -539,6 +542,15 @@ impl Rootfs {
         }
         for p in &self.readonly {
             read_only(p)?;
+        }
+        if self.read_only {
+            // `--read-only`: the root itself; /dev, /dev/shm, /proc… stay as mounted.
+            let dev = if self.privileged {
+                MountFlags::empty()
+            } else {
+                MountFlags::NODEV
+            };
+            rustix::mount::mount_remount(c"/", MountFlags::BIND | MountFlags::RDONLY | dev, c"")?;
         }
         rustix::process::chdir(&*self.workdir)?;
         // Before the capabilities go: raising a hard limit takes CAP_SYS_RESOURCE.

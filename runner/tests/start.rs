@@ -652,3 +652,77 @@ fn kill_logs_wait_and_inspect_a_detached_container() {
         peers::format_output(&out)
     );
 }
+
+/// `--entrypoint`, `-w`, `--read-only` and `--cpus`, as `docker run` takes them.
+#[test]
+fn entrypoint_workdir_read_only_and_cpus() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    let run = |args: &[&str]| peers::output(runner(&root).args(["start", "--rm"]).args(args));
+    let out = run(&["--entrypoint", "/bin/echo", "bb:1", "--", "from", "entrypoint"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "from entrypoint\n",
+        "{}",
+        peers::format_output(&out)
+    );
+    // The image's Cmd goes with its entrypoint: /bin/echo alone prints an empty line.
+    let out = run(&["--entrypoint", "/bin/echo", "bb:1"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "\n",
+        "{}",
+        peers::format_output(&out)
+    );
+    let out = run(&["-w", "/usr/share", "bb:1", "--", "/bin/pwd"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "/usr/share\n",
+        "{}",
+        peers::format_output(&out)
+    );
+    let out = run(&["-w", "relative", "bb:1"]);
+    assert!(!out.status.success());
+    let script = "touch /data/x 2>&1; touch /dev/shm/y && echo shm ok";
+    let out = run(&["--read-only", "bb:1", "--", "/bin/sh", "-c", script]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Read-only file system") && stdout.contains("shm ok"),
+        "{}",
+        peers::format_output(&out)
+    );
+    // Without --read-only the same write works.
+    let out = run(&["bb:1", "--", "/bin/sh", "-c", "touch /data/x && echo written"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "written\n");
+    // Half a CPU: a CFS quota of 50 ms per 100 ms period on the container's group.
+    let id = peers::run_ok(runner(&root).args([
+        "start",
+        "-d",
+        "--rm",
+        "--cpus",
+        "0.5",
+        "bb:1",
+        "--",
+        "/bin/sleep",
+        "30",
+    ]));
+    let id = id.trim();
+    let quota = ["/sys/fs/cgroup/strata", "/sys/fs/cgroup/cpu/strata"]
+        .iter()
+        .find_map(|h| {
+            let g = Path::new(h).join(id);
+            std::fs::read_to_string(g.join("cpu.max"))
+                .or_else(|_| std::fs::read_to_string(g.join("cpu.cfs_quota_us")))
+                .ok()
+        })
+        .unwrap_or_default();
+    peers::run_ok(runner(&root).args(["stop", "-t", "0", id]));
+    assert!(
+        quota.trim() == "50000" || quota.trim() == "50000 100000",
+        "{quota:?}"
+    );
+    let out = run(&["--cpus", "lots", "bb:1"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid number of CPUs"));
+}

@@ -28,6 +28,14 @@ fn security_options(opts: &[String]) -> anyhow::Result<Option<Option<String>>> {
     Ok(seccomp)
 }
 
+/// `--cpus`: a positive decimal number of CPUs, in thousandths.
+fn parse_cpus(s: &str) -> Result<u64, String> {
+    match s.parse::<f64>() {
+        Ok(n) if (0.001..=4096.0).contains(&n) => Ok((n * 1000.0).round() as u64),
+        _ => Err(format!("invalid number of CPUs {s:?} (e.g. 0.5, 2)")),
+    }
+}
+
 fn parse_memory(s: &str) -> Result<u64, String> {
     strata_runner::parse_bytes(s).ok_or_else(|| format!("invalid byte count {s:?} (e.g. 64m, 1g)"))
 }
@@ -75,6 +83,18 @@ pub enum CliCommand {
         /// Most processes and threads, through the pids cgroup
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         pids: Option<u64>,
+        /// CPUs the container may use (e.g. 1.5), through the CPU cgroup's CFS quota
+        #[arg(long, value_name = "N", value_parser = parse_cpus)]
+        cpus: Option<u64>,
+        /// Replace the image's entrypoint ("" for none; the image's command is dropped too)
+        #[arg(long)]
+        entrypoint: Option<String>,
+        /// The working directory inside the container (absolute)
+        #[arg(long, short = 'w', value_name = "DIR")]
+        workdir: Option<String>,
+        /// Mount the container's root filesystem read-only
+        #[arg(long = "read-only")]
+        read_only: bool,
         /// Give the container every capability, every device, no seccomp filter and no
         /// masked or read-only paths (less confinement, as docker's --privileged)
         #[arg(long)]
@@ -177,7 +197,7 @@ pub enum CliCommand {
 /// What to do, typed.
 pub enum Command {
     Start {
-        opts: StartOptions,
+        opts: Box<StartOptions>,
         detach: bool,
     },
     Stop {
@@ -224,6 +244,10 @@ impl Cli {
                 user,
                 memory,
                 pids,
+                cpus,
+                entrypoint,
+                workdir,
+                read_only,
                 privileged,
                 cap_add,
                 cap_drop,
@@ -231,7 +255,7 @@ impl Cli {
                 image,
                 command,
             } => Command::Start {
-                opts: StartOptions {
+                opts: Box::new(StartOptions {
                     image,
                     name,
                     command,
@@ -239,14 +263,21 @@ impl Cli {
                     hostname,
                     user,
                     remove: rm,
-                    limits: Limits { memory, pids },
+                    limits: Limits {
+                        memory,
+                        pids,
+                        cpus_milli: cpus,
+                    },
+                    entrypoint,
+                    workdir,
+                    read_only,
                     security: SecurityOptions {
                         privileged,
                         cap_add,
                         cap_drop,
                         seccomp: security_options(&security_opt)?,
                     },
-                },
+                }),
                 detach,
             },
             CliCommand::Kill { signal, containers } => Command::Kill {
