@@ -69,6 +69,9 @@ pub struct Container {
     /// `--read-only`: its root filesystem is mounted read-only.
     #[serde(default)]
     pub read_only: bool,
+    /// Host directories, volumes and tmpfs mounted into it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<crate::volumes::MountSpec>,
 }
 
 /// A container's confinement, fixed when it is created.

@@ -23,6 +23,7 @@ mod lifecycle;
 mod seccomp;
 mod start;
 mod sys;
+mod volumes;
 
 pub use bundle::export;
 pub use cgroup::{
@@ -51,3 +52,4 @@ pub use sys::{
     MASKED_PATHS, READONLY_PATHS, alive, block_signals, forward_signals_until_exit, signal_checked,
     single_threaded, spawn_supervisor,
 };
+pub use volumes::{MountSpec, VolumeError, create_volume, list_volumes, remove_volume};

@@ -127,6 +127,9 @@ pub struct StartOptions {
     pub workdir: Option<String>,
     /// `--read-only`: the container's root filesystem mounted read-only.
     pub read_only: bool,
+    /// `-v SOURCE:TARGET[:ro]` and `--tmpfs TARGET`.
+    pub volumes: Vec<String>,
+    pub tmpfs: Vec<String>,
 }
 
 /// Errors starting a container.
@@ -140,6 +143,8 @@ pub enum StartError {
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    #[error(transparent)]
+    Volume(#[from] crate::volumes::VolumeError),
     #[error("unknown capability {0:?}")]
     BadCapability(String),
     #[error("the image's /etc/{file}: {message}")]
@@ -231,6 +236,7 @@ pub fn prepare(store_root: &Path, opts: &StartOptions) -> Result<Container, Star
         None => runtime["User"].as_str().unwrap_or("").to_string(),
     };
     let security = opts.security.resolve()?;
+    let mounts = crate::volumes::parse_mounts(store_root, &opts.volumes, &opts.tmpfs)?;
     let id = new_id();
     let c = Container {
         hostname: opts.hostname.clone().unwrap_or_else(|| id[..12].to_string()),
@@ -248,6 +254,7 @@ pub fn prepare(store_root: &Path, opts: &StartOptions) -> Result<Container, Star
         limits: opts.limits,
         security,
         read_only: opts.read_only,
+        mounts,
     };
     c.create(store_root)?;
     Ok(c)
@@ -317,6 +324,14 @@ fn supervise(c: &Container, dir: &Path) -> Result<i32, StartError> {
     let rootfs = dir.parent().unwrap_or(dir).join(container::ROOTFS_MOUNT_POINT);
     sys::make_mounts_private().map_err(io("make mounts private"))?;
     mount_rootfs(c, dir, &rootfs)?;
+    for m in &c.mounts {
+        let source = match &m.source {
+            Some(p) => sys::MountSource::Bind(p),
+            None => sys::MountSource::Tmpfs,
+        };
+        sys::mount_in_root(&rootfs, &m.target, source, m.read_only)
+            .map_err(io(format!("mount {}", m.target)))?;
+    }
     sys::set_hostname(&c.hostname).map_err(io("set the hostname"))?;
     let ids = resolve_user(&c.user, &rootfs)?;
     // <root>/containers/<id>: the store's cache of compiled seccomp programs.

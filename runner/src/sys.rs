@@ -216,6 +216,157 @@ pub fn open_in_root(root: &Path, path: &str) -> io::Result<Option<std::fs::File>
     Ok(Some(std::fs::File::from(file)))
 }
 
+/// What to mount at a path inside the container.
+#[derive(Debug, Clone, Copy)]
+pub enum MountSource<'a> {
+    /// A host directory or file, bound.
+    Bind(&'a Path),
+    /// A fresh tmpfs (`nosuid`, `nodev`, `noexec`, as docker's `--tmpfs`).
+    Tmpfs,
+}
+
+/// In the supervisor, with the container's root mounted at `root`: mounts `source` on
+/// `target` (absolute, as seen inside the container), read-only when asked. The target
+/// is resolved beneath the root (`RESOLVE_IN_ROOT`: the image's symlinks and `..` stay
+/// inside it) and made when missing (directories, or an empty file for a file bind); the
+/// mount goes on the descriptor so resolved (`/proc/self/fd/N`), never on a path that
+/// could be swapped meanwhile. The container's first process inherits the mount with
+/// its copy of the supervisor's mount namespace.
+pub fn mount_in_root(root: &Path, target: &str, source: MountSource<'_>, read_only: bool) -> io::Result<()> {
+    use rustix::fs::ResolveFlags;
+    let how = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+    let dir = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut comps: Vec<String> = target
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .map(str::to_string)
+        .collect();
+    if comps.is_empty() || comps.iter().any(|c| c == "..") {
+        return Err(io::Error::other(format!(
+            "mount target {target:?}: want an absolute path without .."
+        )));
+    }
+    let file_target = matches!(source, MountSource::Bind(p) if !p.is_dir());
+    let open = |path: &str, dir_only: bool| {
+        let flags = OFlags::PATH
+            | OFlags::CLOEXEC
+            | if dir_only {
+                OFlags::DIRECTORY
+            } else {
+                OFlags::empty()
+            };
+        rustix::fs::openat2(&dir, path, flags, Mode::empty(), how)
+    };
+    // Make each missing component, beneath the root. A dangling symlink on the way is
+    // followed as the kernel would (inside the root): its target is made instead.
+    let mut i = 1;
+    let mut links = 0;
+    while i <= comps.len() {
+        let last = i == comps.len();
+        match open(&comps[..i].join("/"), !(last && file_target)) {
+            Ok(_) => {
+                i += 1;
+                continue;
+            }
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(io::Error::other(format!("mount target {target}: {e}"))),
+        }
+        let parent = open(&comps[..i - 1].join("/"), true).or_else(|_| {
+            rustix::fs::openat(
+                &dir,
+                ".",
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+        })?;
+        // Through /proc/self/fd: the parent descriptor is an O_PATH one.
+        let parent_path = format!("/proc/self/fd/{}", parent.as_raw_fd());
+        let parent = rustix::fs::open(
+            &parent_path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let name = comps[i - 1].as_str();
+        let made = if last && file_target {
+            rustix::fs::openat(
+                &parent,
+                name,
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from(0o644),
+            )
+            .map(drop)
+        } else {
+            rustix::fs::mkdirat(&parent, name, Mode::from(0o755))
+        };
+        match made {
+            Ok(()) => i += 1,
+            Err(rustix::io::Errno::EXIST) => {
+                // A dangling symlink: continue along its target, clamped to the root.
+                links += 1;
+                let link = rustix::fs::readlinkat(&parent, name, Vec::new())?;
+                if links > 40 {
+                    return Err(io::Error::other(format!(
+                        "mount target {target}: too many symlinks"
+                    )));
+                }
+                let link = link.to_string_lossy().into_owned();
+                let mut next: Vec<String> = if link.starts_with('/') {
+                    Vec::new()
+                } else {
+                    comps[..i - 1].to_vec()
+                };
+                for c in link.split('/').chain(comps[i..].iter().map(String::as_str)) {
+                    match c {
+                        "" | "." => {}
+                        ".." => {
+                            next.pop();
+                        }
+                        c => next.push(c.to_string()),
+                    }
+                }
+                if next.is_empty() {
+                    return Err(io::Error::other(format!(
+                        "mount target {target}: resolves to the root"
+                    )));
+                }
+                comps = next;
+                i = 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let path = comps.join("/");
+    let fd = open(&path, !file_target)?;
+    let at = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let hardened = MountFlags::NOSUID | MountFlags::NODEV;
+    match source {
+        MountSource::Bind(src) => rustix::mount::mount_bind_recursive(src, &at)?,
+        MountSource::Tmpfs => rustix::mount::mount(
+            "tmpfs",
+            &at,
+            "tmpfs",
+            hardened | MountFlags::NOEXEC,
+            Some(c"mode=1777,size=65536k"),
+        )?,
+    }
+    if read_only {
+        // The new mount is on top now: find it again, and remount it read-only.
+        let fd = open(&path, !file_target)?;
+        let at = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        let extra = if matches!(source, MountSource::Tmpfs) {
+            hardened | MountFlags::NOEXEC
+        } else {
+            MountFlags::empty()
+        };
+        rustix::mount::mount_remount(&at, MountFlags::BIND | MountFlags::RDONLY | extra, c"")?;
+    }
+    Ok(())
+}
+
 /// The capabilities a container keeps by default, docker's default set, by name and
 /// number. Everything else leaves the bounding set before exec, so the command (root or
 /// not) can never hold it; `runner export` writes the same names into the bundle.

@@ -726,3 +726,114 @@ fn entrypoint_workdir_read_only_and_cpus() {
     let out = run(&["--cpus", "lots", "bb:1"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid number of CPUs"));
 }
+
+/// `-v` binds (read-write and read-only), named volumes that outlive containers, and
+/// `--tmpfs`; a mount target is resolved inside the image, whose symlinks cannot send it
+/// to the host.
+#[test]
+fn volumes_binds_and_tmpfs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    let host = tmp.path().join("shared");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("in.txt"), "from the host\n").unwrap();
+    let h = host.to_str().unwrap();
+    let run = |args: &[&str], script: &str| {
+        peers::output(
+            runner(&root)
+                .args(["start", "--rm"])
+                .args(args)
+                .args(["bb:1", "--", "/bin/sh", "-c", script]),
+        )
+    };
+    let out = run(
+        &["-v", &format!("{h}:/mnt/shared")],
+        "cat /mnt/shared/in.txt; echo out > /mnt/shared/out.txt",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "from the host\n",
+        "{}",
+        peers::format_output(&out)
+    );
+    assert_eq!(std::fs::read_to_string(host.join("out.txt")).unwrap(), "out\n");
+    let out = run(
+        &["-v", &format!("{h}:/mnt/shared:ro")],
+        "cat /mnt/shared/in.txt; touch /mnt/shared/no 2>&1",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("from the host") && stdout.contains("Read-only file system"),
+        "{stdout}"
+    );
+    assert!(!host.join("no").exists());
+    // A named volume keeps its data across containers.
+    run(&["-v", "keep:/keep"], "echo kept > /keep/file");
+    let out = run(&["-v", "keep:/elsewhere"], "cat /elsewhere/file");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "kept\n",
+        "{}",
+        peers::format_output(&out)
+    );
+    assert_eq!(peers::run_ok(runner(&root).args(["volume", "ls"])), "keep\n");
+    // In use by a stopped container: not removable until the container is gone.
+    peers::run_ok(runner(&root).args([
+        "start",
+        "--name",
+        "user",
+        "-v",
+        "keep:/keep",
+        "bb:1",
+        "--",
+        "/bin/true",
+    ]));
+    let out = peers::output(runner(&root).args(["volume", "rm", "keep"]));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is used by container"),
+        "{}",
+        peers::format_output(&out)
+    );
+    peers::run_ok(runner(&root).args(["rm", "user"]));
+    peers::run_ok(runner(&root).args(["volume", "rm", "keep"]));
+    // --tmpfs: a tmpfs, gone with the container.
+    let out = run(
+        &["--tmpfs", "/scratch"],
+        "grep ' /scratch ' /proc/mounts | cut -d' ' -f3",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "tmpfs\n",
+        "{}",
+        peers::format_output(&out)
+    );
+    // /data/escape -> ../../../../<host dir>: resolved inside the container's root.
+    let outside = tmp.path().join("outside");
+    let target = format!("../../../../../../../..{}", outside.display());
+    peers::run_ok(runner(&root).args([
+        "start",
+        "--name",
+        "mk",
+        "bb:1",
+        "--",
+        "/bin/ln",
+        "-s",
+        &target,
+        "/data/escape",
+    ]));
+    peers::run_ok(runner(&root).args(["commit", "mk", "bb:escape"]));
+    let out = peers::output(runner(&root).args([
+        "start",
+        "--rm",
+        "-v",
+        &format!("{h}:/data/escape/x"),
+        "bb:escape",
+        "--",
+        "/bin/ls",
+        "/data/escape/x",
+    ]));
+    assert!(out.status.success(), "{}", peers::format_output(&out));
+    assert!(!outside.exists(), "a mount target left the container's root");
+}

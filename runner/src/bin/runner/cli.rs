@@ -54,6 +54,8 @@ pub struct Cli {
     pub command: CliCommand,
 }
 
+// Parsed once per process: the size of the start variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum CliCommand {
     /// Start a container from an image and wait for it; exits with its exit code
@@ -95,6 +97,12 @@ pub enum CliCommand {
         /// Mount the container's root filesystem read-only
         #[arg(long = "read-only")]
         read_only: bool,
+        /// Mount a host path or a named volume: SOURCE:/TARGET[:ro|rw], repeatable
+        #[arg(long = "volume", short = 'v', value_name = "SOURCE:TARGET[:ro]")]
+        volumes: Vec<String>,
+        /// Mount a tmpfs at this path, repeatable
+        #[arg(long, value_name = "DIR")]
+        tmpfs: Vec<String>,
         /// Give the container every capability, every device, no seccomp filter and no
         /// masked or read-only paths (less confinement, as docker's --privileged)
         #[arg(long)]
@@ -128,6 +136,11 @@ pub enum CliCommand {
         time: u64,
         #[arg(required = true, value_name = "ID-OR-PREFIX-OR-NAME")]
         containers: Vec<String>,
+    },
+    /// Manage named volumes (kept in the store, under volumes/)
+    Volume {
+        #[command(subcommand)]
+        action: VolumeAction,
     },
     /// Send a signal to running containers' first process
     Kill {
@@ -194,6 +207,19 @@ pub enum CliCommand {
     Init { dir: PathBuf },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum VolumeAction {
+    /// Create a named volume
+    Create { name: String },
+    /// List named volumes
+    Ls,
+    /// Remove named volumes (not while a container mounts them)
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
 /// What to do, typed.
 pub enum Command {
     Start {
@@ -214,6 +240,7 @@ pub enum Command {
         container: String,
     },
     Inspect(Vec<String>),
+    Volume(VolumeAction),
     Ps {
         json: bool,
     },
@@ -248,6 +275,8 @@ impl Cli {
                 entrypoint,
                 workdir,
                 read_only,
+                volumes,
+                tmpfs,
                 privileged,
                 cap_add,
                 cap_drop,
@@ -271,6 +300,8 @@ impl Cli {
                     entrypoint,
                     workdir,
                     read_only,
+                    volumes,
+                    tmpfs,
                     security: SecurityOptions {
                         privileged,
                         cap_add,
@@ -287,6 +318,7 @@ impl Cli {
             CliCommand::Wait { containers } => Command::Wait(containers),
             CliCommand::Logs { follow, container } => Command::Logs { follow, container },
             CliCommand::Inspect { containers } => Command::Inspect(containers),
+            CliCommand::Volume { action } => Command::Volume(action),
             CliCommand::Stop { time, containers } => Command::Stop {
                 containers,
                 grace: std::time::Duration::from_secs(time),

@@ -168,6 +168,26 @@ fn run(root: &Path, command: cli::Command) -> anyhow::Result<u8> {
             println!("{}", serde_json::to_string_pretty(&all)?);
             Ok(0)
         }
+        cli::Command::Volume(action) => {
+            match action {
+                cli::VolumeAction::Create { name } => {
+                    strata_runner::create_volume(root, &name)?;
+                    println!("{name}");
+                }
+                cli::VolumeAction::Ls => {
+                    for name in strata_runner::list_volumes(root)? {
+                        println!("{name}");
+                    }
+                }
+                cli::VolumeAction::Rm { names } => {
+                    for name in names {
+                        strata_runner::remove_volume(root, &name)?;
+                        println!("{name}");
+                    }
+                }
+            }
+            Ok(0)
+        }
         cli::Command::Export { container, dir } => {
             let (c, _) = find(root, &container)?;
             strata_runner::export(&c, &c.dir(root), &dir)
