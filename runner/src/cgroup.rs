@@ -285,6 +285,30 @@ pub fn confine_devices(group: &Path) -> Result<()> {
     sys::attach_device_program(&dir, &prog).map_err(failed)
 }
 
+/// Moves the calling process into the running container `id`'s groups, in every
+/// hierarchy where it has one (`runner exec`: what it starts is limited, counted and
+/// device-confined as the container is).
+pub fn join_existing(id: &str) -> Result<()> {
+    let root = Path::new(ROOT);
+    let v2 = v2_root_override().or_else(|| {
+        root.join("cgroup.controllers")
+            .exists()
+            .then(|| root.to_path_buf())
+    });
+    let groups: Vec<PathBuf> = match v2 {
+        Some(v2) => vec![v2.join("strata").join(id)],
+        None => ["devices", "freezer", "memory", "pids", "cpu"]
+            .iter()
+            .map(|c| root.join(c).join("strata").join(id))
+            .filter(|g| g.is_dir())
+            .collect(),
+    };
+    for g in groups {
+        write(&g.join("cgroup.procs"), &std::process::id().to_string())?;
+    }
+    Ok(())
+}
+
 /// A frozen container: its processes are thawed when this is dropped.
 #[derive(Debug)]
 pub struct Frozen {

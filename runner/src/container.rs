@@ -29,6 +29,8 @@ pub enum ContainerError {
     Ambiguous(String),
     #[error("container {0} is running")]
     Running(String),
+    #[error("container {0} is not running")]
+    NotRunning(String),
 }
 
 type Result<T, E = ContainerError> = std::result::Result<T, E>;

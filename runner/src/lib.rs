@@ -19,6 +19,7 @@ mod container;
 mod devices;
 mod dockerfile;
 mod dockerignore;
+mod exec;
 mod lifecycle;
 mod seccomp;
 mod start;
@@ -45,6 +46,7 @@ pub use dockerfile::{
     resolve as resolve_dockerfile,
 };
 pub use dockerignore::{DockerIgnore, DockerIgnoreError, Verdict as IgnoreVerdict};
+pub use exec::{ExecOptions, exec};
 pub use lifecycle::{LifecycleError, kill, logs, parse_signal, stop, wait_exit};
 pub use seccomp::{Profile as SeccompProfile, SeccompError};
 pub use start::{SecurityOptions, StartError, StartOptions, prepare, run_supervisor};

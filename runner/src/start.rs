@@ -262,7 +262,7 @@ pub fn prepare(store_root: &Path, opts: &StartOptions) -> Result<Container, Star
 
 /// The image's environment with `extra` (`KEY=VALUE`) added or replacing; a `PATH`
 /// when there is none.
-fn merge_env(mut env: Vec<String>, extra: &[String]) -> Result<Vec<String>, StartError> {
+pub(crate) fn merge_env(mut env: Vec<String>, extra: &[String]) -> Result<Vec<String>, StartError> {
     for e in extra {
         let Some((key, _)) = e.split_once('=').filter(|(k, _)| !k.is_empty()) else {
             return Err(StartError::BadEnv(e.clone()));

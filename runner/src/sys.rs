@@ -8,7 +8,7 @@
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -519,6 +519,9 @@ pub struct Rootfs {
     seccomp: Option<(Vec<libc::sock_filter>, u32)>,
     privileged: bool,
     read_only: bool,
+    /// `runner exec`: the running container's first process (a pidfd), whose mount,
+    /// UTS, IPC, network and cgroup namespaces are joined instead of made.
+    join: Option<OwnedFd>,
     uid: rustix::process::Uid,
     gid: rustix::process::Gid,
     /// Supplementary groups, ready for setgroups(2).
@@ -601,6 +604,61 @@ impl Rootfs {
             seccomp: confinement.seccomp,
             privileged: confinement.privileged,
             read_only,
+            join: None,
+            uid: rustix::process::Uid::from_raw(uid),
+            gid: rustix::process::Gid::from_raw(gid),
+            supplementary: groups
+                .iter()
+                .map(|g| rustix::process::Gid::from_raw(*g))
+                .collect(),
+        })
+    }
+
+    /// The steps for a process `runner exec` starts in the running container whose first
+    /// process is `pidfd`: its namespaces joined, in `workdir`, as `ids`, confined as
+    /// `confinement` says. The caller has joined its PID namespace ([`join_pid_namespace`]).
+    pub fn for_exec(
+        pidfd: OwnedFd,
+        workdir: &str,
+        ids: (u32, u32, &[u32]),
+        confinement: Confinement,
+    ) -> io::Result<Rootfs> {
+        let mut steps = Rootfs::new_unmounted(workdir, ids, confinement)?;
+        steps.join = Some(pidfd);
+        Ok(steps)
+    }
+
+    fn new_unmounted(workdir: &str, ids: (u32, u32, &[u32]), confinement: Confinement) -> io::Result<Rootfs> {
+        let (uid, gid, groups) = ids;
+        let mut keep = CapabilitySet::empty();
+        for n in &confinement.capabilities {
+            if *n < 64 {
+                keep |= CapabilitySet::from_bits_retain(1 << n);
+            }
+        }
+        let none = c("")?;
+        Ok(Rootfs {
+            rootfs: none.clone(),
+            proc_dir: none.clone(),
+            dev_dir: none.clone(),
+            pts_dir: none.clone(),
+            shm_dir: none.clone(),
+            mqueue_dir: none.clone(),
+            sys_dir: none,
+            devices: Vec::new(),
+            links: Vec::new(),
+            workdir: c(if workdir.is_empty() { "/" } else { workdir })?,
+            masked: Vec::new(),
+            readonly: Vec::new(),
+            last_cap: std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(40),
+            keep,
+            seccomp: confinement.seccomp,
+            privileged: confinement.privileged,
+            read_only: false,
+            join: None,
             uid: rustix::process::Uid::from_raw(uid),
             gid: rustix::process::Gid::from_raw(gid),
             supplementary: groups
@@ -628,6 +686,19 @@ impl Rootfs {
             return Err(io::Error::from_raw_os_error(r));
         }
         rustix::process::setsid()?;
+        if let Some(pidfd) = &self.join {
+            // The container's namespaces (its PID namespace was joined by the caller,
+            // for its children); the mount namespace's root is the container's.
+            use rustix::thread::ThreadNameSpaceType as T;
+            let all = T::MOUNT
+                | T::HOST_NAME_AND_NIS_DOMAIN_NAME
+                | T::INTER_PROCESS_COMMUNICATION
+                | T::NETWORK
+                | T::CONTROL_GROUP;
+            rustix::thread::move_into_thread_name_spaces(pidfd.as_fd(), all)?;
+            rustix::process::chdir(&*self.workdir)?;
+            return self.confine();
+        }
         // A mount namespace of its own: `pivot_root` moves the root of every process in
         // the namespace, and the supervisor must keep the host's view. A cgroup
         // namespace rooted at the container's cgroup, which it is in by now.
@@ -704,6 +775,12 @@ impl Rootfs {
             rustix::mount::mount_remount(c"/", MountFlags::BIND | MountFlags::RDONLY | dev, c"")?;
         }
         rustix::process::chdir(&*self.workdir)?;
+        self.confine()
+    }
+
+    /// The process-level confinement, last before exec: rlimits, capabilities and user,
+    /// a session keyring, descriptors, `no_new_privs`, seccomp.
+    fn confine(&self) -> io::Result<()> {
         // Before the capabilities go: raising a hard limit takes CAP_SYS_RESOURCE.
         for (resource, soft, hard) in RLIMITS {
             // Never above the hard limit the runner itself has (raising it takes
@@ -830,6 +907,28 @@ fn install_seccomp(program: &[libc::sock_filter], flags: u32) -> io::Result<()> 
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Opens a pidfd on the running container's first process `pid`, if it is still the
+/// process that started at `started`, and moves the caller's future children into its
+/// PID namespace (`runner exec`).
+pub fn join_pid_namespace(pid: u32, started: Option<u64>) -> io::Result<Option<OwnedFd>> {
+    let Some(p) = Pid::from_raw(pid as i32) else {
+        return Ok(None);
+    };
+    let fd = match rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::SRCH) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    if started.is_some() && start_time(pid) != started {
+        return Ok(None);
+    }
+    rustix::thread::move_into_thread_name_spaces(
+        fd.as_fd(),
+        rustix::thread::ThreadNameSpaceType::PROCESS_ID,
+    )?;
+    Ok(Some(fd))
 }
 
 /// Spawns the container's first process: `cmd` (already given its environment and

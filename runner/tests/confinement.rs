@@ -578,3 +578,71 @@ fn cgroup_v2_devices_follow_dockers_allowlist() {
     }
     assert!(!group.exists(), "{} left behind", group.display());
 }
+
+/// A process `runner exec` starts in a running container is in the container (its
+/// hostname, files, PID namespace) and confined exactly as the container's first process:
+/// the probe's report is the same.
+#[test]
+fn exec_runs_inside_the_container_and_as_confined() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_probe(tmp.path(), None) else {
+        return;
+    };
+    let first = report(&runner_probe(&root, &["report"]));
+    let id = peers::run_ok(runner(&root).args([
+        "start",
+        "-d",
+        "--name",
+        "ex",
+        "--hostname",
+        "exbox",
+        "probe:1",
+        "--",
+        "/bin/sleep",
+        "300",
+    ]));
+    let id = id.trim().to_string();
+    let exec = |args: &[&str]| peers::output(runner(&root).args(["exec"]).args(args));
+    let out = exec(&[
+        "ex",
+        "/bin/sh",
+        "-c",
+        "hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; id -u",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "exbox\n/bin/sleep 300 \n0\n",
+        "{}",
+        peers::format_output(&out)
+    );
+    let out = exec(&["ex", PROBE, "report"]);
+    let exec_report = report(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(exec_report, first, "{}", peers::format_output(&out));
+    // -u, -e, -w, and the exit code.
+    let out = exec(&[
+        "-u",
+        "nobody",
+        "-e",
+        "X=1",
+        "-w",
+        "/tmp",
+        "ex",
+        "/bin/sh",
+        "-c",
+        "id -u; echo $X; pwd; exit 3",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "65534\n1\n/tmp\n",
+        "{}",
+        peers::format_output(&out)
+    );
+    assert_eq!(out.status.code(), Some(3));
+    peers::run_ok(runner(&root).args(["stop", "-t", "0", &id]));
+    let out = exec(&["ex", "/bin/true"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not running"),
+        "{}",
+        peers::format_output(&out)
+    );
+}

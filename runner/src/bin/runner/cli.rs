@@ -137,6 +137,29 @@ pub enum CliCommand {
         #[arg(required = true, value_name = "ID-OR-PREFIX-OR-NAME")]
         containers: Vec<String>,
     },
+    /// Run a command in a running container (its namespaces, cgroups and confinement)
+    Exec {
+        /// Keep standard input open
+        #[arg(long, short = 'i')]
+        interactive: bool,
+        /// Allocate a terminal (not supported yet)
+        #[arg(long, short = 't')]
+        tty: bool,
+        /// Set an environment variable (KEY=VALUE), repeatable
+        #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Run as USER[:GROUP] instead of the container's user
+        #[arg(long, short = 'u', value_name = "USER[:GROUP]")]
+        user: Option<String>,
+        /// The working directory inside the container
+        #[arg(long, short = 'w', value_name = "DIR")]
+        workdir: Option<String>,
+        #[arg(value_name = "ID-OR-PREFIX-OR-NAME")]
+        container: String,
+        /// The command and its arguments
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
     /// Manage named volumes (kept in the store, under volumes/)
     Volume {
         #[command(subcommand)]
@@ -241,6 +264,10 @@ pub enum Command {
     },
     Inspect(Vec<String>),
     Volume(VolumeAction),
+    Exec {
+        container: String,
+        opts: strata_runner::ExecOptions,
+    },
     Ps {
         json: bool,
     },
@@ -319,6 +346,29 @@ impl Cli {
             CliCommand::Logs { follow, container } => Command::Logs { follow, container },
             CliCommand::Inspect { containers } => Command::Inspect(containers),
             CliCommand::Volume { action } => Command::Volume(action),
+            CliCommand::Exec {
+                interactive,
+                tty,
+                env,
+                user,
+                workdir,
+                container,
+                command,
+            } => {
+                if tty {
+                    bail!("runner exec -t: terminals are not supported yet");
+                }
+                Command::Exec {
+                    container,
+                    opts: strata_runner::ExecOptions {
+                        command,
+                        env,
+                        user,
+                        workdir,
+                        interactive,
+                    },
+                }
+            }
             CliCommand::Stop { time, containers } => Command::Stop {
                 containers,
                 grace: std::time::Duration::from_secs(time),

@@ -168,6 +168,12 @@ fn run(root: &Path, command: cli::Command) -> anyhow::Result<u8> {
             println!("{}", serde_json::to_string_pretty(&all)?);
             Ok(0)
         }
+        cli::Command::Exec { container, opts } => {
+            let (c, _) = find(root, &container)?;
+            let code = strata_runner::exec(&c, &c.dir(root), &opts)
+                .with_context(|| format!("exec in {}", &c.id[..12]))?;
+            Ok(code.clamp(0, 255) as u8)
+        }
         cli::Command::Volume(action) => {
             match action {
                 cli::VolumeAction::Create { name } => {
