@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::container::{self, Container, ContainerError, Status};
-use crate::start::{StartError, User, confinement, io, merge_env, process_env, resolve_user};
+use crate::start::{StartError, User, confinement, io, merge_env, process_env, resolve_user, seccomp_cache};
 use crate::{cgroup, sys};
 
 /// What `runner exec` was asked for.
@@ -39,13 +39,7 @@ pub fn exec(c: &Container, dir: &Path, opts: &ExecOptions) -> Result<i32, StartE
     // The container's own files, as its first process sees them.
     let root = Path::new("/proc").join(init.to_string()).join("root");
     let ids: User = resolve_user(opts.user.as_deref().unwrap_or(&c.user), &root)?;
-    let cache = dir
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or(dir)
-        .join("cache")
-        .join("seccomp");
-    let confined = confinement(&c.security, &cache)?;
+    let confined = confinement(&c.security, &seccomp_cache(dir))?;
     let mut env = process_env(c, &ids);
     env = merge_env(env, &opts.env)?;
     sys::block_signals().map_err(io("block signals"))?;

@@ -76,6 +76,16 @@ impl SecurityOptions {
     }
 }
 
+/// The store's cache of compiled seccomp programs, from a container's directory
+/// (`<root>/containers/<id>`).
+pub(crate) fn seccomp_cache(dir: &Path) -> std::path::PathBuf {
+    dir.parent()
+        .and_then(Path::parent)
+        .unwrap_or(dir)
+        .join("cache")
+        .join("seccomp")
+}
+
 /// The confinement a container's first process gets: capability numbers and the
 /// compiled seccomp program (from the store's cache of compiled programs, `cache`).
 pub(crate) fn confinement(security: &Security, cache: &Path) -> Result<sys::Confinement, StartError> {
@@ -334,14 +344,7 @@ fn supervise(c: &Container, dir: &Path) -> Result<i32, StartError> {
     }
     sys::set_hostname(&c.hostname).map_err(io("set the hostname"))?;
     let ids = resolve_user(&c.user, &rootfs)?;
-    // <root>/containers/<id>: the store's cache of compiled seccomp programs.
-    let cache = dir
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or(dir)
-        .join("cache")
-        .join("seccomp");
-    let confined = confinement(&c.security, &cache)?;
+    let confined = confinement(&c.security, &seccomp_cache(dir))?;
     let steps = sys::Rootfs::new(
         &rootfs,
         &c.workdir,

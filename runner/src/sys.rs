@@ -543,75 +543,43 @@ impl Rootfs {
         confinement: Confinement,
         read_only: bool,
     ) -> io::Result<Rootfs> {
-        let (uid, gid, groups) = ids;
         for d in ["proc", "dev", "sys"] {
             std::fs::create_dir_all(rootfs.join(d))?;
         }
         let dev = rootfs.join("dev");
-        let mut keep = CapabilitySet::empty();
-        for n in &confinement.capabilities {
-            if *n < 64 {
-                keep |= CapabilitySet::from_bits_retain(1 << n);
-            }
-        }
-        let devices = if confinement.privileged {
-            Vec::new()
-        } else {
-            DEVICES.to_vec()
-        };
-        Ok(Rootfs {
-            rootfs: c(rootfs)?,
-            proc_dir: c(rootfs.join("proc"))?,
-            dev_dir: c(&dev)?,
-            pts_dir: c(dev.join("pts"))?,
-            shm_dir: c(dev.join("shm"))?,
-            mqueue_dir: c(dev.join("mqueue"))?,
-            sys_dir: c(rootfs.join("sys"))?,
-            devices: devices
+        let privileged = confinement.privileged;
+        let mut r = Rootfs::new_unmounted(workdir, ids, confinement)?;
+        r.rootfs = c(rootfs)?;
+        r.proc_dir = c(rootfs.join("proc"))?;
+        r.dev_dir = c(&dev)?;
+        r.pts_dir = c(dev.join("pts"))?;
+        r.shm_dir = c(dev.join("shm"))?;
+        r.mqueue_dir = c(dev.join("mqueue"))?;
+        r.sys_dir = c(rootfs.join("sys"))?;
+        r.read_only = read_only;
+        if !privileged {
+            r.devices = DEVICES
                 .iter()
                 .map(|d| Ok((c(format!("/dev/{d}"))?, c(dev.join(d))?)))
-                .collect::<io::Result<_>>()?,
-            links: [
-                ("/proc/self/fd", "fd"),
-                ("/proc/self/fd/0", "stdin"),
-                ("/proc/self/fd/1", "stdout"),
-                ("/proc/self/fd/2", "stderr"),
-                ("/proc/kcore", "core"),
-                ("pts/ptmx", "ptmx"),
-            ]
-            .iter()
-            .filter(|(_, l)| !confinement.privileged || !matches!(*l, "ptmx" | "core"))
-            // As runc: `/dev/core` only where the kernel has a `/proc/kcore`.
-            .filter(|(_, l)| *l != "core" || Path::new("/proc/kcore").exists())
-            .map(|(t, l)| Ok((c(t)?, c(dev.join(l))?)))
-            .collect::<io::Result<_>>()?,
-            workdir: c(if workdir.is_empty() { "/" } else { workdir })?,
-            masked: if confinement.privileged {
-                Vec::new()
-            } else {
-                MASKED_PATHS.to_vec()
-            },
-            readonly: if confinement.privileged {
-                Vec::new()
-            } else {
-                READONLY_PATHS.to_vec()
-            },
-            last_cap: std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(40),
-            keep,
-            seccomp: confinement.seccomp,
-            privileged: confinement.privileged,
-            read_only,
-            join: None,
-            uid: rustix::process::Uid::from_raw(uid),
-            gid: rustix::process::Gid::from_raw(gid),
-            supplementary: groups
-                .iter()
-                .map(|g| rustix::process::Gid::from_raw(*g))
-                .collect(),
-        })
+                .collect::<io::Result<_>>()?;
+            r.masked = MASKED_PATHS.to_vec();
+            r.readonly = READONLY_PATHS.to_vec();
+        }
+        r.links = [
+            ("/proc/self/fd", "fd"),
+            ("/proc/self/fd/0", "stdin"),
+            ("/proc/self/fd/1", "stdout"),
+            ("/proc/self/fd/2", "stderr"),
+            ("/proc/kcore", "core"),
+            ("pts/ptmx", "ptmx"),
+        ]
+        .iter()
+        .filter(|(_, l)| !privileged || !matches!(*l, "ptmx" | "core"))
+        // As runc: `/dev/core` only where the kernel has a `/proc/kcore`.
+        .filter(|(_, l)| *l != "core" || Path::new("/proc/kcore").exists())
+        .map(|(t, l)| Ok((c(t)?, c(dev.join(l))?)))
+        .collect::<io::Result<_>>()?;
+        Ok(r)
     }
 
     /// The steps for a process `runner exec` starts in the running container whose first
