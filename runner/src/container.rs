@@ -71,6 +71,9 @@ pub struct Container {
     /// `--read-only`: its root filesystem is mounted read-only.
     #[serde(default)]
     pub read_only: bool,
+    /// `-t`: its process runs on a pseudo-terminal (foreground containers only).
+    #[serde(default)]
+    pub tty: bool,
     /// Host directories, volumes and tmpfs mounted into it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<crate::volumes::MountSpec>,

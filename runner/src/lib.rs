@@ -51,7 +51,7 @@ pub use lifecycle::{LifecycleError, kill, logs, parse_signal, stop, wait_exit};
 pub use seccomp::{Profile as SeccompProfile, SeccompError};
 pub use start::{SecurityOptions, StartError, StartOptions, prepare, run_supervisor};
 pub use sys::{
-    MASKED_PATHS, READONLY_PATHS, alive, block_signals, forward_signals_until_exit, signal_checked,
-    single_threaded, spawn_supervisor,
+    MASKED_PATHS, READONLY_PATHS, SupervisorGroup, alive, block_signals, forward_signals_until_exit,
+    signal_checked, single_threaded, spawn_supervisor,
 };
 pub use volumes::{MountSpec, VolumeError, create_volume, list_volumes, remove_volume};

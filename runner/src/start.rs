@@ -137,6 +137,8 @@ pub struct StartOptions {
     pub workdir: Option<String>,
     /// `--read-only`: the container's root filesystem mounted read-only.
     pub read_only: bool,
+    /// `-t`: a pseudo-terminal for the container (foreground only).
+    pub tty: bool,
     /// `-v SOURCE:TARGET[:ro]` and `--tmpfs TARGET`.
     pub volumes: Vec<String>,
     pub tmpfs: Vec<String>,
@@ -264,6 +266,7 @@ pub fn prepare(store_root: &Path, opts: &StartOptions) -> Result<Container, Star
         limits: opts.limits,
         security,
         read_only: opts.read_only,
+        tty: opts.tty,
         mounts,
     };
     c.create(store_root)?;
@@ -360,6 +363,22 @@ fn supervise(c: &Container, dir: &Path) -> Result<i32, StartError> {
             cmd.env(k, v);
         }
     }
+    let pty = if c.tty {
+        Some(sys::Pty::open().map_err(io("open a pseudo-terminal"))?)
+    } else {
+        None
+    };
+    let steps = match &pty {
+        Some(p) => {
+            let slave = || p.slave.try_clone().map_err(io("open a pseudo-terminal"));
+            cmd.stdin(slave()?).stdout(slave()?).stderr(slave()?);
+            if !c.env.iter().any(|e| e.starts_with("TERM=")) {
+                cmd.env("TERM", "xterm");
+            }
+            steps.with_tty()
+        }
+        None => steps,
+    };
     sys::block_signals().map_err(io("block signals"))?;
     // Joined first, so that the container's process and all it starts are inside; left
     // at once after, so that only the container is.
@@ -389,10 +408,24 @@ fn supervise(c: &Container, dir: &Path) -> Result<i32, StartError> {
             exit_code: None,
         },
     )?;
-    let code = sys::forward_signals_until_exit(&mut child).map_err(io("wait for the container"))?;
+    let code = match pty {
+        None => sys::forward_signals_until_exit(&mut child).map_err(io("wait for the container"))?,
+        Some(p) => attach(&mut child, p)?,
+    };
     cgroup.remove()?;
     container::write_state(dir, &ContainerState::exited(code))?;
     Ok(code)
+}
+
+/// Runs a container on a pseudo-terminal to its end, the caller's terminal raw
+/// meanwhile (see `sys::attach_pty`).
+fn attach(child: &mut std::process::Child, pty: sys::Pty) -> Result<i32, StartError> {
+    drop(pty.slave);
+    let raw = sys::RawTerminal::enter();
+    sys::copy_window_size(&pty.master);
+    let code = sys::attach_pty(child, &pty.master).map_err(io("run the container on its terminal"));
+    drop(raw);
+    code
 }
 
 /// The container process's environment: the container's, plus `HOME` from the user's

@@ -10,6 +10,7 @@ use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -30,19 +31,31 @@ fn namespaces() -> UnshareFlags {
         | UnshareFlags::NEWPID
 }
 
-/// Spawns the container's supervisor (`runner __init`) in new namespaces; `detach` puts
-/// it in a session of its own, away from the terminal, else in a process group of its
-/// own (the caller forwards the terminal's signals to it, once).
-pub fn spawn_supervisor(mut cmd: Command, detach: bool) -> io::Result<Child> {
+/// How a re-executed supervisor stands towards the caller's terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SupervisorGroup {
+    /// A session of its own, away from the terminal (`--detach`).
+    Detached,
+    /// A process group of its own: the caller forwards the terminal's signals to it,
+    /// once.
+    OwnGroup,
+    /// The caller's process group: it uses the terminal itself (`-t`, raw mode), which a
+    /// background group may not.
+    CallersGroup,
+}
+
+/// Spawns the container's supervisor (`runner __init`) in new namespaces, in the
+/// session or process group `group` says.
+pub fn spawn_supervisor(mut cmd: Command, group: SupervisorGroup) -> io::Result<Child> {
     // SAFETY: this runs in the forked child before exec. It only calls setsid(2) or
     // setpgid(2) and unshare(2), which allocate nothing and take no lock; the child has a
     // single thread, so what unshare detaches cannot be observed by another thread.
     unsafe {
         cmd.pre_exec(move || {
-            if detach {
-                rustix::process::setsid()?;
-            } else {
-                rustix::process::setpgid(None, None)?;
+            match group {
+                SupervisorGroup::Detached => drop(rustix::process::setsid()?),
+                SupervisorGroup::OwnGroup => rustix::process::setpgid(None, None)?,
+                SupervisorGroup::CallersGroup => {}
             }
             rustix::thread::unshare_unsafe(namespaces())?;
             Ok(())
@@ -82,6 +95,16 @@ pub fn start_time(pid: u32) -> Option<u64> {
     rest.split(' ').nth(19)?.parse().ok()
 }
 
+/// Whether `pid` is still a container's first process that started at `started`: the
+/// same start time (clock ticks: two processes can share one), and a PID namespace other
+/// than the caller's (a container's first process has one of its own; a host process
+/// that reused the number does not).
+fn is_container_init(pid: u32, started: Option<u64>) -> bool {
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    started.is_none_or(|s| start_time(pid) == Some(s))
+        && matches!((ns(&pid.to_string()), ns("self")), (Some(theirs), Some(ours)) if theirs != ours)
+}
+
 /// Sends `sig` to the process `pid` only if it is still the process that started at
 /// `started` (see [`start_time`]): through a pidfd, so the check and the signal name the
 /// same process even if the PID is reused in between. `Ok(false)` when it is gone.
@@ -94,10 +117,8 @@ pub fn signal_checked(pid: u32, started: Option<u64>, sig: i32) -> io::Result<bo
         Err(rustix::io::Errno::SRCH) => return Ok(false),
         Err(e) => return Err(e.into()),
     };
-    // The pidfd pins the process: if the start time still matches now, the fd names it.
-    if let Some(started) = started
-        && start_time(pid) != Some(started)
-    {
+    // The pidfd pins the process: if it is still the one that started, the fd names it.
+    if !is_container_init(pid, started) {
         return Ok(false);
     }
     let sig = Signal::from_named_raw(sig).ok_or_else(|| io::Error::other(format!("bad signal {sig}")))?;
@@ -522,6 +543,8 @@ pub struct Rootfs {
     /// `runner exec`: the running container's first process (a pidfd), whose mount,
     /// UTS, IPC, network and cgroup namespaces are joined instead of made.
     join: Option<OwnedFd>,
+    /// Standard input is a pseudo-terminal the process takes as its controlling one.
+    tty: bool,
     uid: rustix::process::Uid,
     gid: rustix::process::Gid,
     /// Supplementary groups, ready for setgroups(2).
@@ -627,6 +650,7 @@ impl Rootfs {
             privileged: confinement.privileged,
             read_only: false,
             join: None,
+            tty: false,
             uid: rustix::process::Uid::from_raw(uid),
             gid: rustix::process::Gid::from_raw(gid),
             supplementary: groups
@@ -634,6 +658,13 @@ impl Rootfs {
                 .map(|g| rustix::process::Gid::from_raw(*g))
                 .collect(),
         })
+    }
+
+    /// The process's standard input is a pseudo-terminal ([`Pty`]), to take as its
+    /// controlling terminal in its new session.
+    pub fn with_tty(mut self) -> Rootfs {
+        self.tty = true;
+        self
     }
 
     /// Runs in the container's first process before exec (see `spawn_init`).
@@ -654,6 +685,9 @@ impl Rootfs {
             return Err(io::Error::from_raw_os_error(r));
         }
         rustix::process::setsid()?;
+        if self.tty {
+            rustix::process::ioctl_tiocsctty(std::io::stdin())?;
+        }
         if let Some(pidfd) = &self.join {
             // The container's namespaces (its PID namespace was joined by the caller,
             // for its children); the mount namespace's root is the container's.
@@ -889,7 +923,7 @@ pub fn join_pid_namespace(pid: u32, started: Option<u64>) -> io::Result<Option<O
         Err(rustix::io::Errno::SRCH) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    if started.is_some() && start_time(pid) != started {
+    if !is_container_init(pid, started) {
         return Ok(None);
     }
     rustix::thread::move_into_thread_name_spaces(
@@ -911,6 +945,163 @@ pub fn spawn_init(mut cmd: Command, rootfs: Rootfs) -> io::Result<Child> {
         cmd.pre_exec(move || rootfs.enter());
     }
     cmd.spawn()
+}
+
+/// A pseudo-terminal for a container (`-t`): the supervisor keeps the master, the
+/// container's process gets the slave as its standard streams and controlling terminal.
+pub struct Pty {
+    pub master: std::fs::File,
+    pub slave: std::fs::File,
+}
+
+impl Pty {
+    pub fn open() -> io::Result<Pty> {
+        use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+        let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+        grantpt(&master)?;
+        unlockpt(&master)?;
+        let name = ptsname(&master, Vec::new())?;
+        let slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(std::ffi::OsStr::from_bytes(name.as_bytes()))?;
+        Ok(Pty {
+            master: std::fs::File::from(master),
+            slave,
+        })
+    }
+}
+
+/// The caller's terminal in raw mode while a container has it (`-t`); restored when
+/// dropped. `None` when standard input is not a terminal.
+pub struct RawTerminal(rustix::termios::Termios);
+
+impl RawTerminal {
+    pub fn enter() -> Option<RawTerminal> {
+        let stdin = std::io::stdin();
+        let saved = rustix::termios::tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &raw).ok()?;
+        Some(RawTerminal(saved))
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = rustix::termios::tcsetattr(std::io::stdin(), rustix::termios::OptionalActions::Now, &self.0);
+    }
+}
+
+/// Copies the caller's terminal size (standard input) to `pty`'s master, if it has one.
+pub fn copy_window_size(master: &std::fs::File) {
+    if let Ok(size) = rustix::termios::tcgetwinsize(std::io::stdin()) {
+        let _ = rustix::termios::tcsetwinsize(master, size);
+    }
+}
+
+/// Runs a container on a pseudo-terminal to its end, in the supervisor's one thread (a
+/// process that made a PID namespace for its children can make no thread): standard
+/// input is copied to the pty's `master` and the master to standard output, SIGWINCH
+/// copies the caller's window size, the other forwarded signals go to `child`. The
+/// signals must be blocked ([`block_signals`]). Returns the exit code (128 + signal).
+pub fn attach_pty(child: &mut Child, master: &std::fs::File) -> io::Result<i32> {
+    use rustix::event::{PollFd, PollFlags, poll};
+    use std::io::{Read, Write};
+    use std::os::fd::FromRawFd;
+    use std::os::unix::process::ExitStatusExt;
+    let set = signal_set(true);
+    // SAFETY: signalfd(-1, set, flags) makes a new descriptor from a valid local set.
+    let raw = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a new descriptor this function owns from here.
+    let mut sigfd = unsafe { std::fs::File::from_raw_fd(raw) };
+    let stdin = std::io::stdin();
+    let mut stdin_open = true;
+    let mut out = std::io::stdout();
+    let mut buf = vec![0u8; 16 << 10];
+    let mut master_r = master;
+    let mut master_w = master;
+    let pid = child.id();
+    let finish =
+        |child: &mut Child, master_r: &mut &std::fs::File, out: &mut std::io::Stdout| -> io::Result<i32> {
+            // What the container wrote last (the master reads EIO once its side is closed).
+            let _ = rustix::fs::fcntl_setfl(*master_r, rustix::fs::OFlags::NONBLOCK);
+            let mut buf = [0u8; 16 << 10];
+            while let Ok(n) = master_r.read(&mut buf) {
+                if n == 0 || out.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            let _ = out.flush();
+            let status = child.wait()?;
+            Ok(status
+                .code()
+                .or_else(|| status.signal().map(|s| 128 + s))
+                .unwrap_or(255))
+        };
+    loop {
+        if child.try_wait()?.is_some() {
+            return finish(child, &mut master_r, &mut out);
+        }
+        let (mut fds, stdin_at) = {
+            let mut fds = vec![
+                PollFd::new(master, PollFlags::IN),
+                PollFd::new(&sigfd, PollFlags::IN),
+            ];
+            let at = if stdin_open {
+                fds.push(PollFd::new(&stdin, PollFlags::IN));
+                Some(2)
+            } else {
+                None
+            };
+            (fds, at)
+        };
+        match poll(&mut fds, None) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let master_ev = fds[0].revents();
+        let sig_ev = fds[1].revents();
+        let stdin_ev = stdin_at
+            .map(|i| fds[i].revents())
+            .unwrap_or_else(PollFlags::empty);
+        drop(fds);
+        if master_ev.intersects(PollFlags::IN) {
+            match master_r.read(&mut buf) {
+                Ok(n) if n > 0 => {
+                    out.write_all(&buf[..n])?;
+                    out.flush()?;
+                }
+                _ => return finish(child, &mut master_r, &mut out),
+            }
+        } else if master_ev.intersects(PollFlags::HUP | PollFlags::ERR) {
+            return finish(child, &mut master_r, &mut out);
+        }
+        if stdin_ev.intersects(PollFlags::IN | PollFlags::HUP) {
+            match stdin.lock().read(&mut buf) {
+                Ok(n) if n > 0 => master_w.write_all(&buf[..n])?,
+                _ => stdin_open = false,
+            }
+        }
+        if sig_ev.intersects(PollFlags::IN) {
+            let mut info = [0u8; 128];
+            if sigfd.read(&mut info)? == 128 {
+                let sig = i32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
+                if sig == libc::SIGWINCH {
+                    copy_window_size(master);
+                } else if sig != libc::SIGCHLD
+                    && let (Some(p), Some(s)) = (Pid::from_raw(pid as i32), Signal::from_named_raw(sig))
+                {
+                    let _ = rustix::process::kill_process(p, s);
+                }
+            }
+        }
+    }
 }
 
 /// The signals a supervisor passes on to its container (as `docker run`'s proxy does).
@@ -958,6 +1149,12 @@ pub fn block_signals() -> io::Result<()> {
 /// it; returns its wait status as `(exit code, or 128 + signal)`. The signals must be
 /// blocked ([`block_signals`]) before `child` was spawned.
 pub fn forward_signals_until_exit(child: &mut Child) -> io::Result<i32> {
+    forward_signals_until_exit_with(child, None)
+}
+
+/// [`forward_signals_until_exit`], with `on_winch` called instead of forwarding
+/// SIGWINCH (a container on a pseudo-terminal learns its size from the terminal).
+pub fn forward_signals_until_exit_with(child: &mut Child, on_winch: Option<&dyn Fn()>) -> io::Result<i32> {
     use std::os::unix::process::ExitStatusExt;
     let set = signal_set(true);
     let pid = child.id();
@@ -983,6 +1180,12 @@ pub fn forward_signals_until_exit(child: &mut Child) -> io::Result<i32> {
                 Some(libc::EAGAIN) | Some(libc::EINTR) => continue,
                 _ => return Err(e),
             }
+        }
+        if sig == libc::SIGWINCH
+            && let Some(f) = on_winch
+        {
+            f();
+            continue;
         }
         if sig != libc::SIGCHLD
             && let Some(p) = Pid::from_raw(pid as i32)

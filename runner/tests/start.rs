@@ -837,3 +837,60 @@ fn volumes_binds_and_tmpfs() {
     assert!(out.status.success(), "{}", peers::format_output(&out));
     assert!(!outside.exists(), "a mount target left the container's root");
 }
+
+/// `start -it`: the container's shell runs on a pseudo-terminal of its own (its
+/// controlling terminal), driven from the caller's terminal, itself a pty here.
+#[test]
+fn an_interactive_shell_on_a_terminal() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let name = ptsname(&master, Vec::new()).unwrap();
+    let slave = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(name.to_str().unwrap())
+            .unwrap()
+    };
+    let mut child = Command::new("setsid")
+        .args(["--ctty", "--wait"])
+        .arg(peers::bin("runner"))
+        .arg("--root")
+        .arg(&root)
+        .args(["start", "--rm", "-it", "bb:1", "--", "/bin/sh"])
+        .stdin(slave())
+        .stdout(slave())
+        .stderr(slave())
+        .spawn()
+        .unwrap();
+    let mut master = std::fs::File::from(master);
+    let mut reader = master.try_clone().unwrap();
+    let read = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&all).contains("done-4") {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    });
+    master
+        .write_all(b"echo term=$TERM; [ -t 0 ] && echo is-a-tty; echo done-$((2+2)); exit 4\n")
+        .unwrap();
+    let status = child.wait().unwrap();
+    let out = read.join().unwrap();
+    assert!(out.contains("term=xterm") && out.contains("is-a-tty"), "{out}");
+    assert_eq!(status.code(), Some(4), "{out}");
+}

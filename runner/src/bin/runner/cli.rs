@@ -97,6 +97,12 @@ pub enum CliCommand {
         /// Mount the container's root filesystem read-only
         #[arg(long = "read-only")]
         read_only: bool,
+        /// Run the container on a pseudo-terminal (the caller's terminal in raw mode)
+        #[arg(long, short = 't')]
+        tty: bool,
+        /// Keep standard input open (always, in the foreground; accepted for docker's -it)
+        #[arg(long, short = 'i')]
+        interactive: bool,
         /// Mount a host path or a named volume: SOURCE:/TARGET[:ro|rw], repeatable
         #[arg(long = "volume", short = 'v', value_name = "SOURCE:TARGET[:ro]")]
         volumes: Vec<String>,
@@ -302,6 +308,8 @@ impl Cli {
                 entrypoint,
                 workdir,
                 read_only,
+                tty,
+                interactive: _,
                 volumes,
                 tmpfs,
                 privileged,
@@ -327,6 +335,7 @@ impl Cli {
                     entrypoint,
                     workdir,
                     read_only,
+                    tty,
                     volumes,
                     tmpfs,
                     security: SecurityOptions {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use strata_runner::{
-    Status, alive, block_signals, containers_dir, find, forward_signals_until_exit, list, prepare,
-    read_state, run_supervisor, single_threaded, spawn_supervisor,
+    Status, SupervisorGroup, alive, block_signals, containers_dir, find, forward_signals_until_exit, list,
+    prepare, read_state, run_supervisor, single_threaded, spawn_supervisor,
 };
 
 fn main() -> ExitCode {
@@ -27,6 +27,9 @@ fn main() -> ExitCode {
 fn run(root: &Path, command: cli::Command) -> anyhow::Result<u8> {
     match command {
         cli::Command::Start { opts, detach } => {
+            if opts.tty && detach {
+                bail!("runner start -t: terminals are for foreground containers (no --detach)");
+            }
             if !rustix::process::geteuid().is_root() {
                 bail!("runner start needs root (namespaces and mounts)");
             }
@@ -40,7 +43,8 @@ fn run(root: &Path, command: cli::Command) -> anyhow::Result<u8> {
                 cmd.stdin(Stdio::null())
                     .stdout(log.try_clone().context("open the container log")?)
                     .stderr(log);
-                let child = spawn_supervisor(cmd, true).context("start the container supervisor")?;
+                let child = spawn_supervisor(cmd, SupervisorGroup::Detached)
+                    .context("start the container supervisor")?;
                 wait_started(&dir, child).with_context(|| format!("start {}", opts.image))?;
                 println!("{}", c.id);
                 return Ok(0);
@@ -52,7 +56,15 @@ fn run(root: &Path, command: cli::Command) -> anyhow::Result<u8> {
                 // Opening the store left threads behind: a fresh process supervises, in a
                 // process group of its own; the terminal's signals reach it through here.
                 block_signals().context("block signals")?;
-                let mut child = spawn_supervisor(cmd, false).context("start the container supervisor")?;
+                let mut child = spawn_supervisor(
+                    cmd,
+                    if opts.tty {
+                        SupervisorGroup::CallersGroup
+                    } else {
+                        SupervisorGroup::OwnGroup
+                    },
+                )
+                .context("start the container supervisor")?;
                 forward_signals_until_exit(&mut child).context("wait for the container")?
             };
             if c.remove && dir.exists() {
