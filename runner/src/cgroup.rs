@@ -83,6 +83,17 @@ fn v2_root_override() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// The cgroup2 hierarchy to use: [`V2_ROOT_ENV`]'s, or `/sys/fs/cgroup` when it is one;
+/// `None` for v1.
+fn v2_root() -> Option<PathBuf> {
+    let root = Path::new(ROOT);
+    v2_root_override().or_else(|| {
+        root.join("cgroup.controllers")
+            .exists()
+            .then(|| root.to_path_buf())
+    })
+}
+
 fn write(path: &Path, value: &str) -> Result<()> {
     std::fs::write(path, value).map_err(|source| CgroupError::Io {
         path: path.to_path_buf(),
@@ -127,14 +138,9 @@ impl Cgroup {
     /// `all_devices`), and moves the calling process into it, so that the container's
     /// process it spawns next starts inside; then call [`Cgroup::release_self`].
     pub fn join(id: &str, limits: &Limits, all_devices: bool) -> Result<Cgroup> {
-        if let Some(root) = v2_root_override() {
-            return Self::join_v2(&root, id, limits, all_devices);
-        }
-        let root = Path::new(ROOT);
-        if root.join("cgroup.controllers").exists() {
-            Self::join_v2(root, id, limits, all_devices)
-        } else {
-            Self::join_v1(root, id, limits, all_devices)
+        match v2_root() {
+            Some(root) => Self::join_v2(&root, id, limits, all_devices),
+            None => Self::join_v1(Path::new(ROOT), id, limits, all_devices),
         }
     }
 
@@ -290,11 +296,7 @@ pub fn confine_devices(group: &Path) -> Result<()> {
 /// device-confined as the container is).
 pub fn join_existing(id: &str) -> Result<()> {
     let root = Path::new(ROOT);
-    let v2 = v2_root_override().or_else(|| {
-        root.join("cgroup.controllers")
-            .exists()
-            .then(|| root.to_path_buf())
-    });
+    let v2 = v2_root();
     let groups: Vec<PathBuf> = match v2 {
         Some(v2) => vec![v2.join("strata").join(id)],
         None => ["devices", "freezer", "memory", "pids", "cpu"]
@@ -326,11 +328,7 @@ impl Drop for Frozen {
 /// and waits until they are all stopped.
 pub fn freeze(id: &str) -> Result<Frozen> {
     let root = Path::new(ROOT);
-    let v2 = v2_root_override().or_else(|| {
-        root.join("cgroup.controllers")
-            .exists()
-            .then(|| root.to_path_buf())
-    });
+    let v2 = v2_root();
     let (file, on, thaw, check, want) = match v2 {
         Some(v2) => {
             let group = v2.join("strata").join(id);

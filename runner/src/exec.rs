@@ -4,10 +4,12 @@
 //! (capabilities, seccomp, `no_new_privs`, rlimits, fds), in a session of its own.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use crate::container::{self, Container, ContainerError, Status};
-use crate::start::{StartError, User, confinement, io, merge_env, process_env, resolve_user, seccomp_cache};
+use crate::start::{
+    StartError, User, command, confinement, io, merge_env, process_env, resolve_user, seccomp_cache,
+};
 use crate::{cgroup, sys};
 
 /// What `runner exec` was asked for.
@@ -50,13 +52,7 @@ pub fn exec(c: &Container, dir: &Path, opts: &ExecOptions) -> Result<i32, StartE
     let workdir = opts.workdir.as_deref().unwrap_or(&c.workdir);
     let steps = sys::Rootfs::for_exec(pidfd, workdir, (ids.uid, ids.gid, &ids.groups), confined)
         .map_err(io("prepare the process"))?;
-    let mut cmd = Command::new(&opts.command[0]);
-    cmd.args(&opts.command[1..]).env_clear();
-    for e in &env {
-        if let Some((k, v)) = e.split_once('=') {
-            cmd.env(k, v);
-        }
-    }
+    let mut cmd = command(&opts.command, &env);
     if !opts.interactive {
         cmd.stdin(Stdio::null());
     }

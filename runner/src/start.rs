@@ -356,13 +356,7 @@ fn supervise(c: &Container, dir: &Path) -> Result<i32, StartError> {
         c.read_only,
     )
     .map_err(io("prepare the rootfs"))?;
-    let mut cmd = Command::new(&c.command[0]);
-    cmd.args(&c.command[1..]).env_clear();
-    for e in process_env(c, &ids) {
-        if let Some((k, v)) = e.split_once('=') {
-            cmd.env(k, v);
-        }
-    }
+    let mut cmd = command(&c.command, &process_env(c, &ids));
     let pty = if c.tty {
         Some(sys::Pty::open().map_err(io("open a pseudo-terminal"))?)
     } else {
@@ -426,6 +420,18 @@ fn attach(child: &mut std::process::Child, pty: sys::Pty) -> Result<i32, StartEr
     let code = sys::attach_pty(child, &pty.master).map_err(io("run the container on its terminal"));
     drop(raw);
     code
+}
+
+/// `argv` to run with exactly the environment `env` (`KEY=VALUE`s).
+pub(crate) fn command(argv: &[String], env: &[String]) -> Command {
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]).env_clear();
+    for e in env {
+        if let Some((k, v)) = e.split_once('=') {
+            cmd.env(k, v);
+        }
+    }
+    cmd
 }
 
 /// The container process's environment: the container's, plus `HOME` from the user's

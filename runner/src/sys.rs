@@ -109,24 +109,29 @@ fn is_container_init(pid: u32, started: Option<u64>) -> bool {
 /// `started` (see [`start_time`]): through a pidfd, so the check and the signal name the
 /// same process even if the PID is reused in between. `Ok(false)` when it is gone.
 pub fn signal_checked(pid: u32, started: Option<u64>, sig: i32) -> io::Result<bool> {
-    let Some(p) = Pid::from_raw(pid as i32) else {
+    let Some(fd) = open_container_init(pid, started)? else {
         return Ok(false);
     };
-    let fd = match rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::SRCH) => return Ok(false),
-        Err(e) => return Err(e.into()),
-    };
-    // The pidfd pins the process: if it is still the one that started, the fd names it.
-    if !is_container_init(pid, started) {
-        return Ok(false);
-    }
     let sig = Signal::from_named_raw(sig).ok_or_else(|| io::Error::other(format!("bad signal {sig}")))?;
     match rustix::process::pidfd_send_signal(&fd, sig) {
         Ok(()) => Ok(true),
         Err(rustix::io::Errno::SRCH) => Ok(false),
         Err(e) => Err(e.into()),
     }
+}
+
+/// A pidfd on a container's first process `pid`, if it is still the process that
+/// started at `started` (checked after the pidfd pins it, see [`is_container_init`]).
+fn open_container_init(pid: u32, started: Option<u64>) -> io::Result<Option<OwnedFd>> {
+    let Some(p) = Pid::from_raw(pid as i32) else {
+        return Ok(None);
+    };
+    let fd = match rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::SRCH) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(is_container_init(pid, started).then_some(fd))
 }
 
 /// Whether a process is still there (and not a zombie).
@@ -915,17 +920,9 @@ fn install_seccomp(program: &[libc::sock_filter], flags: u32) -> io::Result<()> 
 /// process that started at `started`, and moves the caller's future children into its
 /// PID namespace (`runner exec`).
 pub fn join_pid_namespace(pid: u32, started: Option<u64>) -> io::Result<Option<OwnedFd>> {
-    let Some(p) = Pid::from_raw(pid as i32) else {
+    let Some(fd) = open_container_init(pid, started)? else {
         return Ok(None);
     };
-    let fd = match rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::SRCH) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    if !is_container_init(pid, started) {
-        return Ok(None);
-    }
     rustix::thread::move_into_thread_name_spaces(
         fd.as_fd(),
         rustix::thread::ThreadNameSpaceType::PROCESS_ID,
@@ -1001,6 +998,16 @@ pub fn copy_window_size(master: &std::fs::File) {
     }
 }
 
+/// A process's exit as a shell reports it: its exit code, or 128 + the signal that
+/// ended it.
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(255)
+}
+
 /// Runs a container on a pseudo-terminal to its end, in the supervisor's one thread (a
 /// process that made a PID namespace for its children can make no thread): standard
 /// input is copied to the pty's `master` and the master to standard output, SIGWINCH
@@ -1010,7 +1017,6 @@ pub fn attach_pty(child: &mut Child, master: &std::fs::File) -> io::Result<i32> 
     use rustix::event::{PollFd, PollFlags, poll};
     use std::io::{Read, Write};
     use std::os::fd::FromRawFd;
-    use std::os::unix::process::ExitStatusExt;
     let set = signal_set(true);
     // SAFETY: signalfd(-1, set, flags) makes a new descriptor from a valid local set.
     let raw = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC) };
@@ -1037,11 +1043,7 @@ pub fn attach_pty(child: &mut Child, master: &std::fs::File) -> io::Result<i32> 
                 }
             }
             let _ = out.flush();
-            let status = child.wait()?;
-            Ok(status
-                .code()
-                .or_else(|| status.signal().map(|s| 128 + s))
-                .unwrap_or(255))
+            Ok(exit_code(child.wait()?))
         };
     loop {
         if child.try_wait()?.is_some() {
@@ -1149,21 +1151,11 @@ pub fn block_signals() -> io::Result<()> {
 /// it; returns its wait status as `(exit code, or 128 + signal)`. The signals must be
 /// blocked ([`block_signals`]) before `child` was spawned.
 pub fn forward_signals_until_exit(child: &mut Child) -> io::Result<i32> {
-    forward_signals_until_exit_with(child, None)
-}
-
-/// [`forward_signals_until_exit`], with `on_winch` called instead of forwarding
-/// SIGWINCH (a container on a pseudo-terminal learns its size from the terminal).
-pub fn forward_signals_until_exit_with(child: &mut Child, on_winch: Option<&dyn Fn()>) -> io::Result<i32> {
-    use std::os::unix::process::ExitStatusExt;
     let set = signal_set(true);
     let pid = child.id();
     loop {
         if let Some(status) = child.try_wait()? {
-            return Ok(status
-                .code()
-                .or_else(|| status.signal().map(|s| 128 + s))
-                .unwrap_or(255));
+            return Ok(exit_code(status));
         }
         // SAFETY: `info` is a valid out-parameter; `set` a valid signal set.
         let sig = unsafe {
@@ -1180,12 +1172,6 @@ pub fn forward_signals_until_exit_with(child: &mut Child, on_winch: Option<&dyn 
                 Some(libc::EAGAIN) | Some(libc::EINTR) => continue,
                 _ => return Err(e),
             }
-        }
-        if sig == libc::SIGWINCH
-            && let Some(f) = on_winch
-        {
-            f();
-            continue;
         }
         if sig != libc::SIGCHLD
             && let Some(p) = Pid::from_raw(pid as i32)
