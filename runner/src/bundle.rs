@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::container::{self, Container, ContainerError, SeccompChoice, Status};
+use crate::container::{self, Container, ContainerError, Status};
 use crate::seccomp::Profile;
 use crate::start::{StartError, io, mount_rootfs, process_env, resolve_user};
 use crate::sys;
@@ -73,12 +73,10 @@ fn write_config(c: &Container, rootfs: &Path, bundle: &Path) -> Result<(), Start
     }
     resources.insert("devices".into(), devices.into());
     // docker's seccomp profile (or the container's own) in the runtime spec's form.
-    let profile = match &c.security.seccomp {
-        SeccompChoice::Unconfined => None,
-        SeccompChoice::Default => Some(Profile::docker_default()?),
-        SeccompChoice::Profile(json) => Some(Profile::from_json(json.as_bytes())?),
+    let seccomp = match c.security.seccomp.source() {
+        Some(source) => Some(Profile::from_json(source)?.to_runtime_spec(&names)?),
+        None => None,
     };
-    let seccomp = profile.map(|p| p.to_runtime_spec(&names)).transpose()?;
     let mut config = serde_json::json!({
         "ociVersion": "1.0.2",
         "process": {

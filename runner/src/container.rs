@@ -103,6 +103,17 @@ pub enum SeccompChoice {
     Profile(String),
 }
 
+impl SeccompChoice {
+    /// The profile's source in docker's JSON format; `None` for unconfined.
+    pub fn source(&self) -> Option<&[u8]> {
+        match self {
+            SeccompChoice::Unconfined => None,
+            SeccompChoice::Default => Some(crate::seccomp::docker_default_source()),
+            SeccompChoice::Profile(json) => Some(json.as_bytes()),
+        }
+    }
+}
+
 impl Default for Security {
     /// docker's defaults: its capability set and seccomp profile.
     fn default() -> Security {

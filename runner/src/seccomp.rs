@@ -487,6 +487,15 @@ impl Profile {
         Ok(profile)
     }
 
+    /// The `archMap` entry of the native architecture, by libseccomp's reading of its
+    /// name (docker compares names: entries for architectures libseccomp does not know
+    /// are no error).
+    fn native_arch_map(&self, native: ScmpArch) -> Option<&ArchMap> {
+        self.arch_map
+            .iter()
+            .find(|a| a.architecture.parse::<ScmpArch>().ok() == Some(native))
+    }
+
     /// The profile as the OCI runtime spec's `linux.seccomp` for a container with `caps`
     /// on this machine, as docker hands it to runc: the rules that apply, the native
     /// architecture and its sub-architectures.
@@ -494,9 +503,7 @@ impl Profile {
         let kernel = KernelVersion::running()?;
         let native = ScmpArch::native();
         let architectures: Vec<String> = if self.architectures.is_empty() {
-            self.arch_map
-                .iter()
-                .find(|a| a.architecture.parse::<ScmpArch>().ok() == Some(native))
+            self.native_arch_map(native)
                 .map(|a| {
                     std::iter::once(&a.architecture)
                         .chain(&a.sub_architectures)
@@ -573,11 +580,7 @@ impl Profile {
         if self.architectures.is_empty() {
             // Docker compares names, so entries for architectures libseccomp does not
             // know are no error unless they are the native one's.
-            if let Some(entry) = self
-                .arch_map
-                .iter()
-                .find(|a| a.architecture.parse::<ScmpArch>().ok() == Some(native))
-            {
+            if let Some(entry) = self.native_arch_map(native) {
                 for sub in &entry.sub_architectures {
                     add(parse_arch(sub)?);
                 }

@@ -95,12 +95,7 @@ pub(crate) fn confinement(security: &Security, cache: &Path) -> Result<sys::Conf
         .map(|n| sys::capability_number(n).ok_or_else(|| StartError::BadCapability(n.clone())))
         .collect::<Result<Vec<u32>, _>>()?;
     let names: Vec<&str> = security.capabilities.iter().map(String::as_str).collect();
-    let source = match &security.seccomp {
-        SeccompChoice::Unconfined => None,
-        SeccompChoice::Default => Some(seccomp::docker_default_source()),
-        SeccompChoice::Profile(json) => Some(json.as_bytes()),
-    };
-    let seccomp = match source {
+    let seccomp = match security.seccomp.source() {
         Some(source) => {
             let filter = seccomp::compile_cached(cache, source, &names)?;
             Some((filter.program().to_vec(), filter.flags()))
