@@ -264,10 +264,16 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 
 /// The one container an ID, unique ID prefix or name names, with its state.
 pub fn find(store_root: &Path, t: &str) -> Result<(Container, ContainerState)> {
-    let mut matches: Vec<(Container, ContainerState)> = list(store_root)?
-        .into_iter()
-        .filter(|(c, _)| c.id.starts_with(t) || c.name.as_deref() == Some(t))
-        .collect();
+    let all = list(store_root)?;
+    // As docker: a full ID or a name first, then an ID prefix (a name like "b2" is not
+    // made ambiguous by an ID that happens to start with it).
+    let exact = all
+        .iter()
+        .position(|(c, _)| c.id == t || c.name.as_deref() == Some(t));
+    let mut matches: Vec<(Container, ContainerState)> = match exact {
+        Some(i) => vec![all.into_iter().nth(i).expect("index from position")],
+        None => all.into_iter().filter(|(c, _)| c.id.starts_with(t)).collect(),
+    };
     match matches.len() {
         1 => Ok(matches.remove(0)),
         0 => Err(ContainerError::NotFound(t.to_string())),
@@ -293,4 +299,42 @@ pub fn list(store_root: &Path) -> Result<Vec<(Container, ContainerState)>> {
     }
     out.sort_by(|a, b| a.0.created.cmp(&b.0.created));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_full_ids_win_over_id_prefixes() {
+        let dir = tempfile::tempdir().unwrap();
+        let make = |id: &str, name: &str| Container {
+            id: id.to_string(),
+            name: Some(name.to_string()),
+            image: "bb:1".into(),
+            image_id: String::new(),
+            created: id.to_string(),
+            command: vec!["/bin/true".into()],
+            env: Vec::new(),
+            workdir: "/".into(),
+            user: String::new(),
+            hostname: "h".into(),
+            layers: Vec::new(),
+            remove: false,
+            limits: Limits::default(),
+            security: Security::default(),
+            read_only: false,
+            tty: false,
+            mounts: Vec::new(),
+        };
+        make("b2aaaa", "other").create(dir.path()).unwrap();
+        make("ccbbbb", "b2").create(dir.path()).unwrap();
+        make("b2cccc", "third").create(dir.path()).unwrap();
+        assert_eq!(find(dir.path(), "b2").unwrap().0.id, "ccbbbb");
+        assert_eq!(find(dir.path(), "b2cccc").unwrap().0.id, "b2cccc");
+        assert!(matches!(find(dir.path(), "b2c"), Ok((c, _)) if c.id == "b2cccc"));
+        assert!(matches!(find(dir.path(), "b2a"), Ok((c, _)) if c.id == "b2aaaa"));
+        assert!(matches!(find(dir.path(), "b"), Err(ContainerError::Ambiguous(_))));
+        assert!(matches!(find(dir.path(), "zz"), Err(ContainerError::NotFound(_))));
+    }
 }
