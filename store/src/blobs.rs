@@ -320,6 +320,37 @@ impl BlobStore {
         Ok(out)
     }
 
+    /// Writes `bytes` at `offset` of upload `id`'s partial ingest (what lies past `offset`,
+    /// left by an interrupted write, is cut first) without re-reading what is there: for
+    /// callers that keep the hash state themselves. `commit` through [`BlobStore::begin`]
+    /// re-reads and checks everything once.
+    pub fn append_upload(&self, id: &str, offset: u64, bytes: &[u8]) -> Result<()> {
+        let stem = IngestKey::Upload(id.to_string()).file_stem()?;
+        let _lock = lock_file(&self.ingest.join(format!("{stem}.lock")))?;
+        let partial_path = self.ingest.join(format!("{stem}.partial"));
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&partial_path)
+            .map_err(BlobError::io(format!("open {}", partial_path.display())))?;
+        let len = file.metadata().map_err(BlobError::io("stat partial ingest"))?.len();
+        if len < offset {
+            return Err(BlobError::SizeMismatch {
+                digest: Digest::empty(),
+                expected: offset,
+                actual: len,
+            });
+        }
+        file.set_len(offset).map_err(BlobError::io("truncate partial ingest"))?;
+        {
+            use std::os::unix::fs::FileExt;
+            file.write_all_at(bytes, offset)
+                .map_err(BlobError::io("write partial ingest"))?;
+        }
+        file.sync_data().map_err(BlobError::io("fsync partial ingest"))
+    }
+
     /// Removes a partial ingest if no one holds it (expired uploads, GC).
     pub fn remove_partial(&self, stem: &str) -> Result<bool> {
         let lock_path = self.ingest.join(format!("{stem}.lock"));

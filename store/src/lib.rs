@@ -4,6 +4,8 @@
 #[cfg(feature = "meta")]
 mod archive;
 mod blobs;
+#[cfg(feature = "meta")]
+mod content;
 mod digest;
 #[cfg(feature = "meta")]
 mod fsck;
@@ -28,6 +30,10 @@ mod unpack;
 #[cfg(feature = "meta")]
 pub use archive::{ArchiveError, LoadOptions, LoadReport, LoadedImage, SaveReport, load, save};
 pub use blobs::{BlobEntry, BlobError, BlobStore, Committed, DIRECT_ALIGN, Ingest, IngestKey, Staged};
+#[cfg(feature = "meta")]
+pub use content::{BlobBackend, ByteStream, ContentError, LocalBlobs, ResumableSha256, UploadState};
+#[cfg(feature = "scale-out")]
+pub use content::{S3Blobs, S3Config};
 pub use digest::{Digest, DigestError, Hasher, HashingReader, HashingWriter};
 #[cfg(feature = "meta")]
 pub use fsck::{Fault, FsckReport};
@@ -44,8 +50,8 @@ pub use manifest::{
 };
 #[cfg(feature = "meta")]
 pub use meta::{
-    BlobRecord, Cf, ImageRecord, LayerRecord, LeaseRecord, ManifestRecord, Meta, MetaError, SCHEMA_VERSION,
-    TagRecord,
+    BlobRecord, Cf, ImageRecord, LayerRecord, LeaseRecord, ManifestRecord, Meta, MetaEngine, MetaError, Op,
+    SCHEMA_VERSION, TagRecord,
 };
 pub use pool::{InFlight, PoolError, Role};
 pub use reference::{
@@ -55,7 +61,9 @@ pub use reference::{
 pub use registry::{Referrer, UploadRecord, repo_tag_key};
 pub use runnable::{RunnableImage, cached_runnable};
 #[cfg(feature = "meta")]
-pub use store::{ImageSummary, Resolved, Store, StoreError, default_root};
+pub use store::{
+    ImageSummary, MetadataConfig, Resolved, StorageConfig, Store, StoreConfig, StoreError, default_root, image_config,
+};
 pub use unpack::{
     Compression, DEFAULT_DEDUP_MIN_SIZE, UnpackError, UnpackOptions, UnpackReport, unpack_layer,
 };

@@ -4,9 +4,10 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use crate::blobs::{self, BlobError, BlobStore, Committed, LockedFile};
+use crate::content::{BlobBackend, LocalBlobs};
 use crate::digest::Digest;
 use crate::index::{IdIndex, IdKind, IndexError};
 use crate::layers::{LayerError, LayerStore, chain_id};
@@ -24,6 +25,8 @@ pub enum StoreError {
     Blob(#[from] BlobError),
     #[error(transparent)]
     Meta(#[from] MetaError),
+    #[error(transparent)]
+    Content(#[from] crate::content::ContentError),
     #[error(transparent)]
     Layer(#[from] LayerError),
     #[error(transparent)]
@@ -50,6 +53,49 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl StoreError {
+    /// A shared backend (PostgreSQL, S3) could not be reached: the request may succeed later.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Meta(MetaError::Unavailable(_)) => true,
+            StoreError::Content(c) => c.is_unavailable(),
+            _ => false,
+        }
+    }
+}
+
+/// Where a store keeps its metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum MetadataConfig {
+    /// RocksDB under the root (one writer process).
+    #[default]
+    Rocksdb,
+    /// A PostgreSQL database shared by any number of processes.
+    #[cfg(feature = "scale-out")]
+    Postgres { url: String },
+}
+
+/// Where a store keeps blob bytes.
+#[derive(Debug, Clone, Default)]
+pub enum StorageConfig {
+    /// Files under the root.
+    #[default]
+    Filesystem,
+    /// An S3-compatible bucket.
+    #[cfg(feature = "scale-out")]
+    S3(crate::content::S3Config),
+}
+
+/// How to open a store ([`Store::open_with`]).
+#[derive(Debug, Clone, Default)]
+pub struct StoreConfig {
+    pub root: PathBuf,
+    pub metadata: MetadataConfig,
+    pub storage: StorageConfig,
 }
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -59,6 +105,15 @@ pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The config blob of an image manifest whose bytes [`Store::record_manifest`] needs (an
+/// image config, not an artifact's).
+pub fn image_config(manifest: &Manifest) -> Option<Digest> {
+    match manifest {
+        Manifest::Image { config, .. } if is_image_config(&config.media_type) => Some(config.digest),
+        _ => None,
+    }
 }
 
 /// The default store root: `/var/lib/strata` for root, else `$XDG_DATA_HOME/strata`
@@ -99,8 +154,10 @@ pub struct ImageSummary {
 pub struct Store {
     root: PathBuf,
     blobs: BlobStore,
+    /// Where blob bytes live for the registry: `blobs` (local files) or a shared backend.
+    content: Arc<dyn BlobBackend>,
     layers: LayerStore,
-    meta: Meta,
+    meta: Arc<Meta>,
     index: RwLock<IdIndex>,
     gc_refs: Mutex<Option<HashSet<Digest>>>,
     /// Dropped after `meta` (closed) and before the write lock: records the runnable
@@ -139,9 +196,10 @@ impl Store {
         lock.record_holder();
         let blobs = BlobStore::open(root)?;
         let layers = LayerStore::open(root)?;
-        let meta = Meta::open(&root.join("meta"))?;
+        let meta = Arc::new(Meta::open(&root.join("meta"))?);
         let store = Store {
             root: root.to_path_buf(),
+            content: Arc::new(LocalBlobs::new(blobs.clone())),
             blobs,
             layers,
             meta,
@@ -153,6 +211,58 @@ impl Store {
         };
         store.rebuild_index()?;
         Ok(store)
+    }
+
+    /// Opens a store as `config` says: the embedded default (RocksDB under the root, blobs
+    /// as files) or shared backends (PostgreSQL metadata, S3 blobs) that several processes
+    /// on several machines use at once. The root then holds only this process's local
+    /// parts (unpacked layers, scratch), and no write lock is taken.
+    pub fn open_with(config: &StoreConfig) -> Result<Store> {
+        let root = &config.root;
+        let meta = match &config.metadata {
+            MetadataConfig::Rocksdb => {
+                if matches!(config.storage, StorageConfig::Filesystem) {
+                    return Store::open(root);
+                }
+                return Err(StoreError::Unsupported(
+                    "S3 blob storage needs shared metadata ([metadata] backend = \"postgres\")".into(),
+                ));
+            }
+            #[cfg(feature = "scale-out")]
+            MetadataConfig::Postgres { url } => Arc::new(Meta::connect_postgres(url)?),
+        };
+        fs_err::create_dir_all(root).map_err(io_err("create store root"))?;
+        let blobs = BlobStore::open(root)?;
+        let content: Arc<dyn BlobBackend> = match &config.storage {
+            StorageConfig::Filesystem => Arc::new(LocalBlobs::new(blobs.clone())),
+            #[cfg(feature = "scale-out")]
+            StorageConfig::S3(s3) => Arc::new(crate::content::S3Blobs::new(s3, meta.clone())?),
+        };
+        let store = Store {
+            root: root.to_path_buf(),
+            content,
+            blobs,
+            layers: LayerStore::open(root)?,
+            meta,
+            index: RwLock::new(IdIndex::new()),
+            gc_refs: Mutex::new(None),
+            remembered: crate::runnable::Remembered::disabled(),
+            _write_lock: None,
+            _scratch: None,
+        };
+        store.rebuild_index()?;
+        Ok(store)
+    }
+
+    /// The blob backend the registry serves from (see [`BlobBackend`]).
+    pub fn content(&self) -> &Arc<dyn BlobBackend> {
+        &self.content
+    }
+
+    /// Metadata and blobs are shared with other processes (PostgreSQL): nothing about them
+    /// may be cached as if this process were the only writer.
+    pub fn is_shared(&self) -> bool {
+        self.meta.is_shared()
     }
 
     /// The process that holds the store for writing, if one does: its PID and program.
@@ -179,10 +289,12 @@ impl Store {
             .prefix("strata-ro-")
             .tempdir()
             .map_err(io_err("create scratch directory"))?;
-        let meta = Meta::open_read_only(&root.join("meta"), scratch.path())?;
+        let meta = Arc::new(Meta::open_read_only(&root.join("meta"), scratch.path())?);
+        let blobs = BlobStore::open_existing(root);
         let store = Store {
             root: root.to_path_buf(),
-            blobs: BlobStore::open_existing(root),
+            content: Arc::new(LocalBlobs::new(blobs.clone())),
+            blobs,
             layers: LayerStore::open(root)?,
             meta,
             index: RwLock::new(IdIndex::new()),
@@ -333,19 +445,53 @@ impl Store {
         let manifest = Manifest::parse(bytes, media_type_hint)?;
         let digest = Digest::of(bytes);
         self.note_referenced(manifest.references().iter().map(|r| r.digest).chain([digest]));
+        self.check_references(&manifest, &digest, |d| Ok(self.blobs.contains(d)))?;
+        self.blobs.put_bytes(bytes)?;
+        let config_bytes = match image_config(&manifest) {
+            Some(config) => Some(self.blobs.read_small(&config, MAX_MANIFEST_BYTES)?),
+            None => None,
+        };
+        self.record_manifest(bytes, &manifest, config_bytes.as_deref(), repository)?;
+        Ok((digest, manifest))
+    }
+
+    /// Checks that everything `manifest` references is stored: blobs (asked of
+    /// `blob_present`) for an image manifest, manifests for an index.
+    pub fn check_references(
+        &self,
+        manifest: &Manifest,
+        digest: &Digest,
+        mut blob_present: impl FnMut(&Digest) -> Result<bool>,
+    ) -> Result<()> {
         for r in manifest.references() {
-            let present = match &manifest {
-                Manifest::Image { .. } => self.blobs.contains(&r.digest),
+            let present = match manifest {
+                Manifest::Image { .. } => blob_present(&r.digest)?,
                 Manifest::Index { .. } => self.meta.contains(Cf::Manifests, &r.digest.to_string())?,
             };
             if !present {
                 return Err(StoreError::MissingReference {
-                    manifest: digest,
+                    manifest: *digest,
                     digest: r.digest,
                 });
             }
         }
-        self.blobs.put_bytes(bytes)?;
+        Ok(())
+    }
+
+    /// The metadata half of [`Store::add_manifest`], for callers that stored the manifest's
+    /// bytes and checked its references through a [`BlobBackend`] themselves: records
+    /// manifest, blobs and (with the config's bytes, see [`image_config`]) image, and links
+    /// them into `repository` if given. One atomic batch.
+    pub fn record_manifest(
+        &self,
+        bytes: &[u8],
+        manifest: &Manifest,
+        config_bytes: Option<&[u8]>,
+        repository: Option<&str>,
+    ) -> Result<Digest> {
+        let manifest = manifest.clone();
+        let digest = Digest::of(bytes);
+        self.note_referenced(manifest.references().iter().map(|r| r.digest).chain([digest]));
         let mut batch = self.meta.batch();
         let stored = now();
         let blob_record = |size| crate::meta::BlobRecord { size, stored };
@@ -374,13 +520,12 @@ impl Store {
                 for r in manifest.references() {
                     batch.put(Cf::Blobs, &r.digest.to_string(), &blob_record(r.size));
                 }
-                if is_image_config(&config.media_type) {
-                    let cfg_bytes = self.blobs.read_small(&config.digest, MAX_MANIFEST_BYTES)?;
+                if let Some(cfg_bytes) = config_bytes.filter(|_| is_image_config(&config.media_type)) {
                     // A config whose diff IDs do not match the layers is still recorded:
                     // a registry must store what clients push (the distribution-spec
                     // conformance suite pushes one), and `ensure_unpacked` refuses to
                     // unpack such an image. Archive loads check the count themselves.
-                    let cfg = Config::parse(&cfg_bytes)?;
+                    let cfg = Config::parse(cfg_bytes)?;
                     let key = config.digest.to_string();
                     let mut image = match self.meta.get::<ImageRecord>(Cf::Images, &key)? {
                         Some(existing) => existing,
@@ -424,7 +569,7 @@ impl Store {
         if let Some(id) = image_id {
             self.index_insert(&id, IdKind::Image);
         }
-        Ok((digest, manifest))
+        Ok(digest)
     }
 
     /// Points `reference` (which must carry a tag) at a stored manifest.

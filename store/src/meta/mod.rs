@@ -1,4 +1,5 @@
-//! Metadata in RocksDB: one column family per kind, JSON records, a schema-version key.
+//! Metadata: one keyspace (column family) per kind of record, JSON records, a
+//! schema-version key, behind the [`MetaEngine`] seam (RocksDB embedded, PostgreSQL shared).
 //!
 //! Blob files are the source of truth for content; everything here describes or links
 //! content (manifests, images, tags, repository links, layers, containers, leases) and
@@ -6,21 +7,28 @@
 
 use std::path::Path;
 
-use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::digest::Digest;
 
+#[cfg(feature = "scale-out")]
+mod postgres;
+mod rocks;
+
 /// The on-disk schema this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
-const SCHEMA_KEY: &[u8] = b"schema-version";
+pub(crate) const SCHEMA_KEY: &str = "schema-version";
 
 /// Errors from the metadata database.
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
     #[error("metadata database: {0}")]
     Db(#[from] rocksdb::Error),
+    #[error("metadata database unavailable: {0}")]
+    Unavailable(String),
+    #[error("metadata database: {0}")]
+    Backend(String),
     #[error("corrupt metadata record {cf}/{key}: {source}")]
     Corrupt {
         cf: &'static str,
@@ -48,11 +56,13 @@ pub enum Cf {
     Containers,
     Uploads,
     Leases,
+    /// Where blobs are in a shared blob backend (S3): digest → object key and size.
+    Objects,
     Meta,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 10] = [
+    pub const ALL: [Cf; 11] = [
         Cf::Blobs,
         Cf::Manifests,
         Cf::Images,
@@ -62,6 +72,7 @@ impl Cf {
         Cf::Containers,
         Cf::Uploads,
         Cf::Leases,
+        Cf::Objects,
         Cf::Meta,
     ];
 
@@ -76,6 +87,7 @@ impl Cf {
             Cf::Containers => "containers",
             Cf::Uploads => "uploads",
             Cf::Leases => "leases",
+            Cf::Objects => "objects",
             Cf::Meta => "meta",
         }
     }
@@ -160,99 +172,101 @@ pub struct LeaseRecord {
     pub holder: String,
 }
 
-/// The metadata database.
-pub struct Meta {
-    db: DB,
-    read_only: bool,
+/// One write of an atomic batch.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Put(Cf, String, Vec<u8>),
+    Delete(Cf, String),
 }
 
-impl std::fmt::Debug for Meta {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Meta")
-            .field("path", &self.db.path())
-            .field("read_only", &self.read_only)
-            .finish()
+/// The seam every metadata backend implements (as tikv's `engine_traits`): an ordered
+/// key-value store with one keyspace per [`Cf`], point reads, prefix scans in key order
+/// and atomic, durable batches. Records are opaque bytes here; [`Meta`] types them.
+///
+/// Invariants every backend keeps (checked by the backend test suite): a batch is applied
+/// entirely or not at all and is durable when `write` returns; a scan returns the keys with
+/// the prefix in byte order; `insert_if_absent` is atomic against concurrent writers,
+/// including writers in other processes and on other machines.
+pub trait MetaEngine: Send + Sync + std::fmt::Debug {
+    fn get(&self, cf: Cf, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Keys with `prefix`, in byte order, with their values unless `keys_only`.
+    fn scan(&self, cf: Cf, prefix: &str, keys_only: bool) -> Result<Vec<(String, Vec<u8>)>>;
+    fn write(&self, ops: Vec<Op>) -> Result<()>;
+    /// Stores `value` unless `key` is present; true if it stored it.
+    fn insert_if_absent(&self, cf: Cf, key: &str, value: Vec<u8>) -> Result<bool>;
+    /// Replaces `key`'s value only if it is still `expected` (None: absent); true if it did.
+    fn compare_and_swap(&self, cf: Cf, key: &str, expected: Option<&[u8]>, value: Option<Vec<u8>>) -> Result<bool>;
+    fn is_read_only(&self) -> bool;
+    /// Shared by several processes or machines (then nothing may be cached in memory
+    /// across requests as if this process were the only writer).
+    fn is_shared(&self) -> bool {
+        false
     }
 }
 
-fn db_options() -> Options {
-    let mut opts = Options::default();
-    opts.create_if_missing(true);
-    opts.create_missing_column_families(true);
-    opts.set_keep_log_file_num(4);
-    opts.set_max_log_file_size(1 << 20);
-    opts.set_max_open_files(256);
-    opts
+/// The metadata database: typed JSON records over a [`MetaEngine`].
+#[derive(Debug)]
+pub struct Meta {
+    engine: Box<dyn MetaEngine>,
 }
 
 impl Meta {
-    /// Opens read-write. The caller holds the store's write lock: RocksDB admits one
-    /// writer process.
+    /// Opens the embedded RocksDB database read-write. The caller holds the store's write
+    /// lock: RocksDB admits one writer process.
     pub fn open(path: &Path) -> Result<Meta> {
-        let opts = db_options();
-        let cfs = Cf::ALL
-            .iter()
-            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
-        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        let meta = Meta { db, read_only: false };
-        meta.check_schema(true)?;
-        Ok(meta)
+        Ok(Meta::with_engine(Box::new(rocks::Rocks::open(path)?)))
     }
 
-    /// Opens as a RocksDB secondary instance: a consistent read view that works while
-    /// another process has the database open for writing.
+    /// Opens the embedded database as a RocksDB secondary instance: a consistent read view
+    /// that works while another process has the database open for writing.
     pub fn open_read_only(path: &Path, scratch: &Path) -> Result<Meta> {
-        let mut opts = db_options();
-        opts.set_max_open_files(-1);
-        let names: Vec<&str> = Cf::ALL.iter().map(|c| c.name()).collect();
-        let db = DB::open_cf_as_secondary(&opts, path, scratch, names)?;
-        db.try_catch_up_with_primary()?;
-        let meta = Meta { db, read_only: true };
-        meta.check_schema(false)?;
-        Ok(meta)
+        Ok(Meta::with_engine(Box::new(rocks::Rocks::open_read_only(path, scratch)?)))
     }
 
-    fn check_schema(&self, write_if_missing: bool) -> Result<()> {
-        let cf = self.cf(Cf::Meta);
-        match self.db.get_cf(cf, SCHEMA_KEY)? {
-            Some(v) if v == SCHEMA_VERSION.to_string().as_bytes() => Ok(()),
-            Some(v) => Err(MetaError::Schema {
-                found: String::from_utf8_lossy(&v).into_owned(),
-            }),
-            None if write_if_missing => {
-                self.db.put_cf(cf, SCHEMA_KEY, SCHEMA_VERSION.to_string())?;
-                Ok(())
-            }
-            None => Ok(()),
-        }
+    /// Connects to PostgreSQL (`postgres://...`), applying the schema migrations.
+    #[cfg(feature = "scale-out")]
+    pub fn connect_postgres(url: &str) -> Result<Meta> {
+        Ok(Meta::with_engine(Box::new(postgres::Postgres::connect(url)?)))
+    }
+
+    pub fn with_engine(engine: Box<dyn MetaEngine>) -> Meta {
+        Meta { engine }
+    }
+
+    pub fn engine(&self) -> &dyn MetaEngine {
+        &*self.engine
     }
 
     pub fn is_read_only(&self) -> bool {
-        self.read_only
+        self.engine.is_read_only()
     }
 
-    fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
-        // Every family in `Cf::ALL` is created at open.
-        self.db
-            .cf_handle(cf.name())
-            .expect("column family opened at start")
+    pub fn is_shared(&self) -> bool {
+        self.engine.is_shared()
+    }
+
+    fn decode<T: DeserializeOwned>(cf: Cf, key: &str, bytes: &[u8]) -> Result<T> {
+        serde_json::from_slice(bytes).map_err(|source| MetaError::Corrupt {
+            cf: cf.name(),
+            key: key.to_string(),
+            source,
+        })
     }
 
     pub fn get<T: DeserializeOwned>(&self, cf: Cf, key: &str) -> Result<Option<T>> {
-        match self.db.get_pinned_cf(self.cf(cf), key.as_bytes())? {
+        match self.engine.get(cf, key)? {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|source| MetaError::Corrupt {
-                    cf: cf.name(),
-                    key: key.to_string(),
-                    source,
-                }),
+            Some(bytes) => Self::decode(cf, key, &bytes).map(Some),
         }
     }
 
+    /// The raw bytes of a record (for records that are not JSON).
+    pub fn get_raw(&self, cf: Cf, key: &str) -> Result<Option<Vec<u8>>> {
+        self.engine.get(cf, key)
+    }
+
     pub fn contains(&self, cf: Cf, key: &str) -> Result<bool> {
-        Ok(self.db.get_pinned_cf(self.cf(cf), key.as_bytes())?.is_some())
+        Ok(self.engine.get(cf, key)?.is_some())
     }
 
     pub fn put<T: Serialize>(&self, cf: Cf, key: &str, value: &T) -> Result<()> {
@@ -261,10 +275,32 @@ impl Meta {
         self.write(b)
     }
 
+    pub fn put_raw(&self, cf: Cf, key: &str, value: Vec<u8>) -> Result<()> {
+        self.engine.write(vec![Op::Put(cf, key.to_string(), value)])
+    }
+
     pub fn delete(&self, cf: Cf, key: &str) -> Result<()> {
         let mut b = self.batch();
         b.delete(cf, key);
         self.write(b)
+    }
+
+    /// Stores `value` unless `key` is present (atomically, across every writer); true if
+    /// it stored it.
+    pub fn insert_if_absent<T: Serialize>(&self, cf: Cf, key: &str, value: &T) -> Result<bool> {
+        self.engine.insert_if_absent(cf, key, encode(value))
+    }
+
+    /// Replaces a record only if it still has the value read as `expected`.
+    pub fn compare_and_swap<T: Serialize>(
+        &self,
+        cf: Cf,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Option<&T>,
+    ) -> Result<bool> {
+        self.engine
+            .compare_and_swap(cf, key, expected, value.map(|v| encode(v)))
     }
 
     /// All records of a family, in key order.
@@ -274,76 +310,61 @@ impl Meta {
 
     /// Records whose key starts with `prefix`, in key order.
     pub fn scan_prefix<T: DeserializeOwned>(&self, cf: Cf, prefix: &str) -> Result<Vec<(String, T)>> {
-        let mut out = Vec::new();
-        let mode = IteratorMode::From(prefix.as_bytes(), rocksdb::Direction::Forward);
-        for item in self.db.iterator_cf(self.cf(cf), mode) {
-            let (k, v) = item?;
-            if !k.starts_with(prefix.as_bytes()) {
-                break;
-            }
-            let key = String::from_utf8_lossy(&k).into_owned();
-            let value = serde_json::from_slice(&v).map_err(|source| MetaError::Corrupt {
-                cf: cf.name(),
-                key: key.clone(),
-                source,
-            })?;
-            out.push((key, value));
-        }
-        Ok(out)
+        self.engine
+            .scan(cf, prefix, false)?
+            .into_iter()
+            .map(|(k, v)| {
+                let value = Self::decode(cf, &k, &v)?;
+                Ok((k, value))
+            })
+            .collect()
     }
 
     /// Keys of a family (values unread), in key order.
     pub fn keys(&self, cf: Cf, prefix: &str) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        let mode = IteratorMode::From(prefix.as_bytes(), rocksdb::Direction::Forward);
-        for item in self.db.iterator_cf(self.cf(cf), mode) {
-            let (k, _) = item?;
-            if !k.starts_with(prefix.as_bytes()) {
-                break;
-            }
-            out.push(String::from_utf8_lossy(&k).into_owned());
-        }
-        Ok(out)
+        Ok(self
+            .engine
+            .scan(cf, prefix, true)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
     }
 
-    pub fn batch(&self) -> Batch<'_> {
-        Batch {
-            meta: self,
-            inner: WriteBatch::default(),
-        }
+    pub fn batch(&self) -> Batch {
+        Batch { ops: Vec::new() }
     }
 
-    /// Applies a batch atomically and durably (synced WAL).
-    pub fn write(&self, batch: Batch<'_>) -> Result<()> {
-        if self.read_only {
-            return Err(MetaError::ReadOnly);
+    /// Applies a batch atomically and durably.
+    pub fn write(&self, batch: Batch) -> Result<()> {
+        if batch.ops.is_empty() {
+            return Ok(());
         }
-        let mut opts = rocksdb::WriteOptions::default();
-        opts.set_sync(true);
-        self.db.write_opt(batch.inner, &opts)?;
-        Ok(())
+        self.engine.write(batch.ops)
     }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising our own record types cannot fail (no maps with non-string keys).
+    serde_json::to_vec(value).expect("metadata record serialises")
 }
 
 /// An atomic group of writes.
-pub struct Batch<'a> {
-    meta: &'a Meta,
-    inner: WriteBatch,
+#[derive(Debug, Default)]
+pub struct Batch {
+    ops: Vec<Op>,
 }
 
-impl Batch<'_> {
+impl Batch {
     pub fn put<T: Serialize>(&mut self, cf: Cf, key: &str, value: &T) {
-        // Serialising our own record types cannot fail (no maps with non-string keys).
-        let bytes = serde_json::to_vec(value).expect("metadata record serialises");
-        self.inner.put_cf(self.meta.cf(cf), key.as_bytes(), bytes);
+        self.ops.push(Op::Put(cf, key.to_string(), encode(value)));
     }
 
     pub fn delete(&mut self, cf: Cf, key: &str) {
-        self.inner.delete_cf(self.meta.cf(cf), key.as_bytes());
+        self.ops.push(Op::Delete(cf, key.to_string()));
     }
 
     pub fn is_empty(&self) -> bool {
-        self.inner.is_empty()
+        self.ops.is_empty()
     }
 }
 
