@@ -42,7 +42,39 @@ pub struct Config {
     pub auth: Option<AuthConfig>,
     /// Pull-through cache mode: serve an upstream registry's content, caching it here.
     pub proxy: Option<ProxyConfig>,
+    /// Where blob bytes live: files under `root` (default) or an S3 bucket.
+    pub storage: StorageSection,
+    /// Where metadata lives: RocksDB under `root` (default) or PostgreSQL.
+    pub metadata: MetadataSection,
 }
+
+/// `[storage]`: `backend = "filesystem"` (default) or `"s3"` with the bucket's keys.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    pub backend: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub bucket: Option<String>,
+    pub prefix: Option<String>,
+    pub path_style: bool,
+    pub access_key: Option<String>,
+    pub secret_key: Option<String>,
+    /// Answer blob GETs with a 307 to a presigned URL of the object.
+    pub redirect: bool,
+}
+
+/// `[metadata]`: `backend = "rocksdb"` (default) or `"postgres"` with its `url`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetadataSection {
+    pub backend: Option<String>,
+    pub url: Option<String>,
+}
+
+/// What replicas sharing metadata store tags under when `registry_name` is not set (the
+/// listen address differs from replica to replica).
+pub const SHARED_REGISTRY_NAME: &str = "registry";
 
 impl Default for Config {
     fn default() -> Self {
@@ -58,6 +90,8 @@ impl Default for Config {
             tls: None,
             auth: None,
             proxy: None,
+            storage: StorageSection::default(),
+            metadata: MetadataSection::default(),
         }
     }
 }
@@ -89,6 +123,28 @@ impl Config {
 
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let store = self.store_config()?;
+        if matches!(store.storage, strata_store::StorageConfig::S3(_)) {
+            if !self.is_shared() {
+                return Err(ConfigError::Invalid(
+                    "storage.backend = \"s3\" needs metadata.backend = \"postgres\"".into(),
+                ));
+            }
+            if self.proxy.is_some() {
+                return Err(ConfigError::Invalid(
+                    "the pull-through cache ([proxy]) runs on the embedded store only, for now".into(),
+                ));
+            }
+        }
+        if self.is_shared()
+            && let Some(auth) = &self.auth
+            && auth.token
+            && auth.secret.is_none()
+        {
+            return Err(ConfigError::Invalid(
+                "auth.secret must be set when replicas share metadata: every replica must accept the tokens of the others".into(),
+            ));
+        }
         if self.limits.max_manifest_bytes == 0
             || self.limits.max_manifest_bytes > strata_store::MAX_MANIFEST_BYTES
         {
@@ -132,9 +188,61 @@ impl Config {
 
     /// The registry name tags are stored under.
     pub fn registry_name(&self) -> String {
-        self.registry_name
-            .clone()
-            .unwrap_or_else(|| self.listen.to_string())
+        match &self.registry_name {
+            Some(name) => name.clone(),
+            None if self.metadata.backend.as_deref() == Some("postgres") => SHARED_REGISTRY_NAME.to_string(),
+            None => self.listen.to_string(),
+        }
+    }
+
+    /// True when several replicas may share this configuration's backends.
+    pub fn is_shared(&self) -> bool {
+        self.metadata.backend.as_deref() == Some("postgres")
+    }
+
+    /// How to open the store: the root, and the `[storage]` and `[metadata]` backends.
+    pub fn store_config(&self) -> Result<strata_store::StoreConfig, ConfigError> {
+        let metadata = match self.metadata.backend.as_deref().unwrap_or("rocksdb") {
+            "rocksdb" => strata_store::MetadataConfig::Rocksdb,
+            "postgres" => {
+                let url =
+                    self.metadata.url.clone().ok_or_else(|| {
+                        ConfigError::Invalid("metadata.url is required for postgres".into())
+                    })?;
+                strata_store::MetadataConfig::Postgres { url }
+            }
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "metadata.backend must be \"rocksdb\" or \"postgres\", not {other:?}"
+                )));
+            }
+        };
+        let st = &self.storage;
+        let storage = match st.backend.as_deref().unwrap_or("filesystem") {
+            "filesystem" => strata_store::StorageConfig::Filesystem,
+            "s3" => strata_store::StorageConfig::S3(strata_store::S3Config {
+                endpoint: st.endpoint.clone(),
+                region: st.region.clone(),
+                bucket: st
+                    .bucket
+                    .clone()
+                    .ok_or_else(|| ConfigError::Invalid("storage.bucket is required for s3".into()))?,
+                prefix: st.prefix.clone().unwrap_or_default(),
+                path_style: st.path_style,
+                access_key: st.access_key.clone(),
+                secret_key: st.secret_key.clone(),
+            }),
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "storage.backend must be \"filesystem\" or \"s3\", not {other:?}"
+                )));
+            }
+        };
+        Ok(strata_store::StoreConfig {
+            root: self.root.clone(),
+            metadata,
+            storage,
+        })
     }
 }
 

@@ -3,7 +3,7 @@
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
-use strata_store::{BlobError, StoreError};
+use strata_store::{BlobError, ContentError, StoreError};
 
 /// The spec's error codes (plus `TOOMANYREQUESTS` and `UNSUPPORTED`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +23,8 @@ pub enum ErrorCode {
     Unsupported,
     TooManyRequests,
     RangeInvalid,
+    /// Distribution's `UNAVAILABLE` (503): a backend could not be reached.
+    Unavailable,
     Internal,
 }
 
@@ -30,6 +32,7 @@ impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BlobUnknown => "BLOB_UNKNOWN",
+            ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::BlobUploadInvalid => "BLOB_UPLOAD_INVALID",
             ErrorCode::BlobUploadUnknown => "BLOB_UPLOAD_UNKNOWN",
             ErrorCode::DigestInvalid => "DIGEST_INVALID",
@@ -156,7 +159,21 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
+        if e.is_unavailable() {
+            tracing::error!("storage unavailable: {e}");
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                e.to_string(),
+            )
+            .with_header(header::RETRY_AFTER, "1");
+        }
         match e {
+            StoreError::Content(ContentError::DigestMismatch { .. }) => {
+                ApiError::digest_invalid(e.to_string())
+            }
+            StoreError::Content(ContentError::TooLarge { .. }) => ApiError::size_invalid(e.to_string()),
+            StoreError::Content(ContentError::NotFound(d)) => ApiError::blob_unknown(d),
             StoreError::Blob(BlobError::DigestMismatch { .. }) => ApiError::digest_invalid(e.to_string()),
             StoreError::Blob(BlobError::SizeMismatch { .. } | BlobError::TooLarge { .. }) => {
                 ApiError::size_invalid(e.to_string())

@@ -13,13 +13,14 @@ mod names;
 mod proxy;
 mod sendfile;
 mod serve;
+mod shared_uploads;
 mod uploads;
 
 pub use api::{AppState, StateError, app};
 pub use auth::{Action, AuthError};
 pub use config::{
-    AccessRule, AuthConfig, Config, ConfigError, GcConfig, Limits, LogConfig, ProxyConfig, TlsConfig,
-    UploadConfig,
+    AccessRule, AuthConfig, Config, ConfigError, GcConfig, Limits, LogConfig, MetadataSection, ProxyConfig,
+    SHARED_REGISTRY_NAME, StorageSection, TlsConfig, UploadConfig,
 };
 pub use error::{ApiError, ErrorCode};
 pub use metrics::Metrics;

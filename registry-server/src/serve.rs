@@ -284,6 +284,10 @@ async fn upkeep(state: AppState) {
 
 /// One online GC run with the configured grace period.
 async fn collect(state: &AppState) {
+    if state.store().is_shared() {
+        tracing::warn!("gc: not yet available on shared backends (PostgreSQL + S3); skipped");
+        return;
+    }
     let config = state.config();
     let opts = strata_store::GcOptions {
         grace: config.gc.grace,

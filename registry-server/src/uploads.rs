@@ -108,6 +108,8 @@ impl Uploads {
             repository: repository.to_string(),
             started: now(),
             updated: now(),
+            state: None,
+            busy_until: 0,
         };
         let store = self.store.clone();
         let rid = id.clone();

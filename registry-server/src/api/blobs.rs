@@ -56,6 +56,9 @@ pub(crate) async fn get_blob(
     slot: Option<SendfileSlot>,
 ) -> ApiResult {
     let d = parse_digest(&digest)?;
+    if st.store().content().local().is_none() {
+        return get_shared_blob(st, name, d, headers, head).await;
+    }
     let store = st.store();
     let grace = st.inner.config.gc.grace;
     // Inline, like manifest reads: a link lookup, `open` and `fstat`.
@@ -73,20 +76,7 @@ pub(crate) async fn get_blob(
         Ok((f, meta.len()))
     })()?;
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let (status, start, count) = match range {
-        None => (StatusCode::OK, 0, len),
-        Some(r) => match parse_range(r, len) {
-            Some((a, b)) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
-            None => {
-                return Err(ApiError::new(
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    ErrorCode::RangeInvalid,
-                    "invalid range",
-                )
-                .with_header(header::CONTENT_RANGE, &format!("bytes */{len}")));
-            }
-        },
-    };
+    let (status, start, count) = plan_range(range, len)?;
     let body = if head || count == 0 {
         Body::empty()
     } else {
@@ -98,6 +88,11 @@ pub(crate) async fn get_blob(
             _ => file_body(file, start, count),
         }
     };
+    Ok(blob_response(body, status, &d, start, count, len))
+}
+
+/// The response to a blob GET or HEAD: `count` bytes of `len` from `start`.
+fn blob_response(body: Body, status: StatusCode, d: &Digest, start: u64, count: u64, len: u64) -> Response {
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let h = resp.headers_mut();
@@ -107,7 +102,7 @@ pub(crate) async fn get_blob(
     );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    set_digest(h, &d);
+    set_digest(h, d);
     if let Ok(v) = HeaderValue::from_str(&format!("\"{d}\"")) {
         h.insert(header::ETAG, v);
     }
@@ -116,7 +111,72 @@ pub(crate) async fn get_blob(
     {
         h.insert(header::CONTENT_RANGE, v);
     }
-    Ok(resp)
+    resp
+}
+
+/// `(status, first byte, byte count)` of a GET with this `Range` header, or a 416.
+fn plan_range(range: Option<&str>, len: u64) -> ApiResult<(StatusCode, u64, u64)> {
+    match range {
+        None => Ok((StatusCode::OK, 0, len)),
+        Some(r) => match parse_range(r, len) {
+            Some((a, b)) => Ok((StatusCode::PARTIAL_CONTENT, a, b - a + 1)),
+            None => Err(ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                ErrorCode::RangeInvalid,
+                "invalid range",
+            )
+            .with_header(header::CONTENT_RANGE, &format!("bytes */{len}"))),
+        },
+    }
+}
+
+/// How long a presigned URL given in a redirect stays valid.
+const REDIRECT_TTL: std::time::Duration = std::time::Duration::from_secs(20 * 60);
+
+/// A blob GET/HEAD over a shared backend (S3): the link and the size from the metadata,
+/// the bytes streamed from the backend — or, with `redirect = true`, a 307 to a presigned
+/// URL so the client reads the object store directly.
+async fn get_shared_blob(st: &Shared, name: String, d: Digest, headers: &HeaderMap, head: bool) -> ApiResult {
+    let store = st.store().clone();
+    if !blocking(move || Ok(store.is_linked(&name, &d)?)).await? {
+        return Err(ApiError::blob_unknown(d));
+    }
+    let content = st.store().content();
+    let len = content
+        .stat(&d)
+        .await
+        .map_err(strata_store::StoreError::from)?
+        .ok_or_else(|| ApiError::blob_unknown(d))?;
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    if !head
+        && st.inner.config.storage.redirect
+        && let Some(url) = content
+            .presigned_url(&d, REDIRECT_TTL)
+            .await
+            .map_err(strata_store::StoreError::from)?
+    {
+        let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
+        let h = resp.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&url) {
+            h.insert(header::LOCATION, v);
+        }
+        set_digest(h, &d);
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+        return Ok(resp);
+    }
+    let (status, start, count) = plan_range(range, len)?;
+    let body = if head || count == 0 {
+        Body::empty()
+    } else {
+        st.inner.metrics.add_bytes_out(count);
+        let part = (status == StatusCode::PARTIAL_CONTENT).then(|| (start, start + count - 1));
+        let stream = content
+            .read(&d, part)
+            .await
+            .map_err(strata_store::StoreError::from)?;
+        Body::from_stream(stream)
+    };
+    Ok(blob_response(body, status, &d, start, count, len))
 }
 
 /// A client that finds a blob with `HEAD` skips uploading it and will reference it from

@@ -13,7 +13,7 @@ use strata_store::{
     DOCKER_LIST, DOCKER_MANIFEST, Digest, Manifest, OCI_INDEX, OCI_MANIFEST, Platform, Referrer,
 };
 
-use super::shared::{Cached, Shared, blocking, check_delete, parse_digest, set_digest, set_location};
+use super::shared::{Cached, Shared, blocking, check_delete, parse_digest, set_digest, set_location, wait};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::names::valid_tag;
 
@@ -75,9 +75,16 @@ fn load_manifest(st: &Shared, name: &str, digest: &Digest) -> ApiResult<Arc<Cach
     let Some(record) = store.get_manifest(digest)? else {
         return Err(ApiError::manifest_unknown(&digest.to_string()));
     };
-    let bytes = store
-        .blobs()
-        .read_small(digest, strata_store::MAX_MANIFEST_BYTES)?;
+    let bytes = match store.content().local() {
+        Some(blobs) => blobs.read_small(digest, strata_store::MAX_MANIFEST_BYTES)?,
+        // A shared backend is read only from the blocking pool (see `get_manifest`).
+        None => wait(
+            store
+                .content()
+                .read_small(digest, strata_store::MAX_MANIFEST_BYTES),
+        )
+        .map_err(strata_store::StoreError::from)?,
+    };
     Ok(st.inner.cache.put(*digest, record.media_type, Bytes::from(bytes)))
 }
 
@@ -90,11 +97,11 @@ pub(crate) async fn get_manifest(
 ) -> ApiResult {
     let r = parse_reference(&reference, false)?;
     let accept = accepted(headers);
-    let st2 = st;
+    let st2 = st.clone();
     // Point reads (RocksDB, usually from memory, and the manifest cache) run inline: a hop
     // to the blocking pool costs more than they do, and under load it sets the tail
     // latency (see `benches/RESULTS.md`).
-    let (digest, m) = (move || {
+    let lookup = move || {
         let digest = match r {
             Reference::Digest(d) => d,
             Reference::Tag(t) => match st2.store().repo_tag(&st2.inner.registry, &name, &t)? {
@@ -102,7 +109,7 @@ pub(crate) async fn get_manifest(
                 None => return Err(ApiError::manifest_unknown(&t)),
             },
         };
-        let m = load_manifest(st2, &name, &digest)?;
+        let m = load_manifest(&st2, &name, &digest)?;
         // An index to a client that does not take indexes: its manifest for this platform.
         if let Some(accept) = &accept
             && matches!(m.media_type.as_str(), OCI_INDEX | DOCKER_LIST)
@@ -110,12 +117,18 @@ pub(crate) async fn get_manifest(
             && accept.iter().any(|a| a == OCI_MANIFEST || a == DOCKER_MANIFEST)
             && let Ok(parsed) = Manifest::parse(&m.body, Some(&m.media_type))
             && let Some(child) = parsed.select_platform(&Platform::host())
-            && let Ok(c) = load_manifest(st2, &name, &child.digest)
+            && let Ok(c) = load_manifest(&st2, &name, &child.digest)
         {
             return Ok((child.digest, c));
         }
         Ok((digest, m))
-    })()?;
+    };
+    // With shared metadata and blobs, reads cross the network: off the async workers.
+    let (digest, m) = if st.store().is_shared() {
+        blocking(lookup).await?
+    } else {
+        lookup()?
+    };
     let mut resp = if head {
         Body::empty()
     } else {
@@ -214,7 +227,11 @@ pub(super) async fn put_manifest(
                 .with_detail(serde_json::json!({ "digest": rf.digest.to_string() })));
             }
         }
-        let (digest, manifest) = store.add_manifest(&bytes, content_type.as_deref(), Some(&n2))?;
+        let (digest, manifest) = if store.content().local().is_some() {
+            store.add_manifest(&bytes, content_type.as_deref(), Some(&n2))?
+        } else {
+            add_manifest_shared(store, &bytes, content_type.as_deref(), &n2)?
+        };
         if let Reference::Tag(t) = &r {
             store.set_repo_tag(&st2.inner.registry, &n2, t, &digest)?;
         }
@@ -255,6 +272,27 @@ pub(super) async fn put_manifest(
         h.insert("OCI-Subject", v);
     }
     Ok(resp)
+}
+
+/// `Store::add_manifest` over a shared blob backend: references checked and the manifest
+/// written through the backend, then the metadata recorded. Runs on the blocking pool.
+fn add_manifest_shared(
+    store: &strata_store::Store,
+    bytes: &[u8],
+    media_type: Option<&str>,
+    repository: &str,
+) -> Result<(Digest, Manifest), strata_store::StoreError> {
+    let content = store.content();
+    let manifest = Manifest::parse(bytes, media_type)?;
+    let digest = Digest::of(bytes);
+    store.check_references(&manifest, &digest, |d| Ok(wait(content.stat(d))?.is_some()))?;
+    wait(content.write(&digest, Bytes::copy_from_slice(bytes)))?;
+    let config = match strata_store::image_config(&manifest) {
+        Some(c) => Some(wait(content.read_small(&c, strata_store::MAX_MANIFEST_BYTES))?),
+        None => None,
+    };
+    store.record_manifest(bytes, &manifest, config.as_deref(), Some(repository))?;
+    Ok((digest, manifest))
 }
 
 pub(super) async fn delete_manifest(st: &Shared, name: String, reference: String) -> ApiResult {

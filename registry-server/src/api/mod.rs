@@ -102,7 +102,10 @@ impl AppState {
     /// Drops abandoned upload sessions (blocking).
     pub fn expire_uploads(&self) -> Result<usize, strata_store::StoreError> {
         let shared = &self.inner.shared.inner;
-        shared.uploads.expire(shared.config.uploads.expiry)
+        match &shared.shared_uploads {
+            Some(su) => shared::wait(su.expire(shared.config.uploads.expiry)),
+            None => shared.uploads.expire(shared.config.uploads.expiry),
+        }
     }
 }
 
@@ -161,8 +164,10 @@ async fn health(State(st): State<AppState>) -> Response {
 async fn metrics(State(st): State<AppState>) -> Response {
     let store = st.store().clone();
     let storage = tokio::task::spawn_blocking(move || {
+        // A shared backend's totals are not this replica's to count on every scrape.
         store
-            .blobs()
+            .content()
+            .local()?
             .list()
             .ok()
             .map(|l| (l.len() as u64, l.iter().map(|b| b.size).sum::<u64>()))

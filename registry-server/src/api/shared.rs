@@ -13,6 +13,7 @@ use strata_store::{Digest, Store};
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
+use crate::shared_uploads::SharedUploads;
 use crate::uploads::Uploads;
 
 const MANIFEST_CACHE_BYTES: usize = 8 << 20;
@@ -30,6 +31,8 @@ pub(super) struct Inner {
     pub(super) config: Config,
     pub(super) registry: String,
     pub(super) uploads: Uploads,
+    /// Upload sessions in shared storage, when the blob backend is shared (S3).
+    pub(super) shared_uploads: Option<SharedUploads>,
     pub(super) cache: ManifestCache,
     pub(super) metrics: Arc<Metrics>,
 }
@@ -40,6 +43,11 @@ impl Shared {
         Shared {
             inner: Arc::new(Inner {
                 uploads: Uploads::new(store.clone(), config.limits.max_upload_sessions, metrics.clone()),
+                shared_uploads: store
+                    .content()
+                    .local()
+                    .is_none()
+                    .then(|| SharedUploads::new(store.clone())),
                 registry: config.registry_name(),
                 store,
                 config,
@@ -98,6 +106,12 @@ pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<T> {
     tokio::task::spawn_blocking(f).await?
+}
+
+/// Waits for a blob backend's future from blocking code (inside [`blocking`]: the blocking
+/// pool's threads may block on the runtime; its async workers may not).
+pub(crate) fn wait<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Handle::current().block_on(f)
 }
 
 pub(super) fn parse_digest(s: &str) -> ApiResult<Digest> {

@@ -49,23 +49,45 @@ pub(super) async fn start_upload(
             && valid_name(from, st.inner.config.limits.max_name_len)
         {
             let store = st.store().clone();
-            let (from, to) = (from.to_string(), name.clone());
-            let mounted = blocking(move || {
-                if store.is_linked(&from, &d)?
-                    && let Some(size) = store.blobs().size(&d)?
-                {
-                    store.record_uploaded_blob(&to, &d, size)?;
-                    return Ok(true);
-                }
-                Ok(false)
-            })
-            .await?;
-            if mounted {
+            let from = from.to_string();
+            let linked = blocking(move || Ok(store.is_linked(&from, &d)?)).await?;
+            let size = if linked {
+                st.store()
+                    .content()
+                    .stat(&d)
+                    .await
+                    .map_err(strata_store::StoreError::from)?
+            } else {
+                None
+            };
+            if let Some(size) = size {
+                let store = st.store().clone();
+                let to = name.clone();
+                blocking(move || Ok(store.record_uploaded_blob(&to, &d, size)?)).await?;
                 return Ok(blob_created(&name, &d));
             }
         }
     }
     let limits = &st.inner.config.limits;
+    if let Some(su) = &st.inner.shared_uploads {
+        let mut slot = su.create(&name).await?;
+        if let Some(digest) = query_get(q, "digest") {
+            let d = parse_digest(digest)?;
+            check_length(headers, limits.max_blob_bytes)?;
+            if let Err(e) = su
+                .append(&mut slot, body, limits.body_idle_timeout, limits.max_blob_bytes)
+                .await
+            {
+                let _ = su.cancel(slot).await;
+                return Err(e);
+            }
+            su.finish(slot, d).await?;
+            return Ok(blob_created(&name, &d));
+        }
+        let id = slot.id.clone();
+        su.release(slot).await;
+        return Ok(upload_response(StatusCode::ACCEPTED, &name, &id, 0));
+    }
     if let Some(digest) = query_get(q, "digest") {
         let d = parse_digest(digest)?;
         check_length(headers, limits.max_blob_bytes)?;
@@ -102,6 +124,12 @@ fn check_length(headers: &HeaderMap, limit: Option<u64>) -> ApiResult<()> {
 }
 
 pub(super) async fn upload_status(st: &Shared, name: String, id: String) -> ApiResult {
+    if let Some(su) = &st.inner.shared_uploads {
+        let slot = su.lock(&name, &id).await?;
+        let offset = su.offset(&slot);
+        su.release(slot).await;
+        return Ok(upload_response(StatusCode::NO_CONTENT, &name, &id, offset));
+    }
     let mut slot = st.inner.uploads.lock(&name, &id).await?;
     let offset = st.inner.uploads.offset(&mut slot).await?;
     Ok(upload_response(StatusCode::NO_CONTENT, &name, &id, offset))
@@ -142,6 +170,19 @@ pub(super) async fn patch_upload(
     body: UploadBody,
 ) -> ApiResult {
     let limits = &st.inner.config.limits;
+    if let Some(su) = &st.inner.shared_uploads {
+        let mut slot = su.lock(&name, &id).await?;
+        if let Err(e) = check_content_range(headers, su.offset(&slot), &name, &id) {
+            su.release(slot).await;
+            return Err(e);
+        }
+        let result = su
+            .append(&mut slot, body, limits.body_idle_timeout, limits.max_blob_bytes)
+            .await;
+        su.release(slot).await;
+        let offset = result?;
+        return Ok(upload_response(StatusCode::ACCEPTED, &name, &id, offset));
+    }
     let mut slot = st.inner.uploads.lock(&name, &id).await?;
     let offset = st.inner.uploads.offset(&mut slot).await?;
     check_content_range(headers, offset, &name, &id)?;
@@ -166,6 +207,22 @@ pub(super) async fn put_upload(
         return Err(ApiError::digest_invalid("the digest query parameter is required"));
     };
     let d = parse_digest(digest)?;
+    if let Some(su) = &st.inner.shared_uploads {
+        let mut slot = su.lock(&name, &id).await?;
+        if let Err(e) = check_content_range(headers, su.offset(&slot), &name, &id) {
+            su.release(slot).await;
+            return Err(e);
+        }
+        if let Err(e) = su
+            .append(&mut slot, body, limits.body_idle_timeout, limits.max_blob_bytes)
+            .await
+        {
+            su.release(slot).await;
+            return Err(e);
+        }
+        su.finish(slot, d).await?;
+        return Ok(blob_created(&name, &d));
+    }
     let mut slot = st.inner.uploads.lock(&name, &id).await?;
     let offset = st.inner.uploads.offset(&mut slot).await?;
     check_content_range(headers, offset, &name, &id)?;
@@ -178,6 +235,11 @@ pub(super) async fn put_upload(
 }
 
 pub(super) async fn cancel_upload(st: &Shared, name: String, id: String) -> ApiResult {
+    if let Some(su) = &st.inner.shared_uploads {
+        let slot = su.lock(&name, &id).await?;
+        su.cancel(slot).await?;
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
     let slot = st.inner.uploads.lock(&name, &id).await?;
     st.inner.uploads.cancel(slot).await?;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -40,8 +40,8 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         .build()
         .context("start the async runtime")?;
     runtime.block_on(async move {
-        let root = config.root.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&root))
+        let store_config = config.store_config()?;
+        let store = tokio::task::spawn_blocking(move || Store::open_with(&store_config))
             .await?
             .with_context(|| format!("open store {}", config.root.display()))?;
         let state = AppState::new(Arc::new(store), config.clone()).context("set up the server")?;
@@ -54,6 +54,8 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         tracing::info!(
             listen = %listener.local_addr()?,
             root = %config.root.display(),
+            storage = state.store().content().kind(),
+            shared = state.store().is_shared(),
             registry = state.registry_name(),
             tls = config.tls.is_some(),
             "registry-server ready"
