@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+pub use strata_store::{MetadataSection, StorageSection};
 
 /// Errors reading a configuration file.
 #[derive(Debug, thiserror::Error)]
@@ -46,30 +47,6 @@ pub struct Config {
     pub storage: StorageSection,
     /// Where metadata lives: RocksDB under `root` (default) or PostgreSQL.
     pub metadata: MetadataSection,
-}
-
-/// `[storage]`: `backend = "filesystem"` (default) or `"s3"` with the bucket's keys.
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct StorageSection {
-    pub backend: Option<String>,
-    pub endpoint: Option<String>,
-    pub region: Option<String>,
-    pub bucket: Option<String>,
-    pub prefix: Option<String>,
-    pub path_style: bool,
-    pub access_key: Option<String>,
-    pub secret_key: Option<String>,
-    /// Answer blob GETs with a 307 to a presigned URL of the object.
-    pub redirect: bool,
-}
-
-/// `[metadata]`: `backend = "rocksdb"` (default) or `"postgres"` with its `url`.
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct MetadataSection {
-    pub backend: Option<String>,
-    pub url: Option<String>,
 }
 
 /// What replicas sharing metadata store tags under when `registry_name` is not set (the
@@ -202,47 +179,8 @@ impl Config {
 
     /// How to open the store: the root, and the `[storage]` and `[metadata]` backends.
     pub fn store_config(&self) -> Result<strata_store::StoreConfig, ConfigError> {
-        let metadata = match self.metadata.backend.as_deref().unwrap_or("rocksdb") {
-            "rocksdb" => strata_store::MetadataConfig::Rocksdb,
-            "postgres" => {
-                let url =
-                    self.metadata.url.clone().ok_or_else(|| {
-                        ConfigError::Invalid("metadata.url is required for postgres".into())
-                    })?;
-                strata_store::MetadataConfig::Postgres { url }
-            }
-            other => {
-                return Err(ConfigError::Invalid(format!(
-                    "metadata.backend must be \"rocksdb\" or \"postgres\", not {other:?}"
-                )));
-            }
-        };
-        let st = &self.storage;
-        let storage = match st.backend.as_deref().unwrap_or("filesystem") {
-            "filesystem" => strata_store::StorageConfig::Filesystem,
-            "s3" => strata_store::StorageConfig::S3(strata_store::S3Config {
-                endpoint: st.endpoint.clone(),
-                region: st.region.clone(),
-                bucket: st
-                    .bucket
-                    .clone()
-                    .ok_or_else(|| ConfigError::Invalid("storage.bucket is required for s3".into()))?,
-                prefix: st.prefix.clone().unwrap_or_default(),
-                path_style: st.path_style,
-                access_key: st.access_key.clone(),
-                secret_key: st.secret_key.clone(),
-            }),
-            other => {
-                return Err(ConfigError::Invalid(format!(
-                    "storage.backend must be \"filesystem\" or \"s3\", not {other:?}"
-                )));
-            }
-        };
-        Ok(strata_store::StoreConfig {
-            root: self.root.clone(),
-            metadata,
-            storage,
-        })
+        strata_store::StoreConfig::from_sections(&self.root, &self.storage, &self.metadata)
+            .map_err(ConfigError::Invalid)
     }
 }
 
@@ -317,6 +255,10 @@ pub struct GcConfig {
     /// Unreferenced content younger than this is kept.
     #[serde(with = "secs")]
     pub grace: Duration,
+    /// Shared backends: time between condemning unreferenced blobs and removing them; a
+    /// manifest push must store itself within half of it after checking its blobs.
+    #[serde(with = "secs")]
+    pub settle: Duration,
 }
 
 impl Default for GcConfig {
@@ -324,6 +266,7 @@ impl Default for GcConfig {
         GcConfig {
             interval: None,
             grace: Duration::from_secs(3600),
+            settle: Duration::from_secs(10),
         }
     }
 }

@@ -26,6 +26,8 @@ pub struct Metrics {
     /// Of `bytes_in`, upload bodies read beside hyper into aligned buffers (`direct`).
     direct_bytes_in: AtomicU64,
     uploads: AtomicU64,
+    /// The online GC's progress (shared backends).
+    pub gc: strata_store::GcProgress,
 }
 
 impl Metrics {
@@ -134,6 +136,41 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
                 v.load(Ordering::Relaxed)
             );
+        }
+        let gc = [
+            (
+                "strata_registry_gc_running",
+                "gauge",
+                "A GC is running on this replica.",
+                u64::from(self.gc.running.load(Ordering::Relaxed)),
+            ),
+            (
+                "strata_registry_gc_runs_total",
+                "counter",
+                "GC runs this replica finished.",
+                self.gc.runs.load(Ordering::Relaxed),
+            ),
+            (
+                "strata_registry_gc_condemned_blobs_total",
+                "counter",
+                "Unreferenced blobs condemned by this replica's GC.",
+                self.gc.condemned.load(Ordering::Relaxed),
+            ),
+            (
+                "strata_registry_gc_removed_blobs_total",
+                "counter",
+                "Blobs removed by this replica's GC.",
+                self.gc.removed.load(Ordering::Relaxed),
+            ),
+            (
+                "strata_registry_gc_removed_bytes_total",
+                "counter",
+                "Bytes removed by this replica's GC.",
+                self.gc.removed_bytes.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, kind, help, v) in gc {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         }
         if let Some((blobs, bytes)) = storage {
             let _ = writeln!(

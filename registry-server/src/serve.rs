@@ -284,11 +284,29 @@ async fn upkeep(state: AppState) {
 
 /// One online GC run with the configured grace period.
 async fn collect(state: &AppState) {
+    let config = state.config();
     if state.store().is_shared() {
-        tracing::warn!("gc: not yet available on shared backends (PostgreSQL + S3); skipped");
+        let opts = strata_store::SharedGcOptions {
+            gc: strata_store::GcOptions {
+                grace: config.gc.grace,
+                partial_expiry: config.uploads.expiry,
+                dry_run: false,
+            },
+            settle: config.gc.settle,
+        };
+        let holder = format!("{} pid {}", config.listen, std::process::id());
+        match state.store().gc_shared(&opts, &holder, &state.metrics().gc).await {
+            Ok(Some(r)) => tracing::info!(
+                blobs_removed = r.blobs_removed,
+                bytes_removed = r.bytes_removed,
+                blobs_kept = r.blobs_kept,
+                "gc done"
+            ),
+            Ok(None) => tracing::info!("gc: another replica is collecting; skipped"),
+            Err(e) => tracing::warn!("gc: {e}"),
+        }
         return;
     }
-    let config = state.config();
     let opts = strata_store::GcOptions {
         grace: config.gc.grace,
         partial_expiry: config.uploads.expiry,

@@ -17,8 +17,9 @@ use strata_store::{BlobBackend, Committed, ContentError, Digest, Store, UploadRe
 use crate::error::{ApiError, ApiResult};
 use crate::uploads::UploadBody;
 
-/// How long a request holds a session without renewing its lease.
-const LEASE: Duration = Duration::from_secs(30);
+/// How long a request holds a session without renewing its lease (a replica killed
+/// mid-request blocks the session this long at most).
+const LEASE: Duration = Duration::from_secs(10);
 /// Bytes read at a time from a direct body.
 const READ_CHUNK: usize = 1 << 20;
 
@@ -159,6 +160,18 @@ impl SharedUploads {
         slot.state.offset()
     }
 
+    /// A session's offset, read without taking it (an upload status request).
+    pub async fn status(&self, repository: &str, id: &str) -> ApiResult<u64> {
+        let rid = id.to_string();
+        let record = self.blocking(move |s| s.get_upload(&rid)).await?;
+        match record {
+            Some(r) if r.repository == repository => {
+                r.state.map(|s| s.offset()).ok_or_else(ApiError::upload_unknown)
+            }
+            _ => Err(ApiError::upload_unknown()),
+        }
+    }
+
     /// Lets the session go without changing it (a refused request).
     pub async fn release(&self, mut slot: SharedSlot) {
         let _ = self.save(&mut slot, 0).await;
@@ -228,7 +241,10 @@ impl SharedUploads {
         let parts = slot.state.parts.len();
         self.content().upload_append(&mut slot.state, chunk).await?;
         if slot.state.parts.len() != parts {
-            // A part went out: renew the lease (and prove it is still ours) before the next.
+            // A part went out: make what follows it durable too (a small tail), then renew
+            // the lease and save the state — which proves the session is still ours. A
+            // replica killed after this loses nothing acknowledged before it.
+            self.content().upload_suspend(&mut slot.state).await?;
             self.save(slot, now() + LEASE.as_secs() as i64).await?;
         }
         Ok(())

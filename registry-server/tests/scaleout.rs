@@ -45,6 +45,7 @@ fn config_text(
     bucket: &str,
     db_url: &str,
     extra: &str,
+    tail: &str,
 ) -> String {
     format!(
         r#"listen = "{listen}"
@@ -62,6 +63,7 @@ secret_key = "{sk}"
 [metadata]
 backend = "postgres"
 url = "{db_url}"
+{tail}
 "#,
         root = root.display(),
         endpoint = seaweed.endpoint(),
@@ -74,6 +76,11 @@ impl Cluster {
     /// Starts the backends and `n` replicas, with a balancer when `n > 1`. None: a peer is
     /// missing on a workstation (a SKIP line was printed).
     fn start(n: usize, storage_extra: &str) -> Option<Cluster> {
+        Cluster::start_with(n, storage_extra, "")
+    }
+
+    /// [`Cluster::start`] with more TOML after the `[metadata]` table (e.g. `[gc]`).
+    fn start_with(n: usize, storage_extra: &str, tail: &str) -> Option<Cluster> {
         let postgres = Postgres::start()?;
         let seaweed = Seaweed::start()?;
         let bucket = "registry".to_string();
@@ -89,7 +96,7 @@ impl Cluster {
             lb: None,
         };
         for i in 0..n {
-            c.add_replica(i, storage_extra);
+            c.add_replica(i, storage_extra, tail);
         }
         if n > 1 {
             let addrs: Vec<SocketAddr> = c.replicas.iter().map(|r| r.addr).collect();
@@ -98,7 +105,7 @@ impl Cluster {
         Some(c)
     }
 
-    fn add_replica(&mut self, i: usize, storage_extra: &str) {
+    fn add_replica(&mut self, i: usize, storage_extra: &str, tail: &str) {
         let port = peers::free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let root = self.dir.path().join(format!("replica-{i}"));
@@ -112,6 +119,7 @@ impl Cluster {
                 &self.bucket,
                 &self.postgres.url("registry"),
                 storage_extra,
+                tail,
             ),
         )
         .unwrap();
@@ -130,6 +138,26 @@ impl Cluster {
     fn objects(&self) -> Vec<String> {
         self.seaweed.list_keys(&self.bucket, "strata/")
     }
+
+    /// `store ARGS --config <replica 0's config>`: the admin tool on the shared backends.
+    fn store(&self, args: &[&str]) -> std::process::Output {
+        peers::output(
+            std::process::Command::new(peers::bin("store"))
+                .args(args)
+                .arg("--config")
+                .arg(&self.replicas[0].config)
+                .env_remove("AWS_CA_BUNDLE"),
+        )
+    }
+
+    fn fsck_clean(&self) {
+        let out = self.store(&["fsck"]);
+        assert!(
+            out.status.success(),
+            "store fsck --config: {}",
+            peers::format_output(&out)
+        );
+    }
 }
 
 fn spawn_replica(addr: SocketAddr, config: &Path) -> Replica {
@@ -141,11 +169,12 @@ fn spawn_replica(addr: SocketAddr, config: &Path) -> Replica {
         .spawn()
         .expect("spawn registry-server");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let mut r = Replica {
+    let r = Replica {
         child,
         addr,
         config: config.to_path_buf(),
     };
+    let mut r = r;
     while std::net::TcpStream::connect(addr).is_err() {
         if let Ok(Some(status)) = r.child.try_wait() {
             panic!("registry-server replica exited at start: {status}");
@@ -156,7 +185,6 @@ fn spawn_replica(addr: SocketAddr, config: &Path) -> Replica {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let _ = &mut r;
     r
 }
 
@@ -431,7 +459,6 @@ fn a_postgres_restart_is_a_503_then_recovered() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let _ = Path::new(&c.replicas[0].config);
 }
 
 /// Three replicas, concurrent pushes of overlapping images and of one tag: one object per
@@ -493,4 +520,310 @@ fn concurrent_pushes_of_overlapping_images_through_three_replicas() {
     }
     let objects = c.objects();
     assert_eq!(objects.len(), distinct.len(), "objects: {objects:?}");
+}
+
+fn push_oci(dir: &Path, tag: &str, dest: &str) {
+    skopeo_ok([
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:{tag}", dir.display()),
+        &format!("docker://{dest}"),
+    ]);
+}
+
+/// GC runs on the replicas (one at a time, by the lease) while clients push through the
+/// balancer: no push fails, everything pushed stays pullable, and blobs nothing references
+/// are gone from the bucket once past the grace period. The admin tool works on the same
+/// backends.
+#[test]
+fn gc_on_shared_backends_while_replicas_take_pushes() {
+    if peers::require("skopeo").is_none() {
+        return;
+    }
+    let gc = "[gc]\ninterval = 1\ngrace = 4\nsettle = 2\n";
+    let Some(c) = Cluster::start_with(3, "", gc) else {
+        return;
+    };
+    let client = http();
+    // Orphans: blobs uploaded and linked, which no manifest references.
+    let mut orphans = Vec::new();
+    for i in 0..5u8 {
+        let data = vec![i; 1000 + usize::from(i)];
+        let digest = format!("sha256:{}", sha256_hex(&data));
+        let resp = client
+            .post(format!(
+                "http://{}/v2/t/orphans/blobs/uploads/?digest={digest}",
+                c.addr()
+            ))
+            .body(data)
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        orphans.push(digest);
+    }
+    let images: Vec<_> = (0..6).map(|i| small_image(300 + i, 2, true)).collect();
+    let dirs: Vec<_> = images
+        .iter()
+        .map(|img| {
+            let d = tempfile::tempdir().unwrap();
+            strata_fixtures::write_oci_layout(d.path(), &[(img, Some("x"))]);
+            d
+        })
+        .collect();
+    let addr = c.addr();
+    // Pushes for about ten seconds, through several GC runs (each image twice, a second
+    // apart, so blobs found by HEAD are referenced again while a GC may be condemning).
+    std::thread::scope(|s| {
+        for (i, d) in dirs.iter().enumerate() {
+            let addr = addr.clone();
+            s.spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(700 * i as u64));
+                push_oci(d.path(), "x", &format!("{addr}/t/gc{i}:1"));
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                push_oci(d.path(), "x", &format!("{addr}/t/gc{i}:2"));
+            });
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let objects = c.objects();
+        let left: Vec<_> = orphans
+            .iter()
+            .filter(|d| {
+                let head = client
+                    .head(format!("http://{}/v2/t/orphans/blobs/{d}", c.addr()))
+                    .send()
+                    .unwrap();
+                head.status() == 200
+            })
+            .collect();
+        if left.is_empty() {
+            // Gone from the bucket too: what is left is exactly what the images use.
+            let mut used = std::collections::BTreeSet::new();
+            for img in &images {
+                for l in &img.layers {
+                    used.insert(l.digest.clone());
+                }
+                used.insert(img.config.digest.clone());
+                used.insert(img.manifest.digest.clone());
+            }
+            assert_eq!(objects.len(), used.len(), "{objects:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "orphans still stored: {left:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    for (i, img) in images.iter().enumerate() {
+        for tag in ["1", "2"] {
+            let raw = skopeo_ok([
+                "inspect",
+                "--raw",
+                "--tls-verify=false",
+                &format!("docker://{addr}/t/gc{i}:{tag}"),
+            ]);
+            assert_eq!(raw.as_bytes(), img.manifest.bytes.as_slice());
+        }
+        let out = tempfile::tempdir().unwrap();
+        skopeo_ok([
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{addr}/t/gc{i}:2"),
+            &format!("oci:{}:back", out.path().display()),
+        ]);
+    }
+    // Some replica collected, and says so in /metrics.
+    let runs: u64 = c
+        .replicas
+        .iter()
+        .map(|r| {
+            let text = client
+                .get(format!("http://{}/metrics", r.addr))
+                .send()
+                .unwrap()
+                .text()
+                .unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix("strata_registry_gc_removed_blobs_total "))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(runs, orphans.len() as u64);
+    c.fsck_clean();
+    let ls = c.store(&["ls", "--json"]);
+    assert!(ls.status.success(), "{}", peers::format_output(&ls));
+    let ls = String::from_utf8_lossy(&ls.stdout);
+    assert!(ls.contains("t/gc5") && ls.contains("\"2\""), "{ls}");
+    let du = c.store(&["du", "--json"]);
+    assert!(du.status.success(), "{}", peers::format_output(&du));
+    let du: serde_json::Value = serde_json::from_slice(&du.stdout).unwrap();
+    assert_eq!(du["blobs"].as_u64(), Some(c.objects().len() as u64));
+}
+
+/// A body that sends `data` slowly, so a test can kill the replica reading it.
+struct Trickle {
+    data: Vec<u8>,
+    at: usize,
+    sent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl std::io::Read for Trickle {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let n = buf.len().min(256 << 10).min(self.data.len() - self.at);
+        buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+        self.at += n;
+        self.sent.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+        Ok(n)
+    }
+}
+
+/// kill -9 of the replica reading a chunk: what was acknowledged before is kept, the
+/// client resumes through another replica and completes; fsck is clean.
+#[test]
+fn a_replica_killed_mid_upload_loses_nothing_acknowledged() {
+    let Some(mut c) = Cluster::start(3, "") else {
+        return;
+    };
+    let client = http();
+    let data: Vec<u8> = (0..(16u32 << 20))
+        .map(|i| (i.wrapping_mul(2246822519) >> 11) as u8)
+        .collect();
+    let digest = format!("sha256:{}", sha256_hex(&data));
+    let (a, b, cc) = (c.replicas[0].addr, c.replicas[1].addr, c.replicas[2].addr);
+    let resp = client
+        .post(format!("http://{a}/v2/t/kill/blobs/uploads/"))
+        .send()
+        .unwrap();
+    let loc = resp.headers()["location"].to_str().unwrap().to_string();
+    let acked = 6 << 20;
+    let resp = client
+        .patch(format!("http://{a}{loc}"))
+        .header("Content-Range", format!("0-{}", acked - 1))
+        .body(data[..acked].to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    // The rest, trickled to replica B, which is killed partway through.
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let body = Trickle {
+        data: data[acked..].to_vec(),
+        at: 0,
+        sent: sent.clone(),
+    };
+    let url = format!("http://{b}{loc}");
+    let patch = std::thread::spawn(move || {
+        http()
+            .patch(url)
+            .body(reqwest::blocking::Body::new(body))
+            .send()
+            .map(|r| r.status().as_u16())
+    });
+    while sent.load(std::sync::atomic::Ordering::SeqCst) < (3 << 20) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    c.replicas[1].child.kill().unwrap();
+    c.replicas[1].child.wait().unwrap();
+    let result = patch.join().unwrap();
+    assert!(
+        !matches!(result, Ok(202)),
+        "the killed replica cannot have accepted the chunk"
+    );
+    // The client asks another replica where the upload stands and resumes from there.
+    let status = client.get(format!("http://{cc}{loc}")).send().unwrap();
+    assert_eq!(status.status(), 204);
+    let offset = status.headers()["range"].to_str().unwrap().to_string();
+    assert_eq!(
+        offset,
+        format!("0-{}", acked - 1),
+        "acknowledged bytes kept, nothing more"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let resp = client
+            .patch(format!("http://{cc}{loc}"))
+            .header("Content-Range", format!("{acked}-{}", data.len() - 1))
+            .body(data[acked..].to_vec())
+            .send()
+            .unwrap();
+        if resp.status() == 202 {
+            break;
+        }
+        // The killed replica's lease on the session runs out within seconds.
+        assert_eq!(resp.status(), 400, "{}", resp.text().unwrap_or_default());
+        assert!(std::time::Instant::now() < deadline, "the session stayed busy");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let resp = client
+        .put(format!("http://{a}{loc}{sep}digest={digest}"))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 201, "{}", resp.text().unwrap_or_default());
+    let got = client
+        .get(format!("http://{cc}/v2/t/kill/blobs/{digest}"))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert!(got[..] == data[..]);
+    c.fsck_clean();
+}
+
+/// docker push/pull/run, podman push/pull and ctr pull/push, all through the balancer.
+#[test]
+fn docker_podman_and_ctr_through_the_balancer() {
+    let Some(c) = Cluster::start(3, "") else { return };
+    let addr = c.addr();
+    let tmp = tempfile::tempdir().unwrap();
+    if let Some(d) = peers::Dockerd::shared() {
+        let img = busybox(Flavor::Docker, LayerCompression::Gzip);
+        let name = format!("{addr}/t/docker:1");
+        let archive = tmp.path().join("bb.tar");
+        strata_fixtures::write_docker_save(&archive, &[(&img, &[name.as_str()])]);
+        d.docker_ok(["load", "-i", archive.to_str().unwrap()]);
+        let out = d.docker_ok(["push", &name]);
+        assert!(out.contains("digest: sha256:"), "{out}");
+        d.docker_ok(["rmi", &name]);
+        d.docker_ok(["pull", &name]);
+        let out = d.docker_ok(["run", "--rm", "--network", "none", &name]);
+        assert!(out.contains(strata_fixtures::BUSYBOX_HELLO), "{out}");
+        d.docker_ok(["rmi", &name]);
+    }
+    if let Some(p) = peers::Podman::new() {
+        let img = small_image(21, 2, true);
+        let archive = tmp.path().join("img.tar");
+        let name = format!("{addr}/p/small:1");
+        strata_fixtures::write_docker_save(&archive, &[(&img, &[name.as_str()])]);
+        p.podman_ok(["load", "-i", archive.to_str().unwrap()]);
+        p.podman_ok(["push", "--tls-verify=false", &name]);
+        p.podman_ok(["rmi", "-f", &name]);
+        p.podman_ok(["pull", "--tls-verify=false", &name]);
+        let out = p.podman_ok(["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+        assert!(out.contains("p/small:1"), "{out}");
+    }
+    if peers::require("skopeo").is_some()
+        && let Some(ctr) = peers::Containerd::start()
+    {
+        let img = small_image(22, 2, true);
+        let layout = tmp.path().join("layout");
+        strata_fixtures::write_oci_layout(&layout, &[(&img, Some("1"))]);
+        let name = format!("{addr}/c/small:1");
+        push_oci(&layout, "1", &name);
+        ctr.ctr_ok(["images", "pull", "--plain-http", &name]);
+        let pushed = format!("{addr}/c/pushed:2");
+        ctr.ctr_ok(["images", "tag", &name, &pushed]);
+        ctr.ctr_ok(["images", "push", "--plain-http", &pushed]);
+        let raw = skopeo_ok([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{pushed}"),
+        ]);
+        assert_eq!(raw.as_bytes(), img.manifest.bytes.as_slice());
+    }
+    c.fsck_clean();
 }

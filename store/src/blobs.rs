@@ -334,7 +334,10 @@ impl BlobStore {
             .truncate(false)
             .open(&partial_path)
             .map_err(BlobError::io(format!("open {}", partial_path.display())))?;
-        let len = file.metadata().map_err(BlobError::io("stat partial ingest"))?.len();
+        let len = file
+            .metadata()
+            .map_err(BlobError::io("stat partial ingest"))?
+            .len();
         if len < offset {
             return Err(BlobError::SizeMismatch {
                 digest: Digest::empty(),
@@ -342,7 +345,8 @@ impl BlobStore {
                 actual: len,
             });
         }
-        file.set_len(offset).map_err(BlobError::io("truncate partial ingest"))?;
+        file.set_len(offset)
+            .map_err(BlobError::io("truncate partial ingest"))?;
         {
             use std::os::unix::fs::FileExt;
             file.write_all_at(bytes, offset)

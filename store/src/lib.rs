@@ -5,12 +5,16 @@
 mod archive;
 mod blobs;
 #[cfg(feature = "meta")]
+mod config;
+#[cfg(feature = "meta")]
 mod content;
 mod digest;
 #[cfg(feature = "meta")]
 mod fsck;
 #[cfg(feature = "meta")]
 mod gc;
+#[cfg(feature = "meta")]
+mod gc_shared;
 #[cfg(feature = "meta")]
 mod history;
 mod index;
@@ -31,7 +35,11 @@ mod unpack;
 pub use archive::{ArchiveError, LoadOptions, LoadReport, LoadedImage, SaveReport, load, save};
 pub use blobs::{BlobEntry, BlobError, BlobStore, Committed, DIRECT_ALIGN, Ingest, IngestKey, Staged};
 #[cfg(feature = "meta")]
-pub use content::{BlobBackend, ByteStream, ContentError, LocalBlobs, ResumableSha256, UploadState};
+pub use config::{MetadataSection, StorageSection, StoreFile};
+#[cfg(feature = "meta")]
+pub use content::{
+    BlobBackend, BlobInfo, ByteStream, ContentError, LocalBlobs, ResumableSha256, UploadState,
+};
 #[cfg(feature = "scale-out")]
 pub use content::{S3Blobs, S3Config};
 pub use digest::{Digest, DigestError, Hasher, HashingReader, HashingWriter};
@@ -39,6 +47,8 @@ pub use digest::{Digest, DigestError, Hasher, HashingReader, HashingWriter};
 pub use fsck::{Fault, FsckReport};
 #[cfg(feature = "meta")]
 pub use gc::{GcOptions, GcReport, Usage};
+#[cfg(feature = "meta")]
+pub use gc_shared::{GcProgress, SharedGcOptions};
 #[cfg(feature = "meta")]
 pub use history::{HistoryEntry, MISSING_ID};
 pub use index::{IdIndex, IdKind, IndexError};
@@ -62,7 +72,8 @@ pub use registry::{Referrer, UploadRecord, repo_tag_key};
 pub use runnable::{RunnableImage, cached_runnable};
 #[cfg(feature = "meta")]
 pub use store::{
-    ImageSummary, MetadataConfig, Resolved, StorageConfig, Store, StoreConfig, StoreError, default_root, image_config,
+    ImageSummary, MetadataConfig, Resolved, StorageConfig, Store, StoreConfig, StoreError, default_root,
+    image_config,
 };
 pub use unpack::{
     Compression, DEFAULT_DEDUP_MIN_SIZE, UnpackError, UnpackOptions, UnpackReport, unpack_layer,

@@ -15,7 +15,9 @@ use crate::store::{Store, StoreError, now};
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// A registry upload session (its data is the ingest `upload-<id>`).
+/// A registry upload session. With the embedded store its data is the ingest
+/// `upload-<id>`; with a shared blob backend `state` says where the upload is, so any
+/// replica can take the next chunk.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UploadRecord {
     pub repository: String,
@@ -23,6 +25,16 @@ pub struct UploadRecord {
     pub started: i64,
     /// Unix seconds of the last chunk.
     pub updated: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<crate::content::UploadState>,
+    /// A request is writing the upload until this Unix second (shared uploads: one request
+    /// at a time, whichever replica it reached).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub busy_until: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 /// A manifest that names another as its `subject`, as the referrers API lists it.
@@ -210,6 +222,36 @@ impl Store {
     pub fn delete_upload(&self, id: &str) -> Result<()> {
         self.meta().delete(Cf::Uploads, id)?;
         Ok(())
+    }
+
+    /// An upload record as stored (for [`Store::swap_upload`]).
+    pub fn get_upload_raw(&self, id: &str) -> Result<Option<(UploadRecord, Vec<u8>)>> {
+        let Some(raw) = self.meta().get_raw(Cf::Uploads, id)? else {
+            return Ok(None);
+        };
+        let record = serde_json::from_slice(&raw).map_err(|source| crate::meta::MetaError::Corrupt {
+            cf: Cf::Uploads.name(),
+            key: id.to_string(),
+            source,
+        })?;
+        Ok(Some((record, raw)))
+    }
+
+    /// Replaces (or with `None` deletes) an upload record only if it is still `expected`,
+    /// atomically across every process sharing the metadata. Returns the stored bytes of
+    /// the new record, or `None` when another request changed it first.
+    pub fn swap_upload(
+        &self,
+        id: &str,
+        expected: &[u8],
+        new: Option<&UploadRecord>,
+    ) -> Result<Option<Vec<u8>>> {
+        let bytes = new.map(|r| serde_json::to_vec(r).expect("upload record serialises"));
+        let swapped =
+            self.meta()
+                .engine()
+                .compare_and_swap(Cf::Uploads, id, Some(expected), bytes.clone())?;
+        Ok(swapped.then(|| bytes.unwrap_or_default()))
     }
 
     /// Every upload session on record.

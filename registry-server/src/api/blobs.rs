@@ -147,6 +147,18 @@ async fn get_shared_blob(st: &Shared, name: String, d: Digest, headers: &HeaderM
         .await
         .map_err(strata_store::StoreError::from)?
         .ok_or_else(|| ApiError::blob_unknown(d))?;
+    if head {
+        // A client that finds a blob with HEAD will reference it next: keep it from a GC
+        // (a write only when it nears the end of its grace period or was condemned).
+        let recent = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |t| t.as_secs() as i64)
+            - (st.inner.config.gc.grace / 2).as_secs() as i64;
+        content
+            .keep(&d, recent)
+            .await
+            .map_err(strata_store::StoreError::from)?;
+    }
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     if !head
         && st.inner.config.storage.redirect

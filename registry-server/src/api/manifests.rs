@@ -230,7 +230,7 @@ pub(super) async fn put_manifest(
         let (digest, manifest) = if store.content().local().is_some() {
             store.add_manifest(&bytes, content_type.as_deref(), Some(&n2))?
         } else {
-            add_manifest_shared(store, &bytes, content_type.as_deref(), &n2)?
+            add_manifest_shared(store, &bytes, content_type.as_deref(), &n2, &st2.inner.config.gc)?
         };
         if let Reference::Tag(t) = &r {
             store.set_repo_tag(&st2.inner.registry, &n2, t, &digest)?;
@@ -274,25 +274,47 @@ pub(super) async fn put_manifest(
     Ok(resp)
 }
 
-/// `Store::add_manifest` over a shared blob backend: references checked and the manifest
-/// written through the backend, then the metadata recorded. Runs on the blocking pool.
+/// `Store::add_manifest` over a shared blob backend: every referenced blob *kept* (a GC
+/// on another replica that condemned it is overruled, see `strata_store::gc_shared`), the
+/// manifest written through the backend, then the metadata recorded — within half the
+/// GC's settling time of the first keep, else a 503 the client retries. Runs on the
+/// blocking pool.
 fn add_manifest_shared(
     store: &strata_store::Store,
     bytes: &[u8],
     media_type: Option<&str>,
     repository: &str,
-) -> Result<(Digest, Manifest), strata_store::StoreError> {
+    gc: &crate::config::GcConfig,
+) -> ApiResult<(Digest, Manifest)> {
     let content = store.content();
-    let manifest = Manifest::parse(bytes, media_type)?;
+    let manifest = Manifest::parse(bytes, media_type).map_err(strata_store::StoreError::from)?;
     let digest = Digest::of(bytes);
-    store.check_references(&manifest, &digest, |d| Ok(wait(content.stat(d))?.is_some()))?;
-    wait(content.write(&digest, Bytes::copy_from_slice(bytes)))?;
+    let started = std::time::Instant::now();
+    let recent = now_secs() - (gc.grace / 2).as_secs() as i64;
+    store.check_references(&manifest, &digest, |d| Ok(wait(content.keep(d, recent))?))?;
+    wait(content.write(&digest, Bytes::copy_from_slice(bytes))).map_err(strata_store::StoreError::from)?;
     let config = match strata_store::image_config(&manifest) {
-        Some(c) => Some(wait(content.read_small(&c, strata_store::MAX_MANIFEST_BYTES))?),
+        Some(c) => Some(
+            wait(content.read_small(&c, strata_store::MAX_MANIFEST_BYTES))
+                .map_err(strata_store::StoreError::from)?,
+        ),
         None => None,
     };
+    if started.elapsed() > gc.settle / 2 {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "storing the manifest took too long to be safe from a concurrent GC; retry",
+        ));
+    }
     store.record_manifest(bytes, &manifest, config.as_deref(), Some(repository))?;
     Ok((digest, manifest))
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 pub(super) async fn delete_manifest(st: &Shared, name: String, reference: String) -> ApiResult {

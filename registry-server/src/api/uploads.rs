@@ -51,12 +51,15 @@ pub(super) async fn start_upload(
             let store = st.store().clone();
             let from = from.to_string();
             let linked = blocking(move || Ok(store.is_linked(&from, &d)?)).await?;
-            let size = if linked {
-                st.store()
-                    .content()
-                    .stat(&d)
+            // Kept, not just looked at: the mounted blob is about to be referenced.
+            let content = st.store().content();
+            let size = if linked
+                && content
+                    .keep(&d, 0)
                     .await
                     .map_err(strata_store::StoreError::from)?
+            {
+                content.stat(&d).await.map_err(strata_store::StoreError::from)?
             } else {
                 None
             };
@@ -125,9 +128,7 @@ fn check_length(headers: &HeaderMap, limit: Option<u64>) -> ApiResult<()> {
 
 pub(super) async fn upload_status(st: &Shared, name: String, id: String) -> ApiResult {
     if let Some(su) = &st.inner.shared_uploads {
-        let slot = su.lock(&name, &id).await?;
-        let offset = su.offset(&slot);
-        su.release(slot).await;
+        let offset = su.status(&name, &id).await?;
         return Ok(upload_response(StatusCode::NO_CONTENT, &name, &id, offset));
     }
     let mut slot = st.inner.uploads.lock(&name, &id).await?;

@@ -6,7 +6,7 @@ use std::io::{Read, Seek, SeekFrom};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::{BlobBackend, ByteStream, ContentError, Result, UploadState};
+use super::{BlobBackend, BlobInfo, ByteStream, ContentError, Result, UploadState};
 use crate::blobs::{BlobError, BlobStore, Committed, IngestKey};
 use crate::digest::Digest;
 
@@ -73,7 +73,11 @@ impl BlobBackend for LocalBlobs {
             let (start, count) = match range {
                 None => (0, len),
                 Some((a, b)) if a <= b && b < len => (a, b - a + 1),
-                Some(_) => return Err(ContentError::Backend(format!("range outside the {len} bytes of {d}"))),
+                Some(_) => {
+                    return Err(ContentError::Backend(format!(
+                        "range outside the {len} bytes of {d}"
+                    )));
+                }
             };
             f.seek(SeekFrom::Start(start)).map_err(io_err("seek blob"))?;
             Ok((f, start, count))
@@ -163,6 +167,56 @@ impl BlobBackend for LocalBlobs {
             Ok(())
         })
         .await
+    }
+
+    async fn list(&self) -> Result<Vec<BlobInfo>> {
+        let blobs = self.blobs.clone();
+        blocking(move || {
+            Ok(blobs
+                .list()?
+                .into_iter()
+                .map(|e| BlobInfo {
+                    digest: e.digest,
+                    size: e.size,
+                    stored: e
+                        .modified
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs() as i64),
+                    condemned: false,
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Files: a blob's time is its mtime; keeping one touches it.
+    async fn keep(&self, digest: &Digest, _stored_before: i64) -> Result<bool> {
+        let blobs = self.blobs.clone();
+        let d = *digest;
+        blocking(move || {
+            if blobs.contains(&d) {
+                blobs.touch(&d);
+                Ok(true)
+            } else {
+                Ok(false)
+            }
+        })
+        .await
+    }
+
+    /// The embedded store's GC runs in one process with its own protection
+    /// (`Store::note_referenced`): condemning is removing.
+    async fn condemn(&self, digest: &Digest) -> Result<bool> {
+        Ok(self.blobs.contains(digest))
+    }
+
+    async fn remove_condemned(&self, digest: &Digest) -> Result<Option<u64>> {
+        let size = self.stat(digest).await?;
+        if size.is_some() && self.remove(digest).await? {
+            Ok(size)
+        } else {
+            Ok(None)
+        }
     }
 
     fn local(&self) -> Option<&BlobStore> {

@@ -27,6 +27,17 @@ pub use local::LocalBlobs;
 pub use s3::{S3Blobs, S3Config};
 pub use sha256::ResumableSha256;
 
+/// A stored blob, as a backend lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobInfo {
+    pub digest: Digest,
+    pub size: u64,
+    /// Unix seconds it was stored (or last kept).
+    pub stored: i64,
+    /// Condemned by a GC that has not removed it yet.
+    pub condemned: bool,
+}
+
 /// A blob's bytes (or a range of them) as they arrive.
 pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
 
@@ -64,7 +75,7 @@ impl ContentError {
 pub type Result<T, E = ContentError> = std::result::Result<T, E>;
 
 /// An upload in progress, as saved between requests. `offset()` bytes have been accepted.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadState {
     pub id: String,
     pub hash: ResumableSha256,
@@ -189,6 +200,24 @@ pub trait BlobBackend: Send + Sync + std::fmt::Debug {
     async fn presigned_url(&self, _digest: &Digest, _ttl: Duration) -> Result<Option<String>> {
         Ok(None)
     }
+
+    /// Every stored blob, for GC, fsck and `du` (never on a request path).
+    async fn list(&self) -> Result<Vec<BlobInfo>>;
+
+    /// Keeps a stored blob for a client about to reference it: if it is condemned by a GC
+    /// or was stored before `stored_before` (Unix seconds), it is pardoned and its grace
+    /// period starts again. False when the blob is not (or no longer) stored.
+    async fn keep(&self, digest: &Digest, stored_before: i64) -> Result<bool>;
+
+    /// GC, step one: marks an unreferenced blob as condemned (if it is still stored and
+    /// not pardoned since `seen_stored`). True if it is now condemned.
+    async fn condemn(&self, digest: &Digest) -> Result<bool>;
+
+    /// GC, step two: removes a blob only if it is still condemned (no [`keep`] came
+    /// between). The size removed, or None.
+    ///
+    /// [`keep`]: BlobBackend::keep
+    async fn remove_condemned(&self, digest: &Digest) -> Result<Option<u64>>;
 
     /// The local files backend, for its fast paths (`sendfile`, `O_DIRECT` uploads).
     fn local(&self) -> Option<&BlobStore> {

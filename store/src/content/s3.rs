@@ -20,7 +20,7 @@ use object_store::signer::Signer;
 use object_store::{ClientOptions, GetOptions, GetRange, ObjectStore, PutPayload, RetryConfig};
 use serde::{Deserialize, Serialize};
 
-use super::{BlobBackend, ByteStream, ContentError, Result, UploadState};
+use super::{BlobBackend, BlobInfo, ByteStream, ContentError, Result, UploadState};
 use crate::blobs::Committed;
 use crate::digest::Digest;
 use crate::meta::{Cf, Meta};
@@ -58,6 +58,9 @@ struct Location {
     key: String,
     size: u64,
     stored: i64,
+    /// Unix seconds a GC condemned the blob; a `keep` clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    condemned: Option<i64>,
 }
 
 /// Blobs as S3 objects, located through the metadata.
@@ -107,7 +110,12 @@ impl S3Blobs {
                 ClientOptions::new()
                     .with_connect_timeout(Duration::from_secs(5))
                     .with_timeout(Duration::from_secs(300))
-                    .with_allow_http(config.endpoint.as_deref().is_some_and(|e| e.starts_with("http://"))),
+                    .with_allow_http(
+                        config
+                            .endpoint
+                            .as_deref()
+                            .is_some_and(|e| e.starts_with("http://")),
+                    ),
             )
             .with_retry(RetryConfig {
                 max_retries: 3,
@@ -166,6 +174,7 @@ impl S3Blobs {
             key: key.to_string(),
             size,
             stored: now(),
+            condemned: None,
         };
         let rkey = digest.to_string();
         let won = self
@@ -200,22 +209,26 @@ impl S3Blobs {
         Ok(())
     }
 
-    /// Every blob the backend holds (fsck, GC, `du`), from the metadata.
-    pub async fn list(&self) -> Result<Vec<(Digest, u64)>> {
-        let rows = self
-            .meta(|m| m.scan_prefix::<Location>(Cf::Objects, "sha256:"))
-            .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(k, l)| k.parse::<Digest>().ok().map(|d| (d, l.size)))
-            .collect())
+    /// Replaces a location record only if it is still `old` (the compare-and-swap every
+    /// GC step and every `keep` goes through).
+    async fn swap(&self, digest: &Digest, old: &Location, new: Option<&Location>) -> Result<bool> {
+        let rkey = digest.to_string();
+        let expected = serde_json::to_vec(old).expect("location serialises");
+        let new = new.cloned();
+        self.meta(move |m| m.compare_and_swap(Cf::Objects, &rkey, Some(&expected), new.as_ref()))
+            .await
     }
 
     /// Object keys present in the bucket under the prefix (admin and tests only: request
     /// paths never list).
     pub async fn list_objects(&self) -> Result<Vec<String>> {
         let prefix = (!self.prefix.is_empty()).then(|| ObjectPath::from(self.prefix.as_str()));
-        let metas: Vec<_> = self.s3.list(prefix.as_ref()).try_collect().await.map_err(s3_err)?;
+        let metas: Vec<_> = self
+            .s3
+            .list(prefix.as_ref())
+            .try_collect()
+            .await
+            .map_err(s3_err)?;
         Ok(metas.into_iter().map(|m| m.location.to_string()).collect())
     }
 }
@@ -258,7 +271,7 @@ impl BlobBackend for S3Blobs {
                 actual,
             });
         }
-        if self.location(digest).await?.is_some() {
+        if self.keep(digest, now()).await? {
             return Ok(false);
         }
         let key = format!("blobs/sha256/{}", digest.hex());
@@ -274,11 +287,7 @@ impl BlobBackend for S3Blobs {
         let Some(loc) = self.location(digest).await? else {
             return Ok(false);
         };
-        let rkey = digest.to_string();
-        let expected = serde_json::to_vec(&loc).expect("location serialises");
-        let removed = self
-            .meta(move |m| m.compare_and_swap::<Location>(Cf::Objects, &rkey, Some(&expected), None))
-            .await?;
+        let removed = self.swap(digest, &loc, None).await?;
         if removed {
             match self.s3.delete(&self.path(&loc.key)).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
@@ -318,7 +327,10 @@ impl BlobBackend for S3Blobs {
             state.buffer.extend_from_slice(&rest[..take]);
             rest = &rest[take..];
             if state.buffer.len() == PART_SIZE {
-                let part = Bytes::from(std::mem::replace(&mut state.buffer, Vec::with_capacity(PART_SIZE)));
+                let part = Bytes::from(std::mem::replace(
+                    &mut state.buffer,
+                    Vec::with_capacity(PART_SIZE),
+                ));
                 self.put_part(state, part).await?;
             }
         }
@@ -347,12 +359,13 @@ impl BlobBackend for S3Blobs {
                 actual,
             });
         }
-        if let Some(loc) = self.location(expected).await? {
-            // Already stored (another upload of the same content): nothing to upload.
+        if self.keep(expected, now()).await? {
+            // Already stored (another upload of the same content): nothing to upload, and
+            // a GC that condemned it meanwhile must not take it now.
             self.upload_abort(state).await?;
             return Ok(Committed {
                 digest: *expected,
-                size: loc.size,
+                size,
                 written: false,
             });
         }
@@ -373,7 +386,9 @@ impl BlobBackend for S3Blobs {
                 let parts = state
                     .parts
                     .iter()
-                    .map(|p| PartId { content_id: p.clone() })
+                    .map(|p| PartId {
+                        content_id: p.clone(),
+                    })
                     .collect();
                 self.s3
                     .complete_multipart(&path, &id, parts)
@@ -401,6 +416,70 @@ impl BlobBackend for S3Blobs {
         }
         let tkey = tail_key(&state.id);
         self.meta(move |m| m.delete(Cf::Objects, &tkey)).await
+    }
+
+    async fn list(&self) -> Result<Vec<BlobInfo>> {
+        let rows = self
+            .meta(|m| m.scan_prefix::<Location>(Cf::Objects, "sha256:"))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(k, l)| {
+                Some(BlobInfo {
+                    digest: k.parse().ok()?,
+                    size: l.size,
+                    stored: l.stored,
+                    condemned: l.condemned.is_some(),
+                })
+            })
+            .collect())
+    }
+
+    async fn keep(&self, digest: &Digest, stored_before: i64) -> Result<bool> {
+        loop {
+            let Some(loc) = self.location(digest).await? else {
+                return Ok(false);
+            };
+            if loc.condemned.is_none() && loc.stored >= stored_before {
+                return Ok(true);
+            }
+            let kept = Location {
+                stored: now(),
+                condemned: None,
+                ..loc.clone()
+            };
+            if self.swap(digest, &loc, Some(&kept)).await? {
+                return Ok(true);
+            }
+            // Raced with a GC step or another keep: look again.
+        }
+    }
+
+    async fn condemn(&self, digest: &Digest) -> Result<bool> {
+        let Some(loc) = self.location(digest).await? else {
+            return Ok(false);
+        };
+        if loc.condemned.is_some() {
+            return Ok(true);
+        }
+        let condemned = Location {
+            condemned: Some(now()),
+            ..loc.clone()
+        };
+        self.swap(digest, &loc, Some(&condemned)).await
+    }
+
+    async fn remove_condemned(&self, digest: &Digest) -> Result<Option<u64>> {
+        let Some(loc) = self.location(digest).await? else {
+            return Ok(None);
+        };
+        if loc.condemned.is_none() || !self.swap(digest, &loc, None).await? {
+            return Ok(None);
+        }
+        match self.s3.delete(&self.path(&loc.key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(Some(loc.size)),
+            Err(e) => Err(s3_err(e)),
+        }
     }
 
     async fn presigned_url(&self, digest: &Digest, ttl: Duration) -> Result<Option<String>> {

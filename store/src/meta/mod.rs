@@ -195,7 +195,13 @@ pub trait MetaEngine: Send + Sync + std::fmt::Debug {
     /// Stores `value` unless `key` is present; true if it stored it.
     fn insert_if_absent(&self, cf: Cf, key: &str, value: Vec<u8>) -> Result<bool>;
     /// Replaces `key`'s value only if it is still `expected` (None: absent); true if it did.
-    fn compare_and_swap(&self, cf: Cf, key: &str, expected: Option<&[u8]>, value: Option<Vec<u8>>) -> Result<bool>;
+    fn compare_and_swap(
+        &self,
+        cf: Cf,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Option<Vec<u8>>,
+    ) -> Result<bool>;
     fn is_read_only(&self) -> bool;
     /// Shared by several processes or machines (then nothing may be cached in memory
     /// across requests as if this process were the only writer).
@@ -220,7 +226,9 @@ impl Meta {
     /// Opens the embedded database as a RocksDB secondary instance: a consistent read view
     /// that works while another process has the database open for writing.
     pub fn open_read_only(path: &Path, scratch: &Path) -> Result<Meta> {
-        Ok(Meta::with_engine(Box::new(rocks::Rocks::open_read_only(path, scratch)?)))
+        Ok(Meta::with_engine(Box::new(rocks::Rocks::open_read_only(
+            path, scratch,
+        )?)))
     }
 
     /// Connects to PostgreSQL (`postgres://...`), applying the schema migrations.

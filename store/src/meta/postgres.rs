@@ -41,7 +41,9 @@ pub(super) struct Postgres {
 
 impl std::fmt::Debug for Postgres {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Postgres").field("url", &self.url_for_debug).finish()
+        f.debug_struct("Postgres")
+            .field("url", &self.url_for_debug)
+            .finish()
     }
 }
 
@@ -268,7 +270,13 @@ impl MetaEngine for Postgres {
         self.compare_and_swap(cf, key, None, Some(value))
     }
 
-    fn compare_and_swap(&self, cf: Cf, key: &str, expected: Option<&[u8]>, value: Option<Vec<u8>>) -> Result<bool> {
+    fn compare_and_swap(
+        &self,
+        cf: Cf,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Option<Vec<u8>>,
+    ) -> Result<bool> {
         let key = key.as_bytes().to_vec();
         let expected = expected.map(<[u8]>::to_vec);
         self.run(move |c| {

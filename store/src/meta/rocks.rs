@@ -143,7 +143,13 @@ impl MetaEngine for Rocks {
         self.compare_and_swap(cf, key, None, Some(value))
     }
 
-    fn compare_and_swap(&self, cf: Cf, key: &str, expected: Option<&[u8]>, value: Option<Vec<u8>>) -> Result<bool> {
+    fn compare_and_swap(
+        &self,
+        cf: Cf,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Option<Vec<u8>>,
+    ) -> Result<bool> {
         self.check_writable()?;
         let _guard = self.cas.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.db.get_pinned_cf(self.cf(cf), key.as_bytes())?;

@@ -11,6 +11,10 @@ pub struct Cli {
     /// Store root directory [default: /var/lib/strata as root, else $XDG_DATA_HOME/strata]
     #[arg(long, global = true, env = "STRATA_ROOT", value_name = "DIR")]
     pub root: Option<PathBuf>,
+    /// A registry-server config file: its `root`, `[storage]` and `[metadata]` say where the
+    /// store is (e.g. S3 + PostgreSQL shared by several replicas)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use strata_store::{Digest, GcOptions, ImageRef, Store, default_root};
+use strata_store::{Digest, GcOptions, ImageRef, Store, StoreConfig, StoreFile, default_root};
 
 use cli::{Cli, Command};
 
@@ -30,7 +30,22 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let root = cli.root.unwrap_or_else(default_root);
+    let file = match &cli.config {
+        Some(path) => Some(StoreFile::read(path).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let root = cli
+        .root
+        .clone()
+        .or_else(|| file.as_ref().and_then(|f| f.root.clone()))
+        .unwrap_or_else(default_root);
+    if let Some(file) = &file
+        && file.metadata.backend.as_deref().is_some_and(|b| b != "rocksdb")
+    {
+        let config =
+            StoreConfig::from_sections(&root, &file.storage, &file.metadata).map_err(anyhow::Error::msg)?;
+        return run_shared(cli.command, &config);
+    }
     let open_rw = || {
         if let Some((pid, program)) = Store::writer(&root)
             && program == "registry-server"
@@ -46,33 +61,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let open_ro = || Store::open_read_only(&root).with_context(|| format!("open store {}", root.display()));
     let mut out = std::io::stdout().lock();
     match cli.command {
-        Command::Ls { json } => {
-            let store = open_ro()?;
-            let rows = store.images()?;
-            if json {
-                serde_json::to_writer_pretty(&mut out, &rows)?;
-                writeln!(out)?;
-            } else {
-                let table: Vec<[String; 5]> = rows
-                    .iter()
-                    .map(|r| {
-                        let id = r.id.strip_prefix("sha256:").unwrap_or(&r.id);
-                        [
-                            r.repository.clone(),
-                            r.tag.clone(),
-                            id.chars().take(12).collect(),
-                            human_created(&r.created),
-                            human_size(r.size),
-                        ]
-                    })
-                    .collect();
-                print_table(
-                    &mut out,
-                    ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],
-                    &table,
-                )?;
-            }
-        }
+        Command::Ls { json } => print_ls(&mut out, &open_ro()?, json)?,
         Command::Inspect { target } => {
             let store = open_ro()?;
             let v = store.inspect(&target)?;
@@ -181,68 +170,169 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Fsck { repair, json } => {
             let store = if repair { open_rw()? } else { open_ro()? };
             let report = store.fsck(repair)?;
-            if json {
-                serde_json::to_writer_pretty(&mut out, &report)?;
-                writeln!(out)?;
-            } else {
-                for f in &report.faults {
-                    writeln!(out, "{f}")?;
-                }
-                for n in &report.notes {
-                    writeln!(out, "note: {n} (gc reclaims it)")?;
-                }
-                writeln!(
-                    out,
-                    "checked {} blobs ({}), {} manifests, {} layers: {} faults, {} repaired",
-                    report.blobs_checked,
-                    human_size(report.bytes_hashed),
-                    report.manifests_checked,
-                    report.layers_checked,
-                    report.faults.len(),
-                    report.faults.len() - report.unrepaired(),
-                )?;
-            }
-            if report.unrepaired() > 0 {
-                out.flush()?;
-                bail!("fsck found {} unrepaired faults", report.unrepaired());
-            }
+            print_fsck(&mut out, &report, json)?;
         }
         Command::Du { json } => {
             let store = open_ro()?;
             let u = store.usage()?;
-            if json {
-                serde_json::to_writer_pretty(&mut out, &u)?;
-                writeln!(out)?;
-            } else {
-                writeln!(
-                    out,
-                    "blobs:   {:>8}  {:>10}  ({} on disk)",
-                    u.blobs,
-                    human_size(u.blob_bytes),
-                    human_size(u.blob_disk_bytes)
-                )?;
-                writeln!(
-                    out,
-                    "layers:  {:>8}  {:>10}  ({} on disk, {} shared between layers)",
-                    u.layers,
-                    human_size(u.layer_apparent_bytes),
-                    human_size(u.layer_disk_bytes),
-                    human_size(u.layer_shared_bytes)
-                )?;
-                writeln!(
-                    out,
-                    "images:  {:>8}\nmanifests: {:>6}\ntags:    {:>8}",
-                    u.images, u.manifests, u.tags
-                )?;
-                writeln!(
-                    out,
-                    "total on disk: {}",
-                    human_size(u.blob_disk_bytes + u.layer_disk_bytes)
-                )?;
-            }
+            print_du(&mut out, &u, json)?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The commands on shared backends (PostgreSQL metadata, S3 blobs): no write lock (the
+/// replicas keep running), GC by the collector's lease, fsck re-reading every blob from the
+/// backend.
+fn run_shared(command: Command, config: &StoreConfig) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    let store = std::sync::Arc::new(
+        Store::open_with(config).with_context(|| format!("open the store of {}", config.root.display()))?,
+    );
+    let mut out = std::io::stdout().lock();
+    match command {
+        Command::Ls { json } => print_ls(&mut out, &store, json)?,
+        Command::Inspect { target } => {
+            serde_json::to_writer_pretty(&mut out, &store.inspect(&target)?)?;
+            writeln!(out)?;
+        }
+        Command::Gc { grace, dry_run, .. } => {
+            let opts = strata_store::SharedGcOptions {
+                gc: GcOptions {
+                    grace,
+                    dry_run,
+                    ..GcOptions::default()
+                },
+                settle: std::time::Duration::from_secs(10),
+            };
+            let holder = format!("store gc pid {}", std::process::id());
+            let progress = strata_store::GcProgress::default();
+            match runtime.block_on(store.gc_shared(&opts, &holder, &progress))? {
+                Some(report) => writeln!(
+                    out,
+                    "{}removed {} blobs ({}); kept {} blobs",
+                    if dry_run { "would have " } else { "" },
+                    report.blobs_removed,
+                    human_size(report.bytes_removed),
+                    report.blobs_kept,
+                )?,
+                None => bail!(
+                    "a registry replica is collecting garbage now (it holds the GC lease); try again later"
+                ),
+            }
+        }
+        Command::Fsck { repair, json } => {
+            if repair {
+                bail!(
+                    "fsck --repair works on the embedded store only; shared backends are checked, not repaired"
+                );
+            }
+            let report = runtime.block_on(store.fsck_shared())?;
+            print_fsck(&mut out, &report, json)?;
+        }
+        Command::Du { json } => {
+            let u = runtime.block_on(store.usage_shared())?;
+            print_du(&mut out, &u, json)?;
+        }
+        Command::History { .. } | Command::Tag { .. } | Command::Rm { .. } => {
+            bail!("this command works on the embedded store only (use the registry's API on shared backends)")
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_ls(out: &mut impl Write, store: &Store, json: bool) -> Result<()> {
+    let rows = store.images()?;
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &rows)?;
+        writeln!(out)?;
+    } else {
+        let table: Vec<[String; 5]> = rows
+            .iter()
+            .map(|r| {
+                let id = r.id.strip_prefix("sha256:").unwrap_or(&r.id);
+                [
+                    r.repository.clone(),
+                    r.tag.clone(),
+                    id.chars().take(12).collect(),
+                    human_created(&r.created),
+                    human_size(r.size),
+                ]
+            })
+            .collect();
+        print_table(
+            &mut *out,
+            ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],
+            &table,
+        )?;
+    }
+    Ok(())
+}
+
+fn print_fsck(out: &mut impl Write, report: &strata_store::FsckReport, json: bool) -> Result<()> {
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &report)?;
+        writeln!(out)?;
+    } else {
+        for f in &report.faults {
+            writeln!(out, "{f}")?;
+        }
+        for n in &report.notes {
+            writeln!(out, "note: {n} (gc reclaims it)")?;
+        }
+        writeln!(
+            out,
+            "checked {} blobs ({}), {} manifests, {} layers: {} faults, {} repaired",
+            report.blobs_checked,
+            human_size(report.bytes_hashed),
+            report.manifests_checked,
+            report.layers_checked,
+            report.faults.len(),
+            report.faults.len() - report.unrepaired(),
+        )?;
+    }
+    if report.unrepaired() > 0 {
+        out.flush()?;
+        bail!("fsck found {} unrepaired faults", report.unrepaired());
+    }
+    Ok(())
+}
+
+fn print_du(out: &mut impl Write, u: &strata_store::Usage, json: bool) -> Result<()> {
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &u)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "blobs:   {:>8}  {:>10}  ({} on disk)",
+            u.blobs,
+            human_size(u.blob_bytes),
+            human_size(u.blob_disk_bytes)
+        )?;
+        writeln!(
+            out,
+            "layers:  {:>8}  {:>10}  ({} on disk, {} shared between layers)",
+            u.layers,
+            human_size(u.layer_apparent_bytes),
+            human_size(u.layer_disk_bytes),
+            human_size(u.layer_shared_bytes)
+        )?;
+        writeln!(
+            out,
+            "images:  {:>8}\nmanifests: {:>6}\ntags:    {:>8}",
+            u.images, u.manifests, u.tags
+        )?;
+        writeln!(
+            out,
+            "total on disk: {}",
+            human_size(u.blob_disk_bytes + u.layer_disk_bytes)
+        )?;
+    }
+    Ok(())
 }
 
 fn print_table<const N: usize>(out: &mut impl Write, head: [&str; N], rows: &[[String; N]]) -> Result<()> {
