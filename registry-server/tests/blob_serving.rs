@@ -2,9 +2,7 @@
 //! small (streamed), mixed on one keep-alive connection and from curl, are byte-exact;
 //! the metrics show the zero-copy path ran, and TLS serves the same bytes without it.
 
-mod common;
-
-use common::{Reg, Served};
+use crate::common::{Reg, Served};
 use rand::{RngCore, SeedableRng};
 use strata_store::Digest;
 

@@ -2,9 +2,7 @@
 //! and containerd's ctr push and pull unchanged. Each test fails under `CI=true` when its
 //! peer is missing, and is skipped (with a SKIP line) otherwise.
 
-mod common;
-
-use common::Proc;
+use crate::common::Proc;
 use strata_fixtures::peers::{self, skopeo_ok};
 use strata_fixtures::{BUSYBOX_HELLO, Flavor, LayerCompression, busybox, multi_platform, small_image};
 

@@ -1,10 +1,8 @@
 //! The distribution spec, endpoint by endpoint and error by error, through `app()`
 //! without a socket.
 
-mod common;
-
+use crate::common::Reg;
 use axum::body::Body;
-use common::Reg;
 use http::{Method, StatusCode};
 use strata_fixtures::{Flavor, LayerCompression, busybox, index_for, small_image};
 use strata_store::Digest;
@@ -643,7 +641,7 @@ async fn deletes() {
 #[tokio::test]
 async fn deletes_can_be_disabled() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::config(dir.path());
+    let mut cfg = crate::common::config(dir.path());
     cfg.delete_enabled = false;
     let reg = Reg::with_config(dir, cfg);
     let d = reg.push_blob("x", b"keep").await;
@@ -657,7 +655,7 @@ async fn deletes_can_be_disabled() {
 #[tokio::test]
 async fn upload_session_limit_is_toomanyrequests() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::config(dir.path());
+    let mut cfg = crate::common::config(dir.path());
     cfg.limits.max_upload_sessions = 2;
     let reg = Reg::with_config(dir, cfg);
     for _ in 0..2 {
@@ -678,7 +676,7 @@ async fn upload_session_limit_is_toomanyrequests() {
 #[tokio::test]
 async fn blob_size_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::config(dir.path());
+    let mut cfg = crate::common::config(dir.path());
     cfg.limits.max_blob_bytes = Some(10);
     let reg = Reg::with_config(dir, cfg);
     let r = reg

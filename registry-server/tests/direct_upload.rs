@@ -3,9 +3,7 @@
 //! away mid-body — all over a raw keep-alive connection, so the test sees exactly what a
 //! client sees.
 
-mod common;
-
-use common::{Reg, Served};
+use crate::common::{Reg, Served};
 use strata_store::Digest;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -247,7 +245,7 @@ async fn a_request_pipelined_behind_a_direct_body_is_answered_in_order() {
 #[tokio::test]
 async fn bodies_a_handler_refuses_are_drained_and_the_connection_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::config(dir.path());
+    let mut cfg = crate::common::config(dir.path());
     cfg.limits.max_blob_bytes = Some(2_500_000);
     let reg = Reg::with_config(dir, cfg);
     let served = Served::start(reg.state.clone()).await;
@@ -423,7 +421,7 @@ async fn broken_chunked_framing_keeps_only_the_good_chunks() {
 #[tokio::test]
 async fn a_head_sent_too_slowly_closes_the_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::config(dir.path());
+    let mut cfg = crate::common::config(dir.path());
     cfg.limits.header_timeout = std::time::Duration::from_millis(500);
     let reg = Reg::with_config(dir, cfg);
     let served = Served::start(reg.state.clone()).await;

@@ -1,12 +1,10 @@
 //! Uploads that survive a restart, many concurrent pushes of overlapping images, and
 //! garbage collection while pushes run.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::{Proc, Reg};
 use axum::body::Body;
-use common::{Proc, Reg};
 use http::{Method, StatusCode};
 use strata_fixtures::{peers, small_image};
 use strata_store::{Digest, GcOptions};
@@ -272,7 +270,7 @@ async fn gc_while_pushing_keeps_in_flight_content() {
 #[tokio::test]
 async fn abandoned_uploads_expire() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::config(dir.path());
+    let mut cfg = crate::common::config(dir.path());
     cfg.uploads.expiry = Duration::from_secs(1);
     let reg = Reg::with_config(dir, cfg);
     let r = reg
@@ -296,7 +294,7 @@ async fn store_gc_asks_the_running_server_to_collect_now() {
     let root = dir.path().join("root");
     let config = dir.path().join("config.toml");
     std::fs::write(&config, "[gc]\ngrace = 0\n").unwrap();
-    let proc = common::Proc::start(&root, &["--config", config.to_str().unwrap()]);
+    let proc = crate::common::Proc::start(&root, &["--config", config.to_str().unwrap()]);
     // An uploaded blob no manifest references: garbage once the grace period (0) is over.
     let blob = b"unreferenced".to_vec();
     let digest = Digest::of(&blob);
@@ -479,7 +477,7 @@ async fn gc_keeps_old_content_pushed_again_until_its_manifest_arrives() {
 #[tokio::test]
 async fn gc_keeps_old_content_a_client_found_with_head_until_its_manifest_arrives() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::config(dir.path());
+    let mut cfg = crate::common::config(dir.path());
     cfg.gc.grace = Duration::from_secs(1);
     let reg = Reg::with_config(dir, cfg);
     let img = small_image(301, 2, false);

@@ -7,10 +7,8 @@
 //! workflows with a teardown run twice: deleting manifests before blobs, and blobs first
 //! (the suite's `OCI_DELETE_MANIFEST_BEFORE_BLOBS`). Through `app()` without a socket.
 
-mod common;
-
+use crate::common::{Reg, Resp};
 use base64::Engine;
-use common::{Reg, Resp};
 use http::{Method, StatusCode};
 use strata_store::Digest;
 
@@ -217,8 +215,14 @@ impl Data {
 
 /// The suite's client, reduced to what it sends on the wire.
 struct Client {
-    reg: Reg,
+    target: Target,
     d: Data,
+}
+
+/// Where the requests go: `app()` over a temp store, or a registry on a socket.
+enum Target {
+    App(Reg),
+    Remote(String, reqwest::Client),
 }
 
 /// `loc` with one more query parameter.
@@ -250,13 +254,39 @@ fn tag_list(r: &Resp) -> Vec<String> {
 impl Client {
     fn new() -> Client {
         Client {
-            reg: Reg::new(),
+            target: Target::App(Reg::new()),
+            d: Data::new(),
+        }
+    }
+
+    /// The workflows against a registry on a real socket (`host:port`), e.g. replicas
+    /// behind a load balancer.
+    fn remote(addr: &str) -> Client {
+        Client {
+            target: Target::Remote(addr.to_string(), reqwest::Client::new()),
             d: Data::new(),
         }
     }
 
     async fn send(&self, method: Method, uri: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
-        self.reg.req(method, uri, headers, body.to_vec()).await
+        match &self.target {
+            Target::App(reg) => reg.req(method, uri, headers, body.to_vec()).await,
+            Target::Remote(addr, http) => {
+                let mut b = http.request(method, format!("http://{addr}{uri}"));
+                for (k, v) in headers {
+                    b = b.header(*k, *v);
+                }
+                let r = b.body(body.to_vec()).send().await.unwrap();
+                let status = r.status();
+                let headers = r.headers().clone();
+                let body = r.bytes().await.unwrap().to_vec();
+                Resp {
+                    status,
+                    headers,
+                    body,
+                }
+            }
+        }
     }
 
     fn blob_path(digest: &str) -> String {
@@ -323,7 +353,10 @@ impl Client {
 
 /// `01_pull_test.go`.
 async fn pull(manifest_first: bool) {
-    let c = Client::new();
+    pull_with(Client::new(), manifest_first).await;
+}
+
+async fn pull_with(c: Client, manifest_first: bool) {
     let d = &c.d;
 
     // Setup.
@@ -338,12 +371,14 @@ async fn pull(manifest_first: bool) {
     expect(&r, StatusCode::CREATED, "populate manifest[1] by digest");
     // Stored as pushed; as an image it lists no diff ID for its layer, so it is not
     // unpacked for running.
-    let config: Digest = d.configs[0].digest.parse().unwrap();
-    let err = c.reg.state.store().ensure_unpacked(&config).unwrap_err();
-    assert!(
-        matches!(err, strata_store::StoreError::LayerCountMismatch { .. }),
-        "{err}"
-    );
+    if let Target::App(reg) = &c.target {
+        let config: Digest = d.configs[0].digest.parse().unwrap();
+        let err = reg.state.store().ensure_unpacked(&config).unwrap_err();
+        assert!(
+            matches!(err, strata_store::StoreError::LayerCountMismatch { .. }),
+            "{err}"
+        );
+    }
 
     // Pull blobs.
     let r = c.head(&Client::blob_path(&d.dummy), None).await;
@@ -439,7 +474,10 @@ async fn pull(manifest_first: bool) {
 /// `02_push_test.go`, with `OCI_AUTOMATIC_CROSSMOUNT=0` (this registry mounts only
 /// from a named repository).
 async fn push(manifest_first: bool) {
-    let c = Client::new();
+    push_with(Client::new(), manifest_first).await;
+}
+
+async fn push_with(c: Client, manifest_first: bool) {
     let d = &c.d;
     let uploads = format!("/v2/{NAME}/blobs/uploads/");
 
@@ -710,7 +748,10 @@ async fn push(manifest_first: bool) {
 
 /// `03_discovery_test.go`.
 async fn content_discovery(manifest_first: bool) {
-    let c = Client::new();
+    content_discovery_with(Client::new(), manifest_first).await;
+}
+
+async fn content_discovery_with(c: Client, manifest_first: bool) {
     let d = &c.d;
     let subject = &d.manifests[4].digest;
 
@@ -893,7 +934,10 @@ async fn content_discovery(manifest_first: bool) {
 
 /// `04_management_test.go`.
 async fn content_management() {
-    let c = Client::new();
+    content_management_with(Client::new()).await;
+}
+
+async fn content_management_with(c: Client) {
     let d = &c.d;
     let m = &d.manifests[3];
 
@@ -952,6 +996,17 @@ async fn content_management() {
         .send(Method::DELETE, &Client::manifest_path(&m.digest), &[], b"")
         .await;
     expect(&r, StatusCode::NOT_FOUND, "delete deleted manifest");
+}
+
+/// Every workflow, both teardown orders, against the registry at `addr` (used by the
+/// scale-out tests: the same requests through a load balancer over replicas).
+pub(crate) async fn all_workflows_against(addr: &str) {
+    for manifest_first in [true, false] {
+        pull_with(Client::remote(addr), manifest_first).await;
+        push_with(Client::remote(addr), manifest_first).await;
+        content_discovery_with(Client::remote(addr), manifest_first).await;
+    }
+    content_management_with(Client::remote(addr)).await;
 }
 
 #[tokio::test]

@@ -6,15 +6,13 @@
 //! that fails to verify cuts their bodies and stores nothing; pushes are refused.
 //! Tests that need a peer fail under `CI=true` when it is missing, and skip otherwise.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::common::{Proc, Reg, Served};
 use axum::body::Body;
-use common::{Proc, Reg, Served};
 use http::{Method, StatusCode};
 use strata_fixtures::peers::{self, Distribution};
 use strata_fixtures::{Flavor, Image, multi_platform, small_image};
@@ -28,7 +26,7 @@ fn proxy_config(dir: &std::path::Path, upstream: &str, creds: Option<(&str, &str
             username: creds.map(|c| c.0.to_string()),
             password: creds.map(|c| c.1.to_string()),
         }),
-        ..common::config(dir)
+        ..crate::common::config(dir)
     }
 }
 
@@ -446,7 +444,7 @@ async fn bearer_token_upstream() {
             token: true,
             ..AuthConfig::default()
         }),
-        ..common::config(up_dir.path())
+        ..crate::common::config(up_dir.path())
     };
     let up_store = Arc::new(Store::open(up_dir.path()).unwrap());
     let upstream = Served::start(AppState::new(up_store, up_cfg).unwrap()).await;

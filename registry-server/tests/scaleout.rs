@@ -3,17 +3,12 @@
 //! replica. Real clients push and pull through the balancer; chunks of one upload land on
 //! different replicas; a replica killed mid-push does not lose what was acknowledged.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::Path;
 
 use strata_fixtures::peers::{self, skopeo_ok};
 use strata_fixtures::scaleout::{LoadBalancer, Postgres, Seaweed};
 use strata_fixtures::{Flavor, LayerCompression, busybox, small_image};
-
-#[allow(dead_code)]
-fn _common_is_shared_with_the_other_suites(_: common::Proc) {}
 
 /// The shared backends and N replicas over them.
 struct Cluster {
@@ -825,5 +820,16 @@ fn docker_podman_and_ctr_through_the_balancer() {
         ]);
         assert_eq!(raw.as_bytes(), img.manifest.bytes.as_slice());
     }
+    c.fsck_clean();
+}
+
+/// The OCI distribution-spec's conformance workflows, request by request, through the
+/// balancer: every request may reach another replica.
+#[test]
+fn oci_conformance_workflows_through_the_balancer() {
+    let Some(c) = Cluster::start(3, "") else { return };
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(crate::oci_workflows::all_workflows_against(&c.addr()));
     c.fsck_clean();
 }

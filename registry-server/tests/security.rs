@@ -1,13 +1,11 @@
 //! Auth (htpasswd basic, the token flow with per-repository rights), TLS, and a TLS
 //! ClientHello on the plain port.
 
-mod common;
-
 use std::io::{Read, Write};
 
+use crate::common::{Reg, Served};
 use axum::body::Body;
 use base64::Engine;
-use common::{Reg, Served};
 use http::{Method, StatusCode};
 use strata_fixtures::peers;
 use strata_registry::{AccessRule, AuthConfig};
@@ -29,7 +27,7 @@ fn basic(user: &str, pw: &str) -> String {
 
 fn auth_reg(token: bool) -> Reg {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::config(dir.path());
+    let mut cfg = crate::common::config(dir.path());
     cfg.auth = Some(AuthConfig {
         htpasswd: Some(htpasswd(dir.path())),
         token,
@@ -239,7 +237,7 @@ async fn token_flow_scopes() {
 #[tokio::test]
 async fn anonymous_pull() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::config(dir.path());
+    let mut cfg = crate::common::config(dir.path());
     cfg.auth = Some(AuthConfig {
         htpasswd: Some(htpasswd(dir.path())),
         anonymous_pull: true,
@@ -270,7 +268,7 @@ fn docker_login_and_push_with_token_auth() {
         ),
     )
     .unwrap();
-    let reg = common::Proc::start(&tmp.path().join("store"), &["--config", cfg.to_str().unwrap()]);
+    let reg = crate::common::Proc::start(&tmp.path().join("store"), &["--config", cfg.to_str().unwrap()]);
     let img = strata_fixtures::small_image(31, 1, false);
     let name = format!("{}/team/app:1", reg.addr());
     let archive = tmp.path().join("img.tar");
@@ -333,7 +331,7 @@ async fn an_idle_tls_connection_is_closed() {
     let (cp, kp) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cp, cert.cert.pem()).unwrap();
     std::fs::write(&kp, cert.signing_key.serialize_pem()).unwrap();
-    let mut cfg = common::config(dir.path());
+    let mut cfg = crate::common::config(dir.path());
     cfg.tls = Some(strata_registry::TlsConfig { cert: cp, key: kp });
     cfg.limits.header_timeout = std::time::Duration::from_millis(500);
     let reg = Reg::with_config(dir, cfg);

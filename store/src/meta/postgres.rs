@@ -51,9 +51,23 @@ fn unavailable(e: postgres::Error) -> MetaError {
     MetaError::Unavailable(e.to_string())
 }
 
+/// A failure the server or the network caused — worth a 503 and a retry on a fresh
+/// connection — or one of the statement.
 fn backend(e: postgres::Error) -> MetaError {
-    if e.is_closed() || e.as_db_error().is_none() {
-        MetaError::Unavailable(e.to_string())
+    let transient = match e.as_db_error() {
+        None => true,
+        // Connection exceptions (08), shutdowns and "cannot connect now" (57P0x),
+        // insufficient resources (53), serialisation failures and deadlocks (40).
+        Some(db) => {
+            let code = db.code().code();
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || code.starts_with("53")
+                || code.starts_with("40")
+        }
+    };
+    if e.is_closed() || transient {
+        MetaError::Unavailable(format!("{e}: {}", e.as_db_error().map_or("", |d| d.message())))
     } else {
         MetaError::Backend(e.to_string())
     }

@@ -1,0 +1,14 @@
+//! The registry's integration tests, one binary (each test binary relinks RocksDB): the
+//! API through `app()` without a socket, real sockets, real clients and peers.
+
+mod common;
+
+mod blob_serving;
+mod clients;
+mod conformance;
+mod direct_upload;
+mod durability;
+mod oci_workflows;
+mod proxy;
+mod scaleout;
+mod security;
