@@ -2,38 +2,12 @@
 //! `docker load`, `docker run`), skopeo (`docker-archive:`, `oci-archive:`) and umoci.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use strata_fixtures as fx;
 use strata_fixtures::peers;
 
-fn puller(root: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_puller"))
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn store(root: &Path, args: &[&str]) -> Output {
-    Command::new(peers::bin("store"))
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use crate::common::{ok, puller, store};
 
 fn ls(root: &Path) -> Vec<serde_json::Value> {
     serde_json::from_str(&ok(store(root, &["ls", "--json"]), "store ls")).unwrap()

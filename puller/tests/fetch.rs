@@ -5,41 +5,12 @@
 //! `docker run` runs.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use strata_fixtures::peers::{self, Distribution};
 use strata_fixtures::{BUSYBOX_HELLO, Flavor, Image, LayerCompression, busybox, multi_platform};
 
-fn puller(root: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_puller"))
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn store(root: &Path, args: &[&str]) -> String {
-    ok(
-        Command::new(peers::bin("store"))
-            .arg("--root")
-            .arg(root)
-            .args(args)
-            .output()
-            .unwrap(),
-        &format!("store {args:?}"),
-    )
-}
+use crate::common::{ok, puller, store_ok};
 
 fn push(dist: &Distribution, img: &Image, repo: &str, tag: &str, dir: &Path) {
     let layout = dir.join(format!("push-{}-{tag}", repo.replace('/', "-")));
@@ -66,7 +37,7 @@ fn fetch_stores_the_image_unpacked_and_saves_it_for_docker() {
     let reference = format!("{}/t/busybox:1", dist.addr());
     let out = ok(puller(&root, &["fetch", &reference]), "fetch");
     assert!(out.contains(&img.id()), "{out}");
-    let ls = store(&root, &["ls", "--json"]);
+    let ls = store_ok(&root, &["ls", "--json"]);
     let rows: serde_json::Value = serde_json::from_str(&ls).unwrap();
     let row = rows
         .as_array()
@@ -81,7 +52,7 @@ fn fetch_stores_the_image_unpacked_and_saves_it_for_docker() {
     let err = String::from_utf8_lossy(&again.stderr).into_owned();
     ok(again, "fetch again");
     assert!(err.contains("0 blobs fetched"), "{err}");
-    store(&root, &["fsck"]);
+    store_ok(&root, &["fsck"]);
 
     // Straight to an archive, then into a real Docker engine.
     let Some(d) = peers::Dockerd::shared() else { return };
@@ -132,7 +103,7 @@ fn fetch_picks_the_platform_from_an_index_and_refuses_a_missing_one() {
             &format!("fetch --platform {platform}"),
         );
         assert!(out.contains(&img.id()), "{platform}: {out}");
-        assert!(store(&root, &["inspect", &img.id()]).contains(&img.digest()));
+        assert!(store_ok(&root, &["inspect", &img.id()]).contains(&img.digest()));
     }
     let out = puller(&root, &["fetch", &reference, "--platform", "plan9/mips"]);
     assert!(!out.status.success());
@@ -182,5 +153,5 @@ fn two_fetches_at_once_download_each_blob_once_between_them() {
     let blobs = std::fs::read_dir(root.join("blobs/sha256")).unwrap().count();
     // config + layers + the manifest
     assert_eq!(blobs, 2 + img.layers.len());
-    store(&root, &["fsck"]);
+    store_ok(&root, &["fsck"]);
 }

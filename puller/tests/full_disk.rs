@@ -2,31 +2,9 @@
 //! what it listed before, fsck is clean, the space is given back, and the next load
 //! that fits succeeds.
 
-use std::path::Path;
-use std::process::{Command, Output};
-
 use strata_fixtures as fx;
-use strata_fixtures::peers;
 
-fn run(bin: &Path, root: &Path, args: &[&str]) -> Output {
-    Command::new(bin)
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(bin: &Path, root: &Path, args: &[&str]) -> String {
-    let out = run(bin, root, args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use crate::common::{ok, puller, store_ok};
 
 #[test]
 fn load_onto_a_full_disk_fails_cleanly_and_loses_nothing() {
@@ -35,7 +13,6 @@ fn load_onto_a_full_disk_fails_cleanly_and_loses_nothing() {
     };
     let dir = tempfile::tempdir().unwrap();
     let root = fs.path().join("store");
-    let (puller, store) = (Path::new(env!("CARGO_BIN_EXE_puller")), peers::bin("store"));
 
     let small = |seed: u64, name: &str| {
         let path = dir.path().join(format!("small{seed}.tar"));
@@ -43,11 +20,10 @@ fn load_onto_a_full_disk_fails_cleanly_and_loses_nothing() {
         path
     };
     ok(
-        puller,
-        &root,
-        &["load", small(1, "strata/first:1").to_str().unwrap()],
+        puller(&root, &["load", small(1, "strata/first:1").to_str().unwrap()]),
+        "puller load",
     );
-    let listed = ok(&store, &root, &["ls", "--json"]);
+    let listed = store_ok(&root, &["ls", "--json"]);
     let free_before = fs.free();
 
     // 48 MiB of incompressible layer into 40 MiB of disk.
@@ -58,7 +34,7 @@ fn load_onto_a_full_disk_fails_cleanly_and_loses_nothing() {
         .build();
     let archive = dir.path().join("big.tar");
     fx::write_docker_save(&archive, &[(&image, &["strata/big:1"][..])]);
-    let out = run(puller, &root, &["load", archive.to_str().unwrap()]);
+    let out = puller(&root, &["load", archive.to_str().unwrap()]);
     assert!(!out.status.success(), "the load cannot fit");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -66,8 +42,8 @@ fn load_onto_a_full_disk_fails_cleanly_and_loses_nothing() {
         "unclear error: {stderr}"
     );
 
-    assert_eq!(ok(&store, &root, &["ls", "--json"]), listed);
-    ok(&store, &root, &["fsck"]);
+    assert_eq!(store_ok(&root, &["ls", "--json"]), listed);
+    store_ok(&root, &["fsck"]);
     let given_back = fs.free() as i64 - free_before as i64;
     assert!(
         given_back.abs() < (2 << 20),
@@ -75,14 +51,13 @@ fn load_onto_a_full_disk_fails_cleanly_and_loses_nothing() {
         -given_back
     );
     ok(
-        puller,
-        &root,
-        &["load", small(2, "strata/second:1").to_str().unwrap()],
+        puller(&root, &["load", small(2, "strata/second:1").to_str().unwrap()]),
+        "puller load",
     );
-    let after = ok(&store, &root, &["ls"]);
+    let after = store_ok(&root, &["ls"]);
     assert!(
         after.contains("strata/first") && after.contains("strata/second"),
         "{after}"
     );
-    ok(&store, &root, &["fsck"]);
+    store_ok(&root, &["fsck"]);
 }

@@ -3,27 +3,12 @@
 //! kernel), GC removes only what no image uses, and fsck is clean.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use strata_fixtures as fx;
-use strata_fixtures::peers;
 
-fn store(root: &Path, args: &[&str]) -> Output {
-    let out = Command::new(peers::bin("store"))
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "store {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use crate::common::store_ok;
 
 fn blob_exists(root: &Path, digest: &str) -> bool {
     root.join("blobs/sha256")
@@ -67,7 +52,7 @@ fn gc_from_other_processes_during_a_load_keeps_the_loading_image() {
         .status()
         .unwrap();
     assert!(loaded.success());
-    store(&root, &["rm", "strata/y:1"]);
+    store_ok(&root, &["rm", "strata/y:1"]);
     let y_written = std::time::Instant::now();
 
     let mut load = Command::new(puller)
@@ -79,7 +64,7 @@ fn gc_from_other_processes_during_a_load_keeps_the_loading_image() {
         .unwrap();
     let mut gc_runs = 0;
     let status = loop {
-        store(&root, &["gc", "--grace", "0s"]);
+        store_ok(&root, &["gc", "--grace", "0s"]);
         gc_runs += 1;
         if let Some(status) = load.try_wait().unwrap() {
             break status;
@@ -92,14 +77,13 @@ fn gc_from_other_processes_during_a_load_keeps_the_loading_image() {
     // GC keeps a second of slack on file times: Y's blobs are garbage once older than it
     // (a fast load can end sooner).
     std::thread::sleep(Duration::from_millis(1200).saturating_sub(y_written.elapsed()));
-    store(&root, &["gc", "--grace", "0s"]);
+    store_ok(&root, &["gc", "--grace", "0s"]);
 
-    let ls = store(&root, &["ls", "--json"]);
-    let ls = String::from_utf8_lossy(&ls.stdout);
+    let ls = store_ok(&root, &["ls", "--json"]);
     assert!(ls.contains("strata/x"), "{ls}");
     assert!(!ls.contains("strata/y"), "{ls}");
-    let inspect = store(&root, &["inspect", "strata/x:1"]);
-    assert!(String::from_utf8_lossy(&inspect.stdout).contains(&x.id()));
+    let inspect = store_ok(&root, &["inspect", "strata/x:1"]);
+    assert!(inspect.contains(&x.id()));
     // docker-save carries layers uncompressed: the stored layer blobs are the diff IDs.
     for digest in std::iter::once(&x.config.digest).chain(&x.diff_ids) {
         assert!(
@@ -109,5 +93,5 @@ fn gc_from_other_processes_during_a_load_keeps_the_loading_image() {
     }
     assert!(!blob_exists(&root, &y.diff_ids[1]), "Y's own layer is garbage");
     assert!(!blob_exists(&root, &y.config.digest), "Y's config is garbage");
-    store(&root, &["fsck"]);
+    store_ok(&root, &["fsck"]);
 }

@@ -7,24 +7,11 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use strata_fixtures as fx;
-use strata_fixtures::peers;
 
-fn store(root: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(peers::bin("store"))
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .output()
-        .unwrap()
-}
+use crate::common::{puller, store};
 
 fn fsck_clean(root: &Path, round: usize) {
-    let out = Command::new(peers::bin("store"))
-        .arg("--root")
-        .arg(root)
-        .arg("fsck")
-        .output()
-        .unwrap();
+    let out = store(root, &["fsck"]);
     assert!(
         out.status.success(),
         "round {round}: fsck after kill -9 found faults:\n{}{}",
@@ -51,13 +38,7 @@ fn kill_9_during_load_never_corrupts_the_store() {
     // How long an uninterrupted load takes here, to aim the kills inside it.
     let calibrate = dir.path().join("calibrate");
     let t = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_puller"))
-        .arg("--root")
-        .arg(&calibrate)
-        .arg("load")
-        .arg(&archive)
-        .output()
-        .unwrap();
+    let out = puller(&calibrate, &["load", archive.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut full = t.elapsed();
 
@@ -103,25 +84,14 @@ fn kill_9_during_load_never_corrupts_the_store() {
         killed >= 10,
         "only {killed} of 20 loads were interrupted; the test did not test"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_puller"))
-        .arg("--root")
-        .arg(&root)
-        .arg("load")
-        .arg(&archive)
-        .output()
-        .unwrap();
+    let out = puller(&root, &["load", archive.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "re-run: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     fsck_clean(&root, 20);
-    let ls = Command::new(peers::bin("store"))
-        .arg("--root")
-        .arg(&root)
-        .args(["ls", "--json"])
-        .output()
-        .unwrap();
+    let ls = store(&root, &["ls", "--json"]);
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&ls.stdout).unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["id"].as_str().unwrap(), image.id());

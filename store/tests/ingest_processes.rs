@@ -10,6 +10,8 @@ use std::time::Duration;
 use rand::{RngCore, SeedableRng};
 use strata_store::{BlobStore, Digest};
 
+use crate::common::test_name;
+
 const CHILD_ENV: &str = "STRATA_TEST_INGEST_CHILD";
 const WRITERS: usize = 4;
 const SIZE: usize = 24 << 20;
@@ -62,13 +64,8 @@ fn concurrent_processes_ingest_one_blob_once() {
     let children: Vec<_> = (0..WRITERS)
         .map(|_| {
             Command::new(&exe)
-                .args([
-                    "--exact",
-                    "ingest_child",
-                    "--include-ignored",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
+                .args(["--exact", &test_name(module_path!(), "ingest_child")])
+                .args(["--include-ignored", "--nocapture", "--test-threads=1"])
                 .env(CHILD_ENV, &spec)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())

@@ -5,12 +5,14 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 use strata_fixtures::hostile::{self, Expect, HostileCase};
 use strata_store::{Compression, Digest, LayerError, LayerStore, UnpackOptions, unpack_layer};
+
+use crate::common::kind_of;
 
 /// Everything observable about one path (ctime catches chmod/chown/xattr changes).
 #[derive(Debug, PartialEq, Eq)]
@@ -27,24 +29,6 @@ struct Node {
     content: Option<String>,
     link: Option<PathBuf>,
     xattrs: Vec<(String, Vec<u8>)>,
-}
-
-fn kind_of(ft: fs::FileType) -> &'static str {
-    if ft.is_symlink() {
-        "symlink"
-    } else if ft.is_dir() {
-        "dir"
-    } else if ft.is_file() {
-        "file"
-    } else if ft.is_char_device() {
-        "char"
-    } else if ft.is_block_device() {
-        "block"
-    } else if ft.is_fifo() {
-        "fifo"
-    } else {
-        "other"
-    }
 }
 
 fn snapshot(root: &Path, skip: &Path) -> BTreeMap<PathBuf, Node> {

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use strata_fixtures::hostile::{RawHeader, RawTar};
 use strata_store::{DEFAULT_DEDUP_MIN_SIZE, Digest, LayerError, LayerStore, UnpackReport, chain_id};
 
+use crate::common::test_name;
+
 const CHILD_ENV: &str = "STRATA_UNPACK_LAYERS_CHILD";
 
 fn file(tar: &mut RawTar, name: &str, data: &[u8], mode: u32, mtime: u64) {
@@ -344,12 +346,8 @@ fn child_process_helper() {
 
 fn spawn_child(root: &Path, mode: &str) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_process_helper",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", &test_name(module_path!(), "child_process_helper")])
+        .args(["--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, mode)
         .env("STRATA_CHILD_ROOT", root)
         .stdout(Stdio::piped())

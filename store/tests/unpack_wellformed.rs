@@ -6,13 +6,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rustix::fs::{AtFlags, CWD, FileType, Mode, Timespec, Timestamps};
 use sha2::{Digest as _, Sha256};
 use strata_store::{Compression, UnpackOptions, UnpackReport, unpack_layer};
+
+use crate::common::kind_of;
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -161,24 +163,6 @@ struct Node {
     link: Option<PathBuf>,
     rdev: u64,
     xattrs: Vec<(String, Vec<u8>)>,
-}
-
-fn kind_of(ft: fs::FileType) -> &'static str {
-    if ft.is_symlink() {
-        "symlink"
-    } else if ft.is_dir() {
-        "dir"
-    } else if ft.is_file() {
-        "file"
-    } else if ft.is_char_device() {
-        "char"
-    } else if ft.is_block_device() {
-        "block"
-    } else if ft.is_fifo() {
-        "fifo"
-    } else {
-        "other"
-    }
 }
 
 struct Tree {

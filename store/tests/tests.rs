@@ -1,0 +1,14 @@
+//! The store's integration tests in one binary (each test binary relinks RocksDB): archives,
+//! the `store` command, GC and ingest under concurrency, and layer unpacking (hostile,
+//! well-formed, unprivileged, through the layer store and under a real overlay mount).
+
+mod archive;
+mod cli;
+mod common;
+mod gc_concurrent;
+mod ingest_processes;
+mod unpack_hostile;
+mod unpack_layers;
+mod unpack_overlay;
+mod unpack_unprivileged;
+mod unpack_wellformed;
