@@ -3,6 +3,7 @@
 //! well-formed, unprivileged, through the layer store and under a real overlay mount).
 
 mod archive;
+mod backends;
 mod cli;
 mod common;
 mod gc_concurrent;

@@ -17,11 +17,21 @@ const CHUNK: usize = 1 << 20;
 #[derive(Debug, Clone)]
 pub struct LocalBlobs {
     blobs: BlobStore,
+    /// Blobs a GC of this process condemned (the embedded store has one writer process,
+    /// so the condemned marks need not be shared).
+    condemned: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Digest>>>,
 }
 
 impl LocalBlobs {
     pub fn new(blobs: BlobStore) -> LocalBlobs {
-        LocalBlobs { blobs }
+        LocalBlobs {
+            blobs,
+            condemned: Default::default(),
+        }
+    }
+
+    fn condemned(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Digest>> {
+        self.condemned.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -171,28 +181,27 @@ impl BlobBackend for LocalBlobs {
 
     async fn list(&self) -> Result<Vec<BlobInfo>> {
         let blobs = self.blobs.clone();
-        blocking(move || {
-            Ok(blobs
-                .list()?
-                .into_iter()
-                .map(|e| BlobInfo {
-                    digest: e.digest,
-                    size: e.size,
-                    stored: e
-                        .modified
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs() as i64),
-                    condemned: false,
-                })
-                .collect())
-        })
-        .await
+        let entries = blocking(move || Ok(blobs.list()?)).await?;
+        let condemned = self.condemned();
+        Ok(entries
+            .into_iter()
+            .map(|e| BlobInfo {
+                digest: e.digest,
+                size: e.size,
+                stored: e
+                    .modified
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64),
+                condemned: condemned.contains(&e.digest),
+            })
+            .collect())
     }
 
     /// Files: a blob's time is its mtime; keeping one touches it.
     async fn keep(&self, digest: &Digest, _stored_before: i64) -> Result<bool> {
         let blobs = self.blobs.clone();
         let d = *digest;
+        self.condemned().remove(&d);
         blocking(move || {
             if blobs.contains(&d) {
                 blobs.touch(&d);
@@ -204,19 +213,22 @@ impl BlobBackend for LocalBlobs {
         .await
     }
 
-    /// The embedded store's GC runs in one process with its own protection
-    /// (`Store::note_referenced`): condemning is removing.
     async fn condemn(&self, digest: &Digest) -> Result<bool> {
-        Ok(self.blobs.contains(digest))
+        if !self.blobs.contains(digest) {
+            return Ok(false);
+        }
+        self.condemned().insert(*digest);
+        Ok(true)
     }
 
     async fn remove_condemned(&self, digest: &Digest) -> Result<Option<u64>> {
-        let size = self.stat(digest).await?;
-        if size.is_some() && self.remove(digest).await? {
-            Ok(size)
-        } else {
-            Ok(None)
+        let Some(size) = self.stat(digest).await? else {
+            return Ok(None);
+        };
+        if !self.condemned().remove(digest) {
+            return Ok(None);
         }
+        Ok(self.remove(digest).await?.then_some(size))
     }
 
     fn local(&self) -> Option<&BlobStore> {

@@ -57,9 +57,23 @@ pub enum ContentError {
     #[error("object storage: {0}")]
     Backend(String),
     #[error(transparent)]
-    Blob(#[from] BlobError),
+    Blob(BlobError),
     #[error(transparent)]
     Meta(#[from] MetaError),
+}
+
+/// The files backend's errors, in the seam's terms where the seam has them.
+impl From<BlobError> for ContentError {
+    fn from(e: BlobError) -> ContentError {
+        match e {
+            BlobError::NotFound(d) => ContentError::NotFound(d),
+            BlobError::DigestMismatch { expected, actual } => {
+                ContentError::DigestMismatch { expected, actual }
+            }
+            BlobError::TooLarge { limit } => ContentError::TooLarge { limit },
+            other => ContentError::Blob(other),
+        }
+    }
 }
 
 impl ContentError {
