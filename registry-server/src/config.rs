@@ -101,17 +101,10 @@ impl Config {
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let store = self.store_config()?;
-        if matches!(store.storage, strata_store::StorageConfig::S3(_)) {
-            if !self.is_shared() {
-                return Err(ConfigError::Invalid(
-                    "storage.backend = \"s3\" needs metadata.backend = \"postgres\"".into(),
-                ));
-            }
-            if self.proxy.is_some() {
-                return Err(ConfigError::Invalid(
-                    "the pull-through cache ([proxy]) runs on the embedded store only, for now".into(),
-                ));
-            }
+        if matches!(store.storage, strata_store::StorageConfig::S3(_)) && !self.is_shared() {
+            return Err(ConfigError::Invalid(
+                "storage.backend = \"s3\" needs metadata.backend = \"postgres\"".into(),
+            ));
         }
         if self.is_shared()
             && let Some(auth) = &self.auth

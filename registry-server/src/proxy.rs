@@ -250,7 +250,13 @@ async fn download(
     d: Digest,
     progress: watch::Sender<BlobProgress>,
 ) -> Result<Fetched, FetchError> {
-    let blobs = proxy.shared.store().blobs();
+    let Some(blobs) = proxy.shared.store().content().local() else {
+        let out = download_shared(&proxy, &name, d).await;
+        progress.send_modify(|p| p.done = Some(out.as_ref().map(|_| ()).map_err(|e| e.to_string())));
+        let size = out?;
+        record(&proxy.shared, &name, d, size).await?;
+        return Ok(Fetched { repository: name });
+    };
     let size = if blobs.contains(&d) {
         let size = async {
             proxy
@@ -276,6 +282,69 @@ async fn download(
     };
     record(&proxy.shared, &name, d, size).await?;
     Ok(Fetched { repository: name })
+}
+
+/// How long a replica's claim on an upstream download lasts without renewal.
+const CLAIM_TTL: i64 = 30;
+
+/// The download of `d` on shared backends: one replica at a time downloads a digest (a
+/// claim in the metadata); the others wait for the blob to be stored. The bytes stream
+/// from the upstream into a backend upload, which commits only if they hash to `d`.
+/// Returns the blob's size.
+async fn download_shared(proxy: &Proxy, name: &str, d: Digest) -> Result<u64, FetchError> {
+    let store = proxy.shared.store().clone();
+    let content = store.content().clone();
+    let store_err = |e: strata_store::StoreError| FetchError::Store(e.to_string());
+    let holder = format!("{} pid {}", proxy.shared.config().listen, std::process::id());
+    loop {
+        if let Some(size) = content.stat(&d).await.map_err(|e| store_err(e.into()))? {
+            proxy
+                .client
+                .blob_size(name, &d)
+                .await?
+                .ok_or(FetchError::NotFound)?;
+            return Ok(size);
+        }
+        let (s2, h2) = (store.clone(), holder.clone());
+        let claimed = blocking(move || Ok(s2.claim(&format!("proxy-fetch/{d}"), &h2, CLAIM_TTL)?))
+            .await
+            .map_err(|e| FetchError::Store(e.message.clone()))?;
+        if !claimed {
+            // Another replica is downloading it: wait for the blob (or for its claim to
+            // lapse, then try to claim it here).
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            continue;
+        }
+        let result = async {
+            let resp = proxy.client.get_blob(name, &d, 0).await?;
+            let id = format!("proxy-{}", hex::encode(rand::random::<[u8; 12]>()));
+            let mut state = content.upload_begin(&id).await.map_err(|e| store_err(e.into()))?;
+            let mut body = resp.bytes_stream();
+            let mut last_renewal = std::time::Instant::now();
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| FetchError::Upstream(e.to_string()))?;
+                if let Err(e) = content.upload_append(&mut state, chunk).await {
+                    let _ = content.upload_abort(state).await;
+                    return Err(store_err(e.into()));
+                }
+                if last_renewal.elapsed() > std::time::Duration::from_secs(CLAIM_TTL as u64 / 3) {
+                    let (s2, h2) = (store.clone(), holder.clone());
+                    let _ = blocking(move || Ok(s2.claim(&format!("proxy-fetch/{d}"), &h2, CLAIM_TTL)?)).await;
+                    last_renewal = std::time::Instant::now();
+                }
+            }
+            let committed = content
+                .upload_commit(state, &d)
+                .await
+                .map_err(|e| store_err(e.into()))?;
+            tracing::info!(repository = %name, digest = %d, size = committed.size, "cached blob from upstream");
+            Ok(committed.size)
+        }
+        .await;
+        let (s2, h2) = (store.clone(), holder.clone());
+        let _ = blocking(move || Ok(s2.release_claim(&format!("proxy-fetch/{d}"), &h2)?)).await;
+        return result;
+    }
 }
 
 /// Blob GET/HEAD in proxy mode. Linked blobs, HEADs and Range requests take the normal
@@ -620,14 +689,17 @@ async fn cache_manifest_work(proxy: Arc<Proxy>, name: String, m: FetchedManifest
         }
     }
     let store = st.store().clone();
-    tokio::task::spawn_blocking(move || {
-        store
-            .add_manifest(&m.bytes, Some(&m.media_type), Some(&name))
-            .map(|_| ())
+    let gc = st.config().gc.clone();
+    blocking(move || {
+        if store.content().local().is_some() {
+            store.add_manifest(&m.bytes, Some(&m.media_type), Some(&name))?;
+        } else {
+            manifests::add_manifest_shared(&store, &m.bytes, Some(&m.media_type), &name, &gc)?;
+        }
+        Ok(())
     })
     .await
-    .map_err(|e| FetchError::Store(e.to_string()))?
-    .map_err(|e| FetchError::Store(e.to_string()))
+    .map_err(|e| FetchError::Store(e.message.clone()))
 }
 
 #[cfg(test)]

@@ -121,12 +121,7 @@ impl SharedUploads {
     /// Takes a session of `repository` for this request.
     pub async fn lock(&self, repository: &str, id: &str) -> ApiResult<SharedSlot> {
         let rid = id.to_string();
-        if id.is_empty()
-            || id.len() > 128
-            || !id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+        if !strata_store::valid_upload_id(id) {
             return Err(ApiError::upload_unknown());
         }
         let Some((record, stored)) = self.blocking(move |s| s.get_upload_raw(&rid)).await? else {

@@ -135,12 +135,7 @@ impl Uploads {
             None => {
                 let store = self.store.clone();
                 let rid = id.to_string();
-                if id.is_empty()
-                    || id.len() > 128
-                    || !id
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                {
+                if !strata_store::valid_upload_id(id) {
                     return Err(ApiError::upload_unknown());
                 }
                 let record = tokio::task::spawn_blocking(move || store.get_upload(&rid)).await??;

@@ -161,6 +161,7 @@ fn spawn_replica(addr: SocketAddr, config: &Path) -> Replica {
         .arg(config)
         .env("RUST_LOG", "warn")
         .env_remove("AWS_CA_BUNDLE")
+        .stdout(std::process::Stdio::null())
         .spawn()
         .expect("spawn registry-server");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -831,5 +832,82 @@ fn oci_conformance_workflows_through_the_balancer() {
     tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(crate::oci_workflows::all_workflows_against(&c.addr()));
+    c.fsck_clean();
+}
+
+/// Pull-through cache replicas on shared backends: three replicas asked at once for the
+/// same image download each blob from the upstream once between them.
+#[test]
+fn cache_replicas_download_each_blob_from_the_upstream_once() {
+    if peers::require("skopeo").is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let up_port = peers::free_port();
+    let up_log = tmp.path().join("upstream.log");
+    let mut upstream = Replica {
+        child: std::process::Command::new(peers::bin("registry-server"))
+            .arg("--root")
+            .arg(tmp.path().join("upstream"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{up_port}"))
+            .env("RUST_LOG", "warn,strata_registry::access=info")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&up_log).unwrap())
+            .spawn()
+            .unwrap(),
+        addr: format!("127.0.0.1:{up_port}").parse().unwrap(),
+        config: Default::default(),
+    };
+    let up = format!("127.0.0.1:{up_port}");
+    while std::net::TcpStream::connect(&up).is_err() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let img = small_image(500, 3, false);
+    let src = tmp.path().join("src");
+    strata_fixtures::write_oci_layout(&src, &[(&img, Some("1"))]);
+    push_oci(&src, "1", &format!("{up}/t/cached:1"));
+    let tail = format!("[proxy]\nremote_url = \"http://{up}\"\n");
+    let Some(c) = Cluster::start_with(3, "", &tail) else {
+        return;
+    };
+    let outs: Vec<_> = (0..3).map(|i| tmp.path().join(format!("out{i}"))).collect();
+    std::thread::scope(|s| {
+        for (r, out) in c.replicas.iter().zip(&outs) {
+            let addr = r.addr;
+            s.spawn(move || {
+                skopeo_ok([
+                    "copy",
+                    "--src-tls-verify=false",
+                    &format!("docker://{addr}/t/cached:1"),
+                    &format!("oci:{}:1", out.display()),
+                ]);
+            });
+        }
+    });
+    for out in &outs {
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("index.json")).unwrap()).unwrap();
+        assert_eq!(index["manifests"][0]["digest"], img.manifest.digest.as_str());
+    }
+    let log = std::fs::read_to_string(&up_log).unwrap();
+    for blob in img.layers.iter().chain([&img.config]) {
+        let gets = log
+            .lines()
+            .filter(|l| l.contains("GET") && l.contains(&format!("/blobs/{}", blob.digest)))
+            .count();
+        assert_eq!(gets, 1, "{} fetched {gets} times from the upstream", blob.digest);
+    }
+    // Cached: served with the upstream gone.
+    let _ = upstream.child.kill();
+    let _ = upstream.child.wait();
+    let raw = skopeo_ok([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{}/t/cached@{}", c.addr(), img.manifest.digest),
+    ]);
+    assert_eq!(raw.as_bytes(), img.manifest.bytes.as_slice());
     c.fsck_clean();
 }

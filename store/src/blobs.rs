@@ -68,12 +68,7 @@ impl IngestKey {
         match self {
             IngestKey::Digest(d) => Ok(format!("sha256-{}", d.hex())),
             IngestKey::Upload(id) => {
-                let ok = !id.is_empty()
-                    && id.len() <= 128
-                    && id
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-                if ok {
+                if valid_upload_id(id) {
                     Ok(format!("upload-{id}"))
                 } else {
                     Err(BlobError::InvalidKey(id.clone()))
@@ -81,6 +76,16 @@ impl IngestKey {
             }
         }
     }
+}
+
+/// Whether `id` can name an upload: 1 to 128 letters, digits, `-` and `_` (it becomes part
+/// of file names and object keys).
+pub fn valid_upload_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// A blob store rooted at a store directory.

@@ -27,19 +27,12 @@ use crate::manifest::MAX_MANIFEST_BYTES;
 use crate::meta::{Cf, LeaseRecord, ManifestRecord, TagRecord};
 use crate::store::{Store, StoreError, now};
 
-/// Where the collector's lease is kept (the `meta` family).
-const LEASE_KEY: &str = "gc-lease";
+/// The collector's lease (a `Store::claim`).
+const LEASE_KEY: &str = "gc";
 /// How long a lease lasts without renewal.
 const LEASE_TTL: i64 = 60;
 /// Backend calls in flight at once while condemning and removing.
 const CONCURRENCY: usize = 32;
-
-/// The collector's lease.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-struct Lease {
-    holder: String,
-    expires: i64,
-}
 
 /// A running collection's progress, for `/metrics`.
 #[derive(Debug, Default)]
@@ -93,35 +86,6 @@ fn mark(store: &Store) -> Result<HashSet<Digest>, StoreError> {
 }
 
 impl Store {
-    /// Takes (or renews) the collector's lease for `holder`. False: another holder has it.
-    fn take_gc_lease(&self, holder: &str) -> Result<bool, StoreError> {
-        let engine = self.meta().engine();
-        let current = engine.get(Cf::Meta, LEASE_KEY)?;
-        if let Some(raw) = &current
-            && let Ok(lease) = serde_json::from_slice::<Lease>(raw)
-            && lease.holder != holder
-            && lease.expires > now()
-        {
-            return Ok(false);
-        }
-        let new = Lease {
-            holder: holder.to_string(),
-            expires: now() + LEASE_TTL,
-        };
-        let bytes = serde_json::to_vec(&new).expect("lease serialises");
-        Ok(engine.compare_and_swap(Cf::Meta, LEASE_KEY, current.as_deref(), Some(bytes))?)
-    }
-
-    fn drop_gc_lease(&self, holder: &str) -> Result<(), StoreError> {
-        let engine = self.meta().engine();
-        if let Some(raw) = engine.get(Cf::Meta, LEASE_KEY)?
-            && serde_json::from_slice::<Lease>(&raw).is_ok_and(|l| l.holder == holder)
-        {
-            engine.compare_and_swap(Cf::Meta, LEASE_KEY, Some(&raw), None)?;
-        }
-        Ok(())
-    }
-
     /// One collection over the shared blob backend, as `holder` (e.g. the replica's
     /// address). Returns `Ok(None)` when another replica holds the collector's lease.
     pub async fn gc_shared(
@@ -131,7 +95,7 @@ impl Store {
         progress: &GcProgress,
     ) -> Result<Option<GcReport>, StoreError> {
         let h = holder.to_string();
-        if !blocking(self, move |s| s.take_gc_lease(&h)).await? {
+        if !blocking(self, move |s| s.claim(LEASE_KEY, &h, LEASE_TTL)).await? {
             return Ok(None);
         }
         progress.running.store(true, Ordering::Relaxed);
@@ -139,13 +103,13 @@ impl Store {
         progress.running.store(false, Ordering::Relaxed);
         progress.runs.fetch_add(1, Ordering::Relaxed);
         let h = holder.to_string();
-        blocking(self, move |s| s.drop_gc_lease(&h)).await?;
+        blocking(self, move |s| s.release_claim(LEASE_KEY, &h)).await?;
         result.map(Some)
     }
 
     async fn renew(self: &Arc<Store>, holder: &str) -> Result<(), StoreError> {
         let h = holder.to_string();
-        if blocking(self, move |s| s.take_gc_lease(&h)).await? {
+        if blocking(self, move |s| s.claim(LEASE_KEY, &h, LEASE_TTL)).await? {
             Ok(())
         } else {
             Err(StoreError::Unsupported("gc lease lost to another replica".into()))

@@ -33,7 +33,9 @@ mod unpack;
 
 #[cfg(feature = "meta")]
 pub use archive::{ArchiveError, LoadOptions, LoadReport, LoadedImage, SaveReport, load, save};
-pub use blobs::{BlobEntry, BlobError, BlobStore, Committed, DIRECT_ALIGN, Ingest, IngestKey, Staged};
+pub use blobs::{
+    BlobEntry, BlobError, BlobStore, Committed, DIRECT_ALIGN, Ingest, IngestKey, Staged, valid_upload_id,
+};
 #[cfg(feature = "meta")]
 pub use config::{MetadataSection, StorageSection, StoreFile};
 #[cfg(feature = "meta")]

@@ -274,3 +274,45 @@ impl Store {
         Ok(())
     }
 }
+
+/// A claim on a piece of work shared by several processes (e.g. one upstream download per
+/// digest across registry replicas): held by `holder` until `expires` (Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Claim {
+    holder: String,
+    expires: i64,
+}
+
+impl Store {
+    /// Takes (or renews) the claim `key` for `holder` for `ttl` seconds, atomically across
+    /// every process sharing the metadata. False while another holder's claim is live.
+    pub fn claim(&self, key: &str, holder: &str, ttl: i64) -> Result<bool> {
+        let engine = self.meta().engine();
+        let current = engine.get(Cf::Meta, &format!("claim/{key}"))?;
+        if let Some(raw) = &current
+            && let Ok(c) = serde_json::from_slice::<Claim>(raw)
+            && c.holder != holder
+            && c.expires > now()
+        {
+            return Ok(false);
+        }
+        let new = serde_json::to_vec(&Claim {
+            holder: holder.to_string(),
+            expires: now() + ttl,
+        })
+        .expect("claim serialises");
+        Ok(engine.compare_and_swap(Cf::Meta, &format!("claim/{key}"), current.as_deref(), Some(new))?)
+    }
+
+    /// Lets a claim go (if `holder` still has it).
+    pub fn release_claim(&self, key: &str, holder: &str) -> Result<()> {
+        let engine = self.meta().engine();
+        let k = format!("claim/{key}");
+        if let Some(raw) = engine.get(Cf::Meta, &k)?
+            && serde_json::from_slice::<Claim>(&raw).is_ok_and(|c| c.holder == holder)
+        {
+            engine.compare_and_swap(Cf::Meta, &k, Some(&raw), None)?;
+        }
+        Ok(())
+    }
+}

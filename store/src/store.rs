@@ -197,20 +197,9 @@ impl Store {
         let blobs = BlobStore::open(root)?;
         let layers = LayerStore::open(root)?;
         let meta = Arc::new(Meta::open(&root.join("meta"))?);
-        let store = Store {
-            root: root.to_path_buf(),
-            content: Arc::new(LocalBlobs::new(blobs.clone())),
-            blobs,
-            layers,
-            meta,
-            index: RwLock::new(IdIndex::new()),
-            gc_refs: Mutex::new(None),
-            remembered: crate::runnable::Remembered::new(root),
-            _write_lock: Some(lock),
-            _scratch: None,
-        };
-        store.rebuild_index()?;
-        Ok(store)
+        let content = Arc::new(LocalBlobs::new(blobs.clone()));
+        let remembered = crate::runnable::Remembered::new(root);
+        Store::assemble(root, blobs, content, layers, meta, remembered, Some(lock), None)
     }
 
     /// Opens a store as `config` says: the embedded default (RocksDB under the root, blobs
@@ -238,20 +227,9 @@ impl Store {
             #[cfg(feature = "scale-out")]
             StorageConfig::S3(s3) => Arc::new(crate::content::S3Blobs::new(s3, meta.clone())?),
         };
-        let store = Store {
-            root: root.to_path_buf(),
-            content,
-            blobs,
-            layers: LayerStore::open(root)?,
-            meta,
-            index: RwLock::new(IdIndex::new()),
-            gc_refs: Mutex::new(None),
-            remembered: crate::runnable::Remembered::disabled(),
-            _write_lock: None,
-            _scratch: None,
-        };
-        store.rebuild_index()?;
-        Ok(store)
+        let layers = LayerStore::open(root)?;
+        let remembered = crate::runnable::Remembered::disabled();
+        Store::assemble(root, blobs, content, layers, meta, remembered, None, None)
     }
 
     /// The blob backend the registry serves from (see [`BlobBackend`]).
@@ -291,17 +269,44 @@ impl Store {
             .map_err(io_err("create scratch directory"))?;
         let meta = Arc::new(Meta::open_read_only(&root.join("meta"), scratch.path())?);
         let blobs = BlobStore::open_existing(root);
+        let content = Arc::new(LocalBlobs::new(blobs.clone()));
+        let layers = LayerStore::open(root)?;
+        let remembered = crate::runnable::Remembered::disabled();
+        Store::assemble(
+            root,
+            blobs,
+            content,
+            layers,
+            meta,
+            remembered,
+            None,
+            Some(scratch),
+        )
+    }
+
+    /// The store from its parts, with the ID index built from the metadata.
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        root: &Path,
+        blobs: BlobStore,
+        content: Arc<dyn BlobBackend>,
+        layers: LayerStore,
+        meta: Arc<Meta>,
+        remembered: crate::runnable::Remembered,
+        write_lock: Option<LockedFile>,
+        scratch: Option<tempfile::TempDir>,
+    ) -> Result<Store> {
         let store = Store {
             root: root.to_path_buf(),
-            content: Arc::new(LocalBlobs::new(blobs.clone())),
             blobs,
-            layers: LayerStore::open(root)?,
+            content,
+            layers,
             meta,
             index: RwLock::new(IdIndex::new()),
             gc_refs: Mutex::new(None),
-            remembered: crate::runnable::Remembered::disabled(),
-            _write_lock: None,
-            _scratch: Some(scratch),
+            remembered,
+            _write_lock: write_lock,
+            _scratch: scratch,
         };
         store.rebuild_index()?;
         Ok(store)

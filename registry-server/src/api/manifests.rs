@@ -279,7 +279,7 @@ pub(super) async fn put_manifest(
 /// manifest written through the backend, then the metadata recorded — within half the
 /// GC's settling time of the first keep, else a 503 the client retries. Runs on the
 /// blocking pool.
-fn add_manifest_shared(
+pub(crate) fn add_manifest_shared(
     store: &strata_store::Store,
     bytes: &[u8],
     media_type: Option<&str>,

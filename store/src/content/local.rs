@@ -115,13 +115,7 @@ impl BlobBackend for LocalBlobs {
     }
 
     async fn write(&self, digest: &Digest, bytes: Bytes) -> Result<bool> {
-        let actual = Digest::of(&bytes);
-        if actual != *digest {
-            return Err(ContentError::DigestMismatch {
-                expected: *digest,
-                actual,
-            });
-        }
+        super::check_digest(digest, &bytes)?;
         let blobs = self.blobs.clone();
         blocking(move || Ok(blobs.put_bytes(&bytes)?.written)).await
     }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
-use crate::blobs::{BlobError, BlobStore, Committed};
+use crate::blobs::{BlobError, BlobStore, Committed, valid_upload_id};
 use crate::digest::Digest;
 use crate::meta::MetaError;
 
@@ -126,17 +126,25 @@ impl UploadState {
     }
 }
 
-/// Upload ids are chosen by the caller: letters, digits, `-` and `_`, at most 128.
+/// Upload ids are chosen by the caller (see [`valid_upload_id`]).
 fn check_upload_id(id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
+    if valid_upload_id(id) {
         Ok(())
     } else {
         Err(ContentError::InvalidUpload(id.to_string()))
+    }
+}
+
+/// Checks that `bytes` hash to `digest` (content written whole by a backend).
+fn check_digest(digest: &Digest, bytes: &[u8]) -> Result<()> {
+    let actual = Digest::of(bytes);
+    if actual == *digest {
+        Ok(())
+    } else {
+        Err(ContentError::DigestMismatch {
+            expected: *digest,
+            actual,
+        })
     }
 }
 

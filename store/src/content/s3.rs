@@ -264,13 +264,7 @@ impl BlobBackend for S3Blobs {
     }
 
     async fn write(&self, digest: &Digest, bytes: Bytes) -> Result<bool> {
-        let actual = Digest::of(&bytes);
-        if actual != *digest {
-            return Err(ContentError::DigestMismatch {
-                expected: *digest,
-                actual,
-            });
-        }
+        super::check_digest(digest, &bytes)?;
         if self.keep(digest, now()).await? {
             return Ok(false);
         }

@@ -193,7 +193,9 @@ pub trait MetaEngine: Send + Sync + std::fmt::Debug {
     fn scan(&self, cf: Cf, prefix: &str, keys_only: bool) -> Result<Vec<(String, Vec<u8>)>>;
     fn write(&self, ops: Vec<Op>) -> Result<()>;
     /// Stores `value` unless `key` is present; true if it stored it.
-    fn insert_if_absent(&self, cf: Cf, key: &str, value: Vec<u8>) -> Result<bool>;
+    fn insert_if_absent(&self, cf: Cf, key: &str, value: Vec<u8>) -> Result<bool> {
+        self.compare_and_swap(cf, key, None, Some(value))
+    }
     /// Replaces `key`'s value only if it is still `expected` (None: absent); true if it did.
     fn compare_and_swap(
         &self,

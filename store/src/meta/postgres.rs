@@ -280,10 +280,6 @@ impl MetaEngine for Postgres {
         })
     }
 
-    fn insert_if_absent(&self, cf: Cf, key: &str, value: Vec<u8>) -> Result<bool> {
-        self.compare_and_swap(cf, key, None, Some(value))
-    }
-
     fn compare_and_swap(
         &self,
         cf: Cf,

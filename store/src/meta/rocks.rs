@@ -139,10 +139,6 @@ impl MetaEngine for Rocks {
         self.write_synced(batch)
     }
 
-    fn insert_if_absent(&self, cf: Cf, key: &str, value: Vec<u8>) -> Result<bool> {
-        self.compare_and_swap(cf, key, None, Some(value))
-    }
-
     fn compare_and_swap(
         &self,
         cf: Cf,
