@@ -911,3 +911,52 @@ fn cache_replicas_download_each_blob_from_the_upstream_once() {
     assert_eq!(raw.as_bytes(), img.manifest.bytes.as_slice());
     c.fsck_clean();
 }
+
+/// The object store goes away: blob reads and uploads get 503 UNAVAILABLE with the spec's
+/// error body (not 500s, not hangs); what needs only PostgreSQL still works.
+#[test]
+fn s3_gone_is_a_503() {
+    let Some(c) = Cluster::start(1, "") else { return };
+    let client = http();
+    let data = vec![7u8; 10_000];
+    let digest = format!("sha256:{}", sha256_hex(&data));
+    let resp = client
+        .post(format!(
+            "http://{}/v2/t/s3/blobs/uploads/?digest={digest}",
+            c.addr()
+        ))
+        .body(data.clone())
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    c.seaweed.kill();
+    let started = std::time::Instant::now();
+    let resp = client
+        .get(format!("http://{}/v2/t/s3/blobs/{digest}", c.addr()))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.text().unwrap().contains("UNAVAILABLE"));
+    let other = vec![8u8; 10_000];
+    let resp = client
+        .post(format!(
+            "http://{}/v2/t/s3/blobs/uploads/?digest=sha256:{}",
+            c.addr(),
+            sha256_hex(&other)
+        ))
+        .body(other)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 503, "{}", resp.text().unwrap_or_default());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    // Metadata-only requests still answer.
+    let resp = client
+        .head(format!("http://{}/v2/t/s3/blobs/{digest}", c.addr()))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
