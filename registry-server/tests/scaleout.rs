@@ -516,6 +516,7 @@ fn concurrent_pushes_of_overlapping_images_through_three_replicas() {
     }
     let objects = c.objects();
     assert_eq!(objects.len(), distinct.len(), "objects: {objects:?}");
+    c.fsck_clean();
 }
 
 fn push_oci(dir: &Path, tag: &str, dest: &str) {
