@@ -108,6 +108,20 @@ pub fn commit(
 ) -> Result<CommitReport, CommitError> {
     let reference =
         ImageRef::parse(reference).map_err(|e| CommitError::Reference(reference.into(), e.to_string()))?;
+    let report = commit_untagged(store, c, dir, opts, None)?;
+    store.tag(&reference, &report.manifest)?;
+    Ok(report)
+}
+
+/// [`commit`] without a tag: the image is stored (untagged); `created_by` replaces the
+/// history entry's text (the container's command) when given (`runner build`'s `RUN`).
+pub(crate) fn commit_untagged(
+    store: &Store,
+    c: &Container,
+    dir: &Path,
+    opts: &CommitOptions,
+    created_by: Option<&str>,
+) -> Result<CommitReport, CommitError> {
     let image_id: Digest = c
         .image_id
         .parse()
@@ -192,7 +206,8 @@ pub fn commit(
         .as_array_mut()
         .ok_or_else(|| CommitError::Metadata("config without rootfs.diff_ids".into()))?
         .push(layer.digest.to_string().into());
-    let mut entry = serde_json::json!({"created": now, "created_by": c.command.join(" ")});
+    let created_by = created_by.map_or_else(|| c.command.join(" "), str::to_string);
+    let mut entry = serde_json::json!({"created": now, "created_by": created_by});
     if let Some(a) = config["author"].as_str().filter(|a| !a.is_empty()) {
         entry["author"] = a.into();
     }
@@ -230,7 +245,6 @@ pub fn commit(
     let manifest_bytes =
         serde_json::to_vec_pretty(&manifest).map_err(|e| CommitError::Metadata(e.to_string()))?;
     let (manifest_digest, _) = store.add_manifest(&manifest_bytes, Some(&media_type), None)?;
-    store.tag(&reference, &manifest_digest)?;
     Ok(CommitReport {
         manifest: manifest_digest,
         image_id: config_blob.digest,
@@ -1091,7 +1105,7 @@ fn expand(word: &str, env: &[String]) -> Result<String, String> {
 }
 
 /// `EXPOSE` ports: `80`, `80/udp`, `8000-8010/tcp` → `"80/tcp"`… (a range is every port).
-fn port_spec(spec: &str) -> Result<Vec<String>, String> {
+pub(crate) fn port_spec(spec: &str) -> Result<Vec<String>, String> {
     let (ports, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
     let proto = proto.to_ascii_lowercase();
     if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
@@ -1136,7 +1150,7 @@ fn valid_signal(s: &str) -> bool {
 }
 
 /// A lexically cleaned absolute path (`.`, `..` and repeated slashes resolved).
-fn clean_path(p: &str) -> String {
+pub(crate) fn clean_path(p: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
     for part in p.split('/') {
         match part {

@@ -12,6 +12,7 @@
 //! execs. The supervisor waits, records the exit status, and exits with it. Every
 //! syscall-level step is in `sys`, the only module with `unsafe`.
 
+mod build;
 mod bundle;
 mod cgroup;
 mod commit;
@@ -26,6 +27,7 @@ mod start;
 mod sys;
 mod volumes;
 
+pub use build::{BuildError, BuildOptions, BuildReport, build};
 pub use bundle::export;
 pub use cgroup::{
     CgroupError, DEVICE_ALLOW, Frozen, Limits, V2_ROOT_ENV, confine_devices, freeze, parse_bytes,

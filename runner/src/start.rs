@@ -197,6 +197,15 @@ pub fn prepare(store_root: &Path, opts: &StartOptions) -> Result<Container, Star
                 e => e.into(),
             })?,
     };
+    prepare_runnable(store_root, opts, image)
+}
+
+/// [`prepare`] for an image already resolved (`runner build`, which holds the store open).
+pub(crate) fn prepare_runnable(
+    store_root: &Path,
+    opts: &StartOptions,
+    image: strata_store::RunnableImage,
+) -> Result<Container, StartError> {
     let (image_id, layers, config) = (image.image_id, image.layers, image.config);
     let bad = |message: String| StartError::Config {
         image: opts.image.clone(),

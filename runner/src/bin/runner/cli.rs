@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use strata_runner::{CommitOptions, Limits, SecurityOptions, StartOptions};
+use strata_runner::{BuildOptions, CommitOptions, Limits, SecurityOptions, StartOptions};
 
 /// `--security-opt` values: the seccomp choice (`None`: docker's default profile;
 /// `Some(None)`: unconfined; `Some(Some(json))`: a profile file's contents).
@@ -218,6 +218,28 @@ pub enum CliCommand {
         #[arg(value_name = "REF")]
         reference: String,
     },
+    /// Build an image from a Dockerfile and a context directory (as root); each step is
+    /// cached in the store
+    Build {
+        /// Tag the image as REF, repeatable
+        #[arg(long = "tag", short = 't', value_name = "REF")]
+        tags: Vec<String>,
+        /// The Dockerfile [default: CONTEXT/Dockerfile]
+        #[arg(long = "file", short = 'f', value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Set a build argument (K=V), repeatable
+        #[arg(long = "build-arg", value_name = "K=V")]
+        build_args: Vec<String>,
+        /// Build this stage (by name) instead of the last
+        #[arg(long)]
+        target: Option<String>,
+        /// Run every step, neither using nor recording the cache
+        #[arg(long = "no-cache")]
+        no_cache: bool,
+        /// The context directory
+        #[arg(value_name = "CONTEXT")]
+        context: PathBuf,
+    },
     /// Write a stopped container as an OCI runtime bundle (for runc or crun) in DIR: its
     /// overlay is mounted at DIR/rootfs until you unmount it
     Export {
@@ -287,6 +309,7 @@ pub enum Command {
         container: String,
         dir: PathBuf,
     },
+    Build(Box<BuildOptions>),
     Init(PathBuf),
 }
 
@@ -402,6 +425,35 @@ impl Cli {
                 },
             },
             CliCommand::Export { container, dir } => Command::Export { container, dir },
+            CliCommand::Build {
+                tags,
+                file,
+                build_args,
+                target,
+                no_cache,
+                context,
+            } => {
+                let mut args = std::collections::BTreeMap::new();
+                for a in build_args {
+                    match a.split_once('=') {
+                        Some((k, v)) if !k.is_empty() => args.insert(k.to_string(), v.to_string()),
+                        // docker takes a bare NAME from the environment.
+                        _ => match std::env::var(&a) {
+                            Ok(v) => args.insert(a, v),
+                            Err(_) => continue,
+                        },
+                    };
+                }
+                Command::Build(Box::new(BuildOptions {
+                    context,
+                    dockerfile: file,
+                    tags,
+                    build_args: args,
+                    target,
+                    no_cache,
+                    supervisor: std::env::current_exe().context("find the runner binary")?,
+                }))
+            }
             CliCommand::Init { dir } => Command::Init(dir),
         };
         Ok((root, command))

@@ -145,6 +145,19 @@ fn run(root: &Path, command: cli::Command) -> anyhow::Result<u8> {
             println!("{}", r.image_id);
             Ok(0)
         }
+        cli::Command::Build(opts) => {
+            if !rustix::process::geteuid().is_root() {
+                bail!("runner build needs root (its RUN steps are containers)");
+            }
+            let mut out = std::io::stdout().lock();
+            let r = strata_runner::build(root, &opts, &mut out).context("build")?;
+            drop(out);
+            eprintln!(
+                "{} steps, {} from the cache, {} RUN containers",
+                r.steps, r.cached, r.runs
+            );
+            Ok(0)
+        }
         cli::Command::Kill { signal, containers } => {
             for t in containers {
                 let (c, _) = find(root, &t)?;

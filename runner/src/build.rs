@@ -1,0 +1,1483 @@
+//! `runner build`: a Dockerfile and a context directory in, an image in the store out, as
+//! docker's classic builder makes it: one image per step (intermediate images are
+//! ordinary, untagged store images, so `store gc` keeps them only while something else
+//! holds them, as docker's dangling intermediate images), one history entry per
+//! instruction with the classic builder's `created_by` text, metadata instructions as
+//! config changes with `empty_layer`, `COPY`/`ADD` of context files as a layer built here
+//! (entries sorted, owned by root unless `--chown`), `RUN` in a container confined as
+//! `runner start` confines it (no network), its changes committed as `runner commit`
+//! commits them.
+//!
+//! The cache: each step's result is recorded under `<root>/cache/build/<key>` (the image
+//! ID it made), the key hashing the parent image's ID, the instruction after substitution
+//! with the build arguments in scope, and for `COPY`/`ADD` every source's path, type,
+//! mode, owner, content and link target — never its mtime. A record whose image is gone
+//! is a miss. `--no-cache` neither reads nor writes records.
+//!
+//! Not supported yet (clear errors): `COPY --from`, `ADD` of URLs and of local archives,
+//! `FROM` an image that is not in the store, `--network host`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+use strata_store::{Digest, ImageRef, Store, StoreError};
+
+use crate::commit::{CommitError, CommitOptions};
+use crate::dockerfile::{
+    Base, Command, CommandLine, CopyArgs, DockerfileError, ResolvedInstruction, Resolver,
+};
+use crate::dockerignore::{DockerIgnore, DockerIgnoreError, Verdict};
+use crate::start::{StartError, StartOptions};
+
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
+const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+const MAX_METADATA: u64 = 4 << 20;
+const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
+
+/// What `runner build` was asked for.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// The context directory.
+    pub context: PathBuf,
+    /// The Dockerfile; `CONTEXT/Dockerfile` when `None`.
+    pub dockerfile: Option<PathBuf>,
+    /// References to tag the final image as.
+    pub tags: Vec<String>,
+    /// `--build-arg K=V`.
+    pub build_args: BTreeMap<String, String>,
+    /// `--target`: the stage to build; the last one when `None`.
+    pub target: Option<String>,
+    /// `--no-cache`: run every step, record nothing.
+    pub no_cache: bool,
+    /// The runner program, run as `PROGRAM --root ROOT __init DIR` to supervise a `RUN`
+    /// step's container.
+    pub supervisor: PathBuf,
+}
+
+/// What a build made.
+#[derive(Debug, Clone)]
+pub struct BuildReport {
+    pub image_id: Digest,
+    pub manifest: Digest,
+    /// Steps run (`FROM` lines included), and of them those answered by the cache.
+    pub steps: usize,
+    pub cached: usize,
+    /// `RUN` steps whose container ran.
+    pub runs: usize,
+}
+
+/// Errors building an image.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("dockerfile: {0}")]
+    Dockerfile(#[from] DockerfileError),
+    #[error(".dockerignore: {0}")]
+    Ignore(#[from] DockerIgnoreError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+    #[error("invalid reference {0:?}: {1}")]
+    Reference(String, String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("line {line}: {message}")]
+    Step { line: usize, message: String },
+    #[error("line {line}: the command {command:?} returned a non-zero code: {code}")]
+    Run { line: usize, command: String, code: i32 },
+    #[error("bad image metadata: {0}")]
+    Metadata(String),
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> BuildError {
+    let context = context.into();
+    move |source| BuildError::Io { context, source }
+}
+
+fn step_err(line: usize, message: impl Into<String>) -> BuildError {
+    BuildError::Step {
+        line,
+        message: message.into(),
+    }
+}
+
+/// One image in the making: the stored image it is (`None` before `FROM scratch`'s first
+/// step), its config and manifest.
+#[derive(Debug, Clone)]
+struct State {
+    id: Option<Digest>,
+    manifest_digest: Option<Digest>,
+    config: Value,
+    manifest: Value,
+    /// Whether this stage set `CMD` (an `ENTRYPOINT` after it keeps it).
+    cmd_set: bool,
+}
+
+impl State {
+    fn scratch() -> State {
+        State {
+            id: None,
+            manifest_digest: None,
+            config: json!({
+                "architecture": host_arch(),
+                "os": "linux",
+                "config": {},
+                "rootfs": {"type": "layers", "diff_ids": []},
+                "history": [],
+            }),
+            manifest: json!({
+                "schemaVersion": 2,
+                "mediaType": DOCKER_MANIFEST,
+                "config": {"mediaType": DOCKER_CONFIG, "size": 0, "digest": ""},
+                "layers": [],
+            }),
+            cmd_set: false,
+        }
+    }
+
+    fn parent_key(&self) -> String {
+        self.id.map_or_else(|| "scratch".to_string(), |d| d.to_string())
+    }
+
+    fn runtime(&mut self) -> &mut serde_json::Map<String, Value> {
+        if !self.config["config"].is_object() {
+            self.config["config"] = json!({});
+        }
+        self.config["config"].as_object_mut().expect("set above")
+    }
+
+    fn shell(&self) -> Vec<String> {
+        strings(&self.config["config"]["Shell"])
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| DEFAULT_SHELL.iter().map(|s| s.to_string()).collect())
+    }
+
+    fn env(&self) -> Vec<String> {
+        strings(&self.config["config"]["Env"]).unwrap_or_default()
+    }
+}
+
+fn strings(v: &Value) -> Option<Vec<String>> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+}
+
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// A file or directory of the context (after `.dockerignore`).
+#[derive(Debug, Clone)]
+struct ContextEntry {
+    kind: Kind,
+    mode: u32,
+    mtime: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
+    Symlink(String),
+}
+
+/// The context directory's entries, by path relative to it (`a/b`), without those the
+/// `.dockerignore` leaves out (and without the `.dockerignore` and Dockerfile it names
+/// being special: docker sends them too unless ignored).
+fn read_context(root: &Path, ignore: &DockerIgnore) -> Result<BTreeMap<String, ContextEntry>, BuildError> {
+    let mut out = BTreeMap::new();
+    let mut todo = vec![String::new()];
+    while let Some(rel) = todo.pop() {
+        let dir = if rel.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(&rel)
+        };
+        let rd = std::fs::read_dir(&dir).map_err(io_err(format!("read {}", dir.display())))?;
+        for e in rd {
+            let e = e.map_err(io_err(format!("read {}", dir.display())))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let md = std::fs::symlink_metadata(e.path()).map_err(io_err(format!("stat {path}")))?;
+            let kind = if md.is_dir() {
+                Kind::Dir
+            } else if md.is_file() {
+                Kind::File
+            } else if md.file_type().is_symlink() {
+                let target = std::fs::read_link(e.path()).map_err(io_err(format!("read link {path}")))?;
+                Kind::Symlink(target.to_string_lossy().into_owned())
+            } else {
+                continue;
+            };
+            let is_dir = kind == Kind::Dir;
+            match ignore.check(&path, is_dir) {
+                Verdict::SkipDir => continue,
+                Verdict::Exclude => {
+                    if is_dir {
+                        todo.push(path);
+                    }
+                    continue;
+                }
+                Verdict::Include => {}
+            }
+            if is_dir {
+                todo.push(path.clone());
+            }
+            out.insert(
+                path,
+                ContextEntry {
+                    kind,
+                    mode: md.permissions().mode() & 0o7777,
+                    mtime: md.mtime().max(0) as u64,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Go's `filepath.Match` for one path component: `*`, `?`, `[...]` (`^` negates, ranges),
+/// `\` escaping.
+fn match_component(pattern: &[char], name: &[char]) -> bool {
+    match pattern.first() {
+        None => name.is_empty(),
+        Some('*') => (0..=name.len()).any(|i| match_component(&pattern[1..], &name[i..])),
+        Some('?') => !name.is_empty() && match_component(&pattern[1..], &name[1..]),
+        Some('[') => {
+            let Some(c) = name.first() else { return false };
+            let mut i = 1;
+            let negate = matches!(pattern.get(1), Some('^') | Some('!'));
+            if negate {
+                i += 1;
+            }
+            let mut matched = false;
+            let mut first = true;
+            while i < pattern.len() && (first || pattern[i] != ']') {
+                first = false;
+                let lo = pattern[i];
+                if pattern.get(i + 1) == Some(&'-') && pattern.get(i + 2).is_some_and(|h| *h != ']') {
+                    if lo <= *c && *c <= pattern[i + 2] {
+                        matched = true;
+                    }
+                    i += 3;
+                } else {
+                    if lo == *c {
+                        matched = true;
+                    }
+                    i += 1;
+                }
+            }
+            if i >= pattern.len() {
+                return false;
+            }
+            matched != negate && match_component(&pattern[i + 1..], &name[1..])
+        }
+        Some('\\') if pattern.len() > 1 => {
+            name.first() == Some(&pattern[1]) && match_component(&pattern[2..], &name[1..])
+        }
+        Some(p) => name.first() == Some(p) && match_component(&pattern[1..], &name[1..]),
+    }
+}
+
+fn match_path(pattern: &str, path: &str) -> bool {
+    let p: Vec<&str> = pattern.split('/').collect();
+    let n: Vec<&str> = path.split('/').collect();
+    p.len() == n.len()
+        && p.iter()
+            .zip(&n)
+            .all(|(p, n)| match_component(&p.chars().collect::<Vec<_>>(), &n.chars().collect::<Vec<_>>()))
+}
+
+/// A source of `COPY` as a path relative to the context (`""` for its root); `..` that
+/// would leave the context is an error.
+fn context_path(src: &str, line: usize) -> Result<String, BuildError> {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in src.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err(step_err(
+                        line,
+                        format!("forbidden path outside the build context: {src}"),
+                    ));
+                }
+            }
+            p => parts.push(p),
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+/// One entry of a layer made here.
+#[derive(Debug, Clone)]
+struct LayerEntry {
+    /// Path in the image, without the leading `/`.
+    path: String,
+    kind: LayerKind,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: u64,
+}
+
+#[derive(Debug, Clone)]
+enum LayerKind {
+    Dir,
+    /// A file of the context, by its path on the host, and its content's SHA-256.
+    File(PathBuf, String),
+    Symlink(String),
+}
+
+/// Writes `entries` (sorted by path here) as an uncompressed tar.
+fn layer_tar(entries: &mut [LayerEntry]) -> Result<Vec<u8>, BuildError> {
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut tar = tar::Builder::new(Vec::new());
+    for e in entries.iter() {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(e.mode);
+        h.set_uid(e.uid);
+        h.set_gid(e.gid);
+        h.set_mtime(e.mtime);
+        let err = io_err(format!("write /{} into the layer", e.path));
+        match &e.kind {
+            LayerKind::Dir => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                tar.append_data(&mut h, format!("{}/", e.path), io::empty())
+                    .map_err(err)?;
+            }
+            LayerKind::File(src, _) => {
+                let f = std::fs::File::open(src).map_err(io_err(format!("open {}", src.display())))?;
+                let len = f
+                    .metadata()
+                    .map_err(io_err(format!("stat {}", src.display())))?
+                    .len();
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(len);
+                tar.append_data(&mut h, &e.path, f.take(len)).map_err(err)?;
+            }
+            LayerKind::Symlink(target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                tar.append_link(&mut h, &e.path, target).map_err(err)?;
+            }
+        }
+    }
+    tar.into_inner().map_err(io_err("finish the layer"))
+}
+
+fn sha256_file(path: &Path) -> Result<String, BuildError> {
+    let mut f = std::fs::File::open(path).map_err(io_err(format!("open {}", path.display())))?;
+    let mut h = Sha256::new();
+    io::copy(&mut f, &mut h).map_err(io_err(format!("read {}", path.display())))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// What a path is in an image whose unpacked layers (overlay form) are `layers`, bottom
+/// first: its metadata, or `None` when it is absent or whited out.
+fn lookup(layers: &[PathBuf], path: &str) -> Option<std::fs::Metadata> {
+    use std::os::unix::fs::FileTypeExt;
+    let rel = path.trim_start_matches('/');
+    if rel.is_empty() {
+        return layers.last().and_then(|l| std::fs::symlink_metadata(l).ok());
+    }
+    for layer in layers.iter().rev() {
+        // A whiteout of the path or of one of its parents in this layer hides it.
+        let mut prefix = PathBuf::new();
+        for comp in rel.split('/') {
+            prefix.push(comp);
+            if let Ok(md) = std::fs::symlink_metadata(layer.join(&prefix))
+                && md.file_type().is_char_device()
+                && md.rdev() == 0
+            {
+                return None;
+            }
+        }
+        if let Ok(md) = std::fs::symlink_metadata(layer.join(rel)) {
+            return Some(md);
+        }
+    }
+    None
+}
+
+/// `user[:group]` of `--chown` as numbers, names looked up in the image's `/etc/passwd`
+/// and `/etc/group`.
+fn chown_ids(spec: &str, layers: &[PathBuf], line: usize) -> Result<(u64, u64), BuildError> {
+    let (u, g) = spec.split_once(':').unwrap_or((spec, ""));
+    if let (Ok(uid), Ok(gid)) = (u.parse::<u64>(), g.parse::<u64>()) {
+        return Ok((uid, gid));
+    }
+    if g.is_empty()
+        && let Ok(uid) = u.parse::<u64>()
+    {
+        return Ok((uid, uid));
+    }
+    // The image's id files, copied into a directory of their own for `resolve_user`.
+    let tmp = tempfile_dir().map_err(io_err("make a temporary directory"))?;
+    std::fs::create_dir(tmp.join("etc")).map_err(io_err("make a temporary directory"))?;
+    for file in ["passwd", "group"] {
+        let found = layers
+            .iter()
+            .rev()
+            .map(|l| l.join("etc").join(file))
+            .find(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()));
+        if let Some(p) = found {
+            std::fs::copy(&p, tmp.join("etc").join(file)).map_err(io_err(format!("read /etc/{file}")))?;
+        }
+    }
+    let user = crate::start::resolve_user(&format!("{u}{}{g}", if g.is_empty() { "" } else { ":" }), &tmp);
+    let _ = std::fs::remove_dir_all(&tmp);
+    let user = user.map_err(|e| step_err(line, format!("--chown={spec}: {e}")))?;
+    // A user without a group: docker gives the user's own ID as the group too when the
+    // user is a number, else the primary group.
+    Ok((u64::from(user.uid), u64::from(user.gid)))
+}
+
+fn tempfile_dir() -> io::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("strata-build-{}", hex::encode(rand::random::<[u8; 8]>())));
+    std::fs::create_dir(&dir)?;
+    Ok(dir)
+}
+
+/// The cache of steps: `<root>/cache/build/<key>` holds the image ID a step made.
+struct Cache {
+    dir: PathBuf,
+    enabled: bool,
+}
+
+impl Cache {
+    fn key(parts: &[&str]) -> String {
+        let mut h = Sha256::new();
+        for p in parts {
+            h.update((p.len() as u64).to_le_bytes());
+            h.update(p.as_bytes());
+        }
+        hex::encode(h.finalize())
+    }
+
+    fn get(&self, store: &Store, key: &str) -> Option<Digest> {
+        if !self.enabled {
+            return None;
+        }
+        let text = std::fs::read_to_string(self.dir.join(key)).ok()?;
+        let id: Digest = text.trim().parse().ok()?;
+        store.get_image(&id).ok().flatten().map(|_| id)
+    }
+
+    fn put(&self, key: &str, id: &Digest) -> Result<(), BuildError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir).map_err(io_err("make the build cache directory"))?;
+        let tmp = self.dir.join(format!(".{key}.tmp"));
+        std::fs::write(&tmp, id.to_string()).map_err(io_err("write the build cache"))?;
+        std::fs::rename(&tmp, self.dir.join(key)).map_err(io_err("write the build cache"))
+    }
+}
+
+/// Go's `%q` of a `[]string`, as docker's history texts print lists: `["a" "b"]`.
+fn go_quoted(list: &[String]) -> String {
+    let quoted: Vec<String> = list
+        .iter()
+        .map(|s| serde_json::to_string(s).unwrap_or_default())
+        .collect();
+    format!("[{}]", quoted.join(" "))
+}
+
+/// Builds the image `opts` describes in the store at `store_root`, writing one line per
+/// step (and the `RUN` steps' output, which goes to this process's standard output and
+/// error) to `out`. A Dockerfile that cannot be parsed or resolved, a bad `.dockerignore`
+/// or a bad tag is refused before anything is stored.
+pub fn build(store_root: &Path, opts: &BuildOptions, out: &mut dyn Write) -> Result<BuildReport, BuildError> {
+    let dockerfile_path = opts
+        .dockerfile
+        .clone()
+        .unwrap_or_else(|| opts.context.join("Dockerfile"));
+    let text = std::fs::read_to_string(&dockerfile_path)
+        .map_err(io_err(format!("read {}", dockerfile_path.display())))?;
+    let df = crate::dockerfile::parse(&text)?;
+    // Every stage resolved once without base environments: a malformed Dockerfile is
+    // refused here, before anything is stored.
+    let dry = crate::dockerfile::resolve(&df, &opts.build_args)?;
+    let target = match &opts.target {
+        Some(t) => df.stage_index(t)?,
+        None => df.stages.len() - 1,
+    };
+    let needed = crate::dockerfile::needed_stages(&dry, target);
+    for (_, stage) in dry.iter().enumerate().filter(|(i, _)| needed.contains(i)) {
+        if let Some(ins) = stage.instructions.iter().find(|ins| ins.copy_from.is_some()) {
+            return Err(step_err(ins.line, "COPY --from is not supported yet"));
+        }
+    }
+    let tags = opts
+        .tags
+        .iter()
+        .map(|t| ImageRef::parse(t).map_err(|e| BuildError::Reference(t.clone(), e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ignore = match std::fs::read_to_string(opts.context.join(".dockerignore")) {
+        Ok(text) => DockerIgnore::parse(&text)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => DockerIgnore::default(),
+        Err(e) => return Err(io_err("read .dockerignore")(e)),
+    };
+    let context = read_context(&opts.context, &ignore)?;
+
+    let store = Store::open(store_root)?;
+    let cache = Cache {
+        dir: store_root.join("cache").join("build"),
+        enabled: !opts.no_cache,
+    };
+    let total: usize = needed.iter().map(|i| dry[*i].instructions.len() + 1).sum();
+    let mut b = Builder {
+        store: &store,
+        store_root,
+        opts,
+        cache,
+        context,
+        out,
+        step: 0,
+        total,
+        cached: 0,
+        runs: 0,
+    };
+    let mut resolver = Resolver::new(&df, &opts.build_args, &[])?;
+    let mut results: Vec<Option<State>> = Vec::new();
+    for i in 0..=target {
+        let (base, _) = resolver.base(i)?;
+        if !needed.contains(&i) {
+            let env: Vec<(String, String)> = Vec::new();
+            resolver.stage(i, &env)?;
+            results.push(None);
+            continue;
+        }
+        let from = &df.stages[i];
+        let started = Instant::now();
+        b.begin(&format!(
+            "FROM {}",
+            from.original
+                .split_once(char::is_whitespace)
+                .map_or("", |(_, r)| r.trim())
+        ))?;
+        let state = match &base {
+            Base::Scratch => State::scratch(),
+            Base::Image(r) => b.load_reference(r, from.line)?,
+            Base::Stage(j) => {
+                let mut s = results[*j]
+                    .clone()
+                    .ok_or_else(|| step_err(from.line, "the stage it is built on was not built"))?;
+                s.cmd_set = false;
+                s
+            }
+        };
+        b.done(&state, started)?;
+        let env: Vec<(String, String)> = state
+            .env()
+            .iter()
+            .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect();
+        let resolved = resolver.stage(i, &env)?;
+        let mut state = state;
+        for (ins, parsed) in resolved.instructions.iter().zip(&from.instructions) {
+            let started = Instant::now();
+            b.begin(&ins.original)?;
+            state = b.step(state, ins, &parsed.command)?;
+            b.done(&state, started)?;
+        }
+        results.push(Some(state));
+    }
+    let mut last = results
+        .pop()
+        .flatten()
+        .ok_or_else(|| BuildError::Metadata("the target stage was not built".into()))?;
+    if last.id.is_none() {
+        // `FROM scratch` alone: an image without layers.
+        last = b.store_image(last, None)?;
+    }
+    let (image_id, manifest) = (
+        last.id.expect("stored above"),
+        last.manifest_digest.expect("stored above"),
+    );
+    for t in &tags {
+        store.tag(t, &manifest)?;
+    }
+    let w = |out: &mut dyn Write, s: String| writeln!(out, "{s}").map_err(io_err("write the progress"));
+    w(b.out, format!("Successfully built {}", &image_id.hex()[..12]))?;
+    for t in &opts.tags {
+        w(b.out, format!("Successfully tagged {t}"))?;
+    }
+    Ok(BuildReport {
+        image_id,
+        manifest,
+        steps: b.step,
+        cached: b.cached,
+        runs: b.runs,
+    })
+}
+
+struct Builder<'a> {
+    store: &'a Store,
+    store_root: &'a Path,
+    opts: &'a BuildOptions,
+    cache: Cache,
+    context: BTreeMap<String, ContextEntry>,
+    out: &'a mut dyn Write,
+    step: usize,
+    total: usize,
+    cached: usize,
+    runs: usize,
+}
+
+impl Builder<'_> {
+    fn say(&mut self, s: &str) -> Result<(), BuildError> {
+        writeln!(self.out, "{s}")
+            .and_then(|_| self.out.flush())
+            .map_err(io_err("write the progress"))
+    }
+
+    fn begin(&mut self, text: &str) -> Result<(), BuildError> {
+        self.step += 1;
+        let line = format!("Step {}/{} : {}", self.step, self.total, text);
+        self.say(&line)
+    }
+
+    fn done(&mut self, state: &State, started: Instant) -> Result<(), BuildError> {
+        let id = state
+            .id
+            .map_or_else(|| "scratch".to_string(), |d| d.hex()[..12].to_string());
+        let line = format!(" ---> {id} ({:.3}s)", started.elapsed().as_secs_f64());
+        self.say(&line)
+    }
+
+    fn json(&self, d: &Digest) -> Result<Value, BuildError> {
+        let bytes = self
+            .store
+            .blobs()
+            .read_small(d, MAX_METADATA)
+            .map_err(StoreError::from)?;
+        serde_json::from_slice(&bytes).map_err(|e| BuildError::Metadata(format!("{d}: {e}")))
+    }
+
+    /// The stored image `id` as a state.
+    fn load(&self, id: &Digest) -> Result<State, BuildError> {
+        let image = self
+            .store
+            .get_image(id)?
+            .ok_or_else(|| StoreError::NoSuchImage(id.to_string()))?;
+        let manifest_digest = *image
+            .manifests
+            .first()
+            .ok_or_else(|| StoreError::NoSuchImage(id.to_string()))?;
+        let config = self.json(id)?;
+        let manifest = self.json(&manifest_digest)?;
+        if !config.is_object() || !manifest.is_object() {
+            return Err(BuildError::Metadata(format!("{id}: not a JSON object")));
+        }
+        Ok(State {
+            id: Some(*id),
+            manifest_digest: Some(manifest_digest),
+            config,
+            manifest,
+            cmd_set: false,
+        })
+    }
+
+    fn load_reference(&self, r: &str, line: usize) -> Result<State, BuildError> {
+        let id = match self.store.resolve(r) {
+            Ok(res) => res.image,
+            Err(StoreError::NoSuchImage(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let id = id.ok_or_else(|| {
+            step_err(
+                line,
+                format!("FROM {r}: no such image in the store (fetch it first: puller fetch {r})"),
+            )
+        })?;
+        self.load(&id)
+    }
+
+    /// Stores `state`'s config (and `layer`, a tar, on top of its layers) as an image.
+    fn store_image(&self, mut state: State, layer: Option<Vec<u8>>) -> Result<State, BuildError> {
+        if let Some(tar) = layer {
+            let blob = self.store.blobs().put_bytes(&tar).map_err(StoreError::from)?;
+            self.store.record_blob(&blob.digest, blob.size)?;
+            state.config["rootfs"]["diff_ids"]
+                .as_array_mut()
+                .ok_or_else(|| BuildError::Metadata("config without rootfs.diff_ids".into()))?
+                .push(blob.digest.to_string().into());
+            let media_type = state.manifest["mediaType"].as_str().unwrap_or(DOCKER_MANIFEST);
+            let layer_type = if media_type.contains("docker") {
+                DOCKER_LAYER
+            } else {
+                OCI_LAYER
+            };
+            state.manifest["layers"]
+                .as_array_mut()
+                .ok_or_else(|| BuildError::Metadata("manifest without layers".into()))?
+                .push(json!({"mediaType": layer_type, "digest": blob.digest.to_string(), "size": blob.size}));
+        }
+        let config = serde_json::to_vec(&state.config).map_err(|e| BuildError::Metadata(e.to_string()))?;
+        let blob = self.store.blobs().put_bytes(&config).map_err(StoreError::from)?;
+        self.store.record_blob(&blob.digest, blob.size)?;
+        state.manifest["config"]["digest"] = blob.digest.to_string().into();
+        state.manifest["config"]["size"] = blob.size.into();
+        if let Some(m) = state.manifest.as_object_mut() {
+            m.remove("annotations");
+        }
+        let media_type = state.manifest["mediaType"]
+            .as_str()
+            .unwrap_or(DOCKER_MANIFEST)
+            .to_string();
+        let bytes =
+            serde_json::to_vec_pretty(&state.manifest).map_err(|e| BuildError::Metadata(e.to_string()))?;
+        let (digest, _) = self.store.add_manifest(&bytes, Some(&media_type), None)?;
+        state.id = Some(blob.digest);
+        state.manifest_digest = Some(digest);
+        Ok(state)
+    }
+
+    /// Appends a history entry and stores the image.
+    fn commit(
+        &self,
+        mut state: State,
+        created_by: String,
+        layer: Option<Vec<u8>>,
+    ) -> Result<State, BuildError> {
+        let now = created();
+        state.config["created"] = now.clone().into();
+        let mut entry = json!({"created": now, "created_by": created_by});
+        if layer.is_none() {
+            entry["empty_layer"] = true.into();
+        }
+        match state.config["history"].as_array_mut() {
+            Some(h) => h.push(entry),
+            None => state.config["history"] = json!([entry]),
+        }
+        self.store_image(state, layer)
+    }
+
+    /// `#(nop)` history text, with the two spaces of the classic builder's `withCmdComment`
+    /// (`spaced`) or the one of `withCmdCommentString`.
+    fn nop(state: &State, text: &str, spaced: bool) -> String {
+        let sep = if spaced { "#(nop)  " } else { "#(nop) " };
+        format!("{} {sep}{text}", state.shell().join(" "))
+    }
+
+    /// Runs one instruction on `state` (or takes its result from the cache).
+    fn step(
+        &mut self,
+        state: State,
+        ins: &ResolvedInstruction,
+        parsed: &Command,
+    ) -> Result<State, BuildError> {
+        let line = ins.line;
+        // COPY/ADD: the sources, whose content is part of the key.
+        let copy = match &ins.command {
+            Command::Copy(c) | Command::Add(c) => Some(self.copy_entries(&state, c, ins)?),
+            _ => None,
+        };
+        let content = copy.as_ref().map_or(String::new(), |(_, h, _)| h.clone());
+        let key = Cache::key(&[
+            &state.parent_key(),
+            &format!("{:?}", ins.command),
+            &format!("{:?}", ins.args),
+            &content,
+        ]);
+        if let Some(id) = self.cache.get(self.store, &key) {
+            self.cached += 1;
+            self.say(" ---> Using cache")?;
+            let mut s = self.load(&id)?;
+            s.cmd_set = state.cmd_set || matches!(ins.command, Command::Cmd(_));
+            return Ok(s);
+        }
+        let cmd_set = state.cmd_set;
+        let mut s = state;
+        let next = match &ins.command {
+            Command::Env(pairs) => {
+                let mut env = s.env();
+                for kv in pairs {
+                    let entry = format!("{}={}", kv.key, kv.value);
+                    match env
+                        .iter_mut()
+                        .find(|e| e.split_once('=').map(|(k, _)| k) == Some(&kv.key))
+                    {
+                        Some(slot) => *slot = entry,
+                        None => env.push(entry),
+                    }
+                }
+                s.runtime().insert("Env".into(), json!(env));
+                let text: Vec<String> = pairs
+                    .iter()
+                    .map(|kv| format!("{}={}", kv.key, kv.value))
+                    .collect();
+                let by = Self::nop(&s, &format!("ENV {}", text.join(" ")), true);
+                self.commit(s, by, None)?
+            }
+            Command::Label(pairs) => {
+                let labels = s.runtime().entry("Labels").or_insert_with(|| json!({}));
+                if !labels.is_object() {
+                    *labels = json!({});
+                }
+                for kv in pairs {
+                    labels[&kv.key] = kv.value.clone().into();
+                }
+                let text: Vec<String> = pairs
+                    .iter()
+                    .map(|kv| format!("{}={}", kv.key, kv.value))
+                    .collect();
+                let by = Self::nop(&s, &format!("LABEL {}", text.join(" ")), true);
+                self.commit(s, by, None)?
+            }
+            Command::Expose(ports) => {
+                let mut all = Vec::new();
+                for p in ports {
+                    all.extend(crate::commit::port_spec(p).map_err(|m| step_err(line, m))?);
+                }
+                let exposed = s.runtime().entry("ExposedPorts").or_insert_with(|| json!({}));
+                if !exposed.is_object() {
+                    *exposed = json!({});
+                }
+                for p in all {
+                    exposed[&p] = json!({});
+                }
+                let by = Self::nop(&s, &format!("EXPOSE {}", ports.join(" ")), true);
+                self.commit(s, by, None)?
+            }
+            Command::User(u) => {
+                s.runtime().insert("User".into(), u.clone().into());
+                let by = Self::nop(&s, &format!("USER {u}"), true);
+                self.commit(s, by, None)?
+            }
+            Command::StopSignal(sig) => {
+                s.runtime().insert("StopSignal".into(), sig.clone().into());
+                let by = Self::nop(&s, &format!("STOPSIGNAL {sig}"), true);
+                self.commit(s, by, None)?
+            }
+            Command::Volume(vols) => {
+                let v = s.runtime().entry("Volumes").or_insert_with(|| json!({}));
+                if !v.is_object() {
+                    *v = json!({});
+                }
+                for vol in vols {
+                    if vol.trim().is_empty() {
+                        return Err(step_err(line, "VOLUME specified can not be an empty string"));
+                    }
+                    v[vol] = json!({});
+                }
+                let by = Self::nop(&s, &format!("VOLUME [{}]", vols.join(" ")), true);
+                self.commit(s, by, None)?
+            }
+            Command::Cmd(cl) | Command::Entrypoint(cl) => {
+                let argv = match cl {
+                    CommandLine::Shell(c) => {
+                        let mut a = s.shell();
+                        a.push(c.clone());
+                        a
+                    }
+                    CommandLine::Exec(a) => a.clone(),
+                };
+                let is_cmd = matches!(ins.command, Command::Cmd(_));
+                let name = if is_cmd { "Cmd" } else { "Entrypoint" };
+                s.runtime().insert(name.into(), json!(argv));
+                if !is_cmd && !cmd_set {
+                    s.runtime().insert("Cmd".into(), Value::Null);
+                }
+                let keyword = if is_cmd { "CMD" } else { "ENTRYPOINT" };
+                let by = Self::nop(&s, &format!("{keyword} {}", go_quoted(&argv)), true);
+                s.cmd_set = cmd_set || is_cmd;
+                self.commit(s, by, None)?
+            }
+            Command::Shell(sh) => {
+                let by = Self::nop(&s, &format!("SHELL [{}]", sh.join(" ")), true);
+                s.runtime().insert("Shell".into(), json!(sh));
+                self.commit(s, by, None)?
+            }
+            Command::Arg(resolved) => {
+                // The classic builder writes the defaults as the Dockerfile has them.
+                let args = match parsed {
+                    Command::Arg(a) => a,
+                    _ => resolved,
+                };
+                let text: Vec<String> = args
+                    .iter()
+                    .map(|a| match &a.default {
+                        Some(v) => format!("{}={v}", a.name),
+                        None => a.name.clone(),
+                    })
+                    .collect();
+                let by = Self::nop(&s, &format!("ARG {}", text.join(" ")), true);
+                self.commit(s, by, None)?
+            }
+            Command::Onbuild { expression, .. } => {
+                let list = s.runtime().entry("OnBuild").or_insert_with(|| json!([]));
+                if !list.is_array() {
+                    *list = json!([]);
+                }
+                list.as_array_mut()
+                    .expect("set above")
+                    .push(expression.clone().into());
+                let by = Self::nop(&s, &format!("ONBUILD {expression}"), true);
+                self.commit(s, by, None)?
+            }
+            Command::Maintainer(m) => {
+                s.config["author"] = m.clone().into();
+                let by = Self::nop(&s, &format!("MAINTAINER {m}"), true);
+                self.commit(s, by, None)?
+            }
+            Command::Healthcheck(hc) => {
+                let value = match hc {
+                    None => json!({"Test": ["NONE"]}),
+                    Some(h) => {
+                        let test = match &h.test {
+                            CommandLine::Shell(c) => json!(["CMD-SHELL", c]),
+                            CommandLine::Exec(a) => {
+                                let mut t = vec!["CMD".to_string()];
+                                t.extend(a.iter().cloned());
+                                json!(t)
+                            }
+                        };
+                        let mut v = json!({"Test": test});
+                        for (k, d) in [
+                            ("Interval", h.interval),
+                            ("Timeout", h.timeout),
+                            ("StartPeriod", h.start_period),
+                            ("StartInterval", h.start_interval),
+                        ] {
+                            if !d.is_zero() {
+                                v[k] = (d.as_nanos() as u64).into();
+                            }
+                        }
+                        if let Some(r) = h.retries {
+                            v["Retries"] = r.into();
+                        }
+                        v
+                    }
+                };
+                s.runtime().insert("Healthcheck".into(), value);
+                let rest = ins
+                    .original
+                    .split_once(char::is_whitespace)
+                    .map_or("", |(_, r)| r.trim());
+                let by = Self::nop(&s, &format!("HEALTHCHECK {rest}"), true);
+                self.commit(s, by, None)?
+            }
+            Command::Workdir(w) => {
+                let current = s.config["config"]["WorkingDir"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                let dir = if w.starts_with('/') {
+                    crate::commit::clean_path(w)
+                } else {
+                    crate::commit::clean_path(&format!(
+                        "{}/{w}",
+                        if current.is_empty() { "/" } else { &current }
+                    ))
+                };
+                s.runtime().insert("WorkingDir".into(), dir.clone().into());
+                let layers = self.layers(&s)?;
+                let layer = if lookup(&layers, &dir).is_some_and(|m| m.is_dir()) {
+                    None
+                } else {
+                    let mut entries = Vec::new();
+                    self.parents(&layers, &dir, true, (0, 0), &mut entries);
+                    Some(layer_tar(&mut entries)?)
+                };
+                let by = Self::nop(&s, &format!("WORKDIR {dir}"), false);
+                self.commit(s, by, layer)?
+            }
+            Command::Copy(_) | Command::Add(_) => {
+                let (mut entries, _, text) = copy.expect("computed above");
+                let tar = layer_tar(&mut entries)?;
+                let by = Self::nop(&s, &text, false);
+                self.commit(s, by, Some(tar))?
+            }
+            Command::Run(cl) => self.run(s, cl, ins)?,
+        };
+        let mut next = next;
+        next.cmd_set = cmd_set || matches!(ins.command, Command::Cmd(_));
+        if let Some(id) = &next.id {
+            self.cache.put(&key, id)?;
+        }
+        Ok(next)
+    }
+
+    /// The image's unpacked layer directories (unpacked now when they are not).
+    fn layers(&self, s: &State) -> Result<Vec<PathBuf>, BuildError> {
+        match &s.id {
+            None => Ok(Vec::new()),
+            Some(id) => Ok(self.store.runnable_image(&id.to_string())?.layers),
+        }
+    }
+
+    /// Directory entries for `dir` and its parents: those the image has keep its metadata;
+    /// missing ones are made 0755, owned by `ids` (the last, `dir` itself, only when
+    /// `include_self`).
+    fn parents(
+        &self,
+        layers: &[PathBuf],
+        dir: &str,
+        include_self: bool,
+        ids: (u64, u64),
+        entries: &mut Vec<LayerEntry>,
+    ) {
+        let comps: Vec<&str> = dir
+            .trim_matches('/')
+            .split('/')
+            .filter(|c| !c.is_empty())
+            .collect();
+        let n = if include_self {
+            comps.len()
+        } else {
+            comps.len().saturating_sub(1)
+        };
+        for i in 0..n {
+            let path = comps[..=i].join("/");
+            if entries.iter().any(|e| e.path == path) {
+                continue;
+            }
+            let e = match lookup(layers, &path) {
+                Some(md) => LayerEntry {
+                    path,
+                    kind: LayerKind::Dir,
+                    mode: md.mode() & 0o7777,
+                    uid: u64::from(md.uid()),
+                    gid: u64::from(md.gid()),
+                    mtime: md.mtime().max(0) as u64,
+                },
+                None => LayerEntry {
+                    path,
+                    kind: LayerKind::Dir,
+                    mode: 0o755,
+                    uid: ids.0,
+                    gid: ids.1,
+                    mtime: epoch_now(),
+                },
+            };
+            entries.push(e);
+        }
+    }
+
+    /// A `COPY`/`ADD`'s layer entries, the hash of what they hold (paths, types, modes,
+    /// owners, contents, link targets), and its history text.
+    fn copy_entries(
+        &self,
+        s: &State,
+        c: &CopyArgs,
+        ins: &ResolvedInstruction,
+    ) -> Result<(Vec<LayerEntry>, String, String), BuildError> {
+        let line = ins.line;
+        let is_add = matches!(ins.command, Command::Add(_));
+        let layers = self.layers(s)?;
+        let ids = match &c.chown {
+            Some(spec) => chown_ids(spec, &layers, line)?,
+            None => (0, 0),
+        };
+        let chmod = match &c.chmod {
+            Some(m) => Some(
+                u32::from_str_radix(m, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o7777)
+                    .ok_or_else(|| step_err(line, format!("invalid --chmod={m}: want an octal mode")))?,
+            ),
+            None => None,
+        };
+        // The sources, as context paths.
+        let mut matched: Vec<String> = Vec::new();
+        for src in &c.sources {
+            if is_add
+                && (src.starts_with("http://") || src.starts_with("https://") || src.starts_with("git@"))
+            {
+                return Err(step_err(line, "ADD of a URL is not supported yet"));
+            }
+            let rel = context_path(src, line)?;
+            if rel.contains(['*', '?', '[']) {
+                let hits: Vec<String> = self
+                    .context
+                    .keys()
+                    .filter(|p| match_path(&rel, p))
+                    .cloned()
+                    .collect();
+                if hits.is_empty() {
+                    return Err(step_err(line, format!("no source files were specified: {src}")));
+                }
+                matched.extend(hits);
+            } else if rel.is_empty() || self.context.contains_key(&rel) {
+                matched.push(rel);
+            } else {
+                return Err(step_err(
+                    line,
+                    format!(
+                        "COPY failed: file not found in build context or excluded by .dockerignore: {src}"
+                    ),
+                ));
+            }
+        }
+        let workdir = s.config["config"]["WorkingDir"]
+            .as_str()
+            .unwrap_or("/")
+            .to_string();
+        let dest_raw = if c.dest.starts_with('/') {
+            c.dest.clone()
+        } else {
+            format!("{}/{}", if workdir.is_empty() { "/" } else { &workdir }, c.dest)
+        };
+        let dest_is_dir = c.dest.ends_with('/')
+            || c.dest == "."
+            || matched.len() > 1
+            || lookup(&layers, &crate::commit::clean_path(&dest_raw)).is_some_and(|m| m.is_dir());
+        if matched.len() > 1 && !c.dest.ends_with('/') {
+            return Err(step_err(
+                line,
+                "When using COPY with more than one source file, the destination must be a directory and end with a /",
+            ));
+        }
+        let dest = crate::commit::clean_path(&dest_raw);
+        let dest_rel = dest.trim_start_matches('/').to_string();
+        let mut entries: Vec<LayerEntry> = Vec::new();
+        let mut hashes: Vec<String> = Vec::new();
+        let mut kinds = BTreeSet::new();
+        let join = |a: &str, b: &str| {
+            if a.is_empty() {
+                b.to_string()
+            } else if b.is_empty() {
+                a.to_string()
+            } else {
+                format!("{a}/{b}")
+            }
+        };
+        for src in &matched {
+            let is_dir = src.is_empty() || self.context.get(src).is_some_and(|e| e.kind == Kind::Dir);
+            // (context path, path in the image)
+            let mut items: Vec<(String, String)> = Vec::new();
+            if is_dir {
+                kinds.insert("dir");
+                self.parents(&layers, &dest, true, ids, &mut entries);
+                if let Some(last) = entries.iter_mut().rev().find(|e| e.path == dest_rel)
+                    && lookup(&layers, &dest).is_none()
+                    && let Some(e) = self.context.get(src)
+                {
+                    last.mode = chmod.unwrap_or(e.mode);
+                }
+                let prefix = if src.is_empty() {
+                    String::new()
+                } else {
+                    format!("{src}/")
+                };
+                for p in self
+                    .context
+                    .keys()
+                    .filter(|p| p.starts_with(&prefix) && !p.is_empty())
+                {
+                    items.push((p.clone(), join(&dest_rel, &p[prefix.len()..])));
+                }
+            } else {
+                kinds.insert("file");
+                let name = src.rsplit('/').next().unwrap_or(src);
+                let target = if dest_is_dir {
+                    self.parents(&layers, &dest, true, ids, &mut entries);
+                    join(&dest_rel, name)
+                } else {
+                    self.parents(&layers, &dest, false, ids, &mut entries);
+                    dest_rel.clone()
+                };
+                items.push((src.clone(), target));
+            }
+            for (from, to) in items {
+                let e = &self.context[&from];
+                let host = self.opts.context.join(&from);
+                let kind = match &e.kind {
+                    Kind::Dir => LayerKind::Dir,
+                    Kind::File => {
+                        if is_add && is_archive(&host) {
+                            return Err(step_err(
+                                line,
+                                format!(
+                                    "ADD of an archive ({from}) is not supported yet: use COPY and RUN tar"
+                                ),
+                            ));
+                        }
+                        LayerKind::File(host.clone(), sha256_file(&host)?)
+                    }
+                    Kind::Symlink(t) => LayerKind::Symlink(t.clone()),
+                };
+                let mode = match (&kind, chmod) {
+                    (LayerKind::Symlink(_), _) => 0o777,
+                    (_, Some(m)) => m,
+                    _ => e.mode,
+                };
+                entries.retain(|x| x.path != to);
+                entries.push(LayerEntry {
+                    path: to,
+                    kind,
+                    mode,
+                    uid: ids.0,
+                    gid: ids.1,
+                    mtime: clamp(e.mtime),
+                });
+            }
+        }
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut content = Sha256::new();
+        for e in &entries {
+            let what = match &e.kind {
+                LayerKind::Dir => "dir".to_string(),
+                LayerKind::File(_, h) => format!("file {h}"),
+                LayerKind::Symlink(t) => format!("link {t}"),
+            };
+            let rec = format!("{}\0{what}\0{:o}\0{}\0{}\n", e.path, e.mode, e.uid, e.gid);
+            content.update(rec.as_bytes());
+            if let LayerKind::File(_, h) = &e.kind {
+                hashes.push(h.clone());
+            }
+        }
+        let content = hex::encode(content.finalize());
+        let source = if matched.len() == 1 && kinds.contains("file") && hashes.len() == 1 {
+            format!("file:{}", hashes[0])
+        } else if matched.len() == 1 {
+            format!("dir:{content}")
+        } else {
+            format!("multi:{content}")
+        };
+        let keyword = if is_add { "ADD" } else { "COPY" };
+        let text = format!(
+            "{keyword} {source} in {} ",
+            if c.dest.ends_with('/') && dest != "/" {
+                format!("{dest}/")
+            } else {
+                dest.clone()
+            }
+        );
+        Ok((entries, content, text))
+    }
+
+    /// `RUN`: a container from the current image runs the command (through the `SHELL`
+    /// for the shell form), its build arguments in its environment; its changes become
+    /// one layer.
+    fn run(&mut self, s: State, cl: &CommandLine, ins: &ResolvedInstruction) -> Result<State, BuildError> {
+        let line = ins.line;
+        let s = if s.id.is_none() {
+            self.store_image(s, None)?
+        } else {
+            s
+        };
+        let id = s.id.expect("stored above");
+        let argv = match cl {
+            CommandLine::Shell(c) => {
+                let mut a = s.shell();
+                a.push(c.clone());
+                a
+            }
+            CommandLine::Exec(a) => a.clone(),
+        };
+        if argv.is_empty() {
+            return Err(step_err(line, "RUN: no command"));
+        }
+        // The build arguments a RUN sees: those with a value, not replaced by an ENV.
+        let env = s.env();
+        let args: Vec<(String, String)> = ins
+            .args
+            .iter()
+            .filter(|(k, _)| {
+                !env.iter()
+                    .any(|e| e.split_once('=').map(|(ek, _)| ek) == Some(k.as_str()))
+            })
+            .cloned()
+            .collect();
+        let mut created_by = argv.join(" ");
+        if !args.is_empty() {
+            let mut sorted = args.clone();
+            sorted.sort();
+            let kv: Vec<String> = sorted.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            created_by = format!("|{} {} {created_by}", sorted.len(), kv.join(" "));
+        }
+        let image = self.store.runnable_image(&id.to_string())?;
+        let start = StartOptions {
+            image: id.to_string(),
+            command: argv.clone(),
+            entrypoint: Some(String::new()),
+            env: args.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            ..StartOptions::default()
+        };
+        let c = crate::start::prepare_runnable(self.store_root, &start, image)?;
+        let dir = c.dir(self.store_root);
+        let _remove = RemoveDir(dir.clone());
+        self.say(&format!(" ---> Running in {}", &c.id[..12]))?;
+        let mut cmd = std::process::Command::new(&self.opts.supervisor);
+        cmd.arg("--root")
+            .arg(self.store_root)
+            .arg("__init")
+            .arg(&dir)
+            .stdin(std::process::Stdio::null());
+        let mut child = crate::sys::spawn_supervisor(cmd, crate::sys::SupervisorGroup::OwnGroup)
+            .map_err(io_err("start the RUN container's supervisor"))?;
+        let status = child.wait().map_err(io_err("wait for the RUN container"))?;
+        self.runs += 1;
+        let code = crate::container::read_state(&dir)
+            .ok()
+            .and_then(|st| st.exit_code)
+            .unwrap_or_else(|| status.code().unwrap_or(128));
+        if code != 0 || !status.success() {
+            return Err(BuildError::Run {
+                line,
+                command: argv.join(" "),
+                code: if code != 0 {
+                    code
+                } else {
+                    status.code().unwrap_or(1)
+                },
+            });
+        }
+        let report = crate::commit::commit_untagged(
+            self.store,
+            &c,
+            &dir,
+            &CommitOptions::default(),
+            Some(&created_by),
+        )?;
+        let mut next = self.load(&report.image_id)?;
+        next.cmd_set = s.cmd_set;
+        Ok(next)
+    }
+}
+
+/// Removes a RUN container's directory when the step ends, however it ends.
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Whether a context file is an archive `ADD` would extract (gzip, bzip2, xz or tar).
+fn is_archive(path: &Path) -> bool {
+    let mut head = [0u8; 262];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .unwrap_or(0);
+    let h = &head[..n];
+    h.starts_with(&[0x1f, 0x8b])
+        || h.starts_with(b"BZh")
+        || h.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0])
+        || (n >= 262 && &h[257..262] == b"ustar")
+}
+
+/// `SOURCE_DATE_EPOCH`, when set.
+fn source_date_epoch() -> Option<u64> {
+    std::env::var("SOURCE_DATE_EPOCH").ok()?.parse().ok()
+}
+
+/// A file's mtime, clamped to `SOURCE_DATE_EPOCH`.
+fn clamp(mtime: u64) -> u64 {
+    source_date_epoch().map_or(mtime, |e| mtime.min(e))
+}
+
+fn epoch_now() -> u64 {
+    source_date_epoch().unwrap_or_else(|| chrono::Utc::now().timestamp().max(0) as u64)
+}
+
+/// The images' `created`: now, or `SOURCE_DATE_EPOCH`.
+fn created() -> String {
+    let at = match source_date_epoch() {
+        Some(e) => chrono::DateTime::from_timestamp(e as i64, 0).unwrap_or_else(chrono::Utc::now),
+        None => chrono::Utc::now(),
+    };
+    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_one_component_each() {
+        assert!(match_path("*.txt", "a.txt"));
+        assert!(!match_path("*.txt", "d/a.txt"));
+        assert!(match_path("d/?.txt", "d/a.txt"));
+        assert!(match_path("[ab]*", "beta"));
+        assert!(!match_path("[^ab]*", "beta"));
+        assert!(match_path("f[0-9]", "f7"));
+        assert!(!match_path("f[0-9]", "fx"));
+    }
+
+    #[test]
+    fn sources_stay_in_the_context() {
+        assert_eq!(context_path("./a/../b/", 1).unwrap(), "b");
+        assert_eq!(context_path("/x", 1).unwrap(), "x");
+        assert_eq!(context_path(".", 1).unwrap(), "");
+        assert!(
+            context_path("../etc/passwd", 3)
+                .unwrap_err()
+                .to_string()
+                .contains("line 3")
+        );
+    }
+
+    #[test]
+    fn layers_are_sorted_and_deterministic() {
+        let tmp = std::env::temp_dir().join(format!("strata-build-test-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        std::fs::write(tmp.join("f"), "hello").unwrap();
+        let mk = || {
+            vec![
+                LayerEntry {
+                    path: "b/f".into(),
+                    kind: LayerKind::File(tmp.join("f"), String::new()),
+                    mode: 0o644,
+                    uid: 1,
+                    gid: 2,
+                    mtime: 5,
+                },
+                LayerEntry {
+                    path: "a".into(),
+                    kind: LayerKind::Symlink("b/f".into()),
+                    mode: 0o777,
+                    uid: 0,
+                    gid: 0,
+                    mtime: 5,
+                },
+                LayerEntry {
+                    path: "b".into(),
+                    kind: LayerKind::Dir,
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                    mtime: 5,
+                },
+            ]
+        };
+        let one = layer_tar(&mut mk()).unwrap();
+        let two = layer_tar(&mut mk()).unwrap();
+        assert_eq!(one, two);
+        let mut ar = tar::Archive::new(&one[..]);
+        let paths: Vec<String> = ar
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(paths, ["a", "b/", "b/f"]);
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+}

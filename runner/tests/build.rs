@@ -1,0 +1,315 @@
+//! `runner build` end to end, as root: a Dockerfile over the busybox fixture (ARG, ENV,
+//! WORKDIR, COPY with a `.dockerignore`, RUN writing a file and removing one of the base,
+//! USER, CMD, LABEL, EXPOSE) gives the config, history and files expected, and runs under
+//! `runner start`; the step cache (a no-op rebuild runs nothing, a changed file re-runs
+//! from the COPY that reads it, `touch` changes nothing, `--no-cache` re-runs all); a
+//! malformed Dockerfile fails with its line number and stores nothing.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use strata_fixtures::peers;
+
+use crate::common::{runner, store_with_busybox};
+
+const DOCKERFILE: &str = r#"FROM bb:1
+ARG GREETING=hello
+ENV APP_HOME=/app MODE="two words"
+WORKDIR $APP_HOME
+COPY . ./
+COPY --chown=65534:65534 --chmod=600 secret.txt /etc/secret.txt
+RUN echo "$GREETING from run" > /app/made.txt
+RUN rm -f /etc/passwd.bak /data/keep.txt
+USER nobody
+LABEL org.example.name="my app" version=2
+EXPOSE 8080 53/udp
+CMD ["/bin/sh", "-c", "cat /app/made.txt /app/hello.txt; ls /app; whoami"]
+"#;
+
+fn context(dir: &Path) -> std::path::PathBuf {
+    let ctx = dir.join("ctx");
+    std::fs::create_dir_all(ctx.join("sub")).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), DOCKERFILE).unwrap();
+    std::fs::write(
+        ctx.join(".dockerignore"),
+        "ignored.txt\nDockerfile\n.dockerignore\n",
+    )
+    .unwrap();
+    std::fs::write(ctx.join("hello.txt"), "hello file\n").unwrap();
+    std::fs::write(ctx.join("ignored.txt"), "must not be copied\n").unwrap();
+    std::fs::write(ctx.join("sub/inner.txt"), "inner\n").unwrap();
+    std::fs::write(ctx.join("secret.txt"), "s3cret\n").unwrap();
+    std::os::unix::fs::symlink("hello.txt", ctx.join("link")).unwrap();
+    ctx
+}
+
+fn build(root: &Path, args: &[&str]) -> Output {
+    let out = peers::output(runner(root).arg("build").args(args));
+    assert!(out.status.success(), "{}", peers::format_output(&out));
+    out
+}
+
+fn inspect(root: &Path, image: &str) -> serde_json::Value {
+    let out = peers::run_ok(
+        Command::new(peers::bin("store"))
+            .arg("--root")
+            .arg(root)
+            .args(["inspect", image]),
+    );
+    serde_json::from_str(&out).unwrap()
+}
+
+/// (steps, cached, RUN containers) from the build's summary line.
+fn counts(out: &Output) -> (usize, usize, usize) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains("from the cache"))
+        .unwrap_or_else(|| panic!("no summary in {err}"));
+    let n: Vec<usize> = line
+        .split_whitespace()
+        .filter_map(|w| w.trim_end_matches(',').parse().ok())
+        .collect();
+    (n[0], n[1], n[2])
+}
+
+#[test]
+fn build_makes_the_image_the_dockerfile_describes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    let ctx = context(tmp.path());
+    // The base's files the RUN removes, one of them made by an earlier RUN-less layer.
+    std::fs::write(ctx.join("passwd.bak"), "x\n").unwrap();
+    let df = DOCKERFILE.replace("COPY --chown", "COPY passwd.bak /etc/passwd.bak\nCOPY --chown");
+    std::fs::write(ctx.join("Dockerfile"), &df).unwrap();
+    let out = build(
+        &root,
+        &[
+            "-t",
+            "built:1",
+            "--build-arg",
+            "GREETING=hi",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Step 1/13 : FROM bb:1"), "{stdout}");
+    assert!(stdout.contains("Successfully tagged built:1"), "{stdout}");
+    assert_eq!(counts(&out), (13, 0, 2));
+
+    let v = inspect(&root, "built:1");
+    let config = &v["config"]["config"];
+    let env: Vec<&str> = config["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(
+        env.contains(&"APP_HOME=/app") && env.contains(&"MODE=two words"),
+        "{env:?}"
+    );
+    assert!(!env.iter().any(|e| e.starts_with("GREETING")), "{env:?}");
+    assert_eq!(config["WorkingDir"], "/app");
+    assert_eq!(config["User"], "nobody");
+    assert_eq!(
+        config["Cmd"],
+        serde_json::json!([
+            "/bin/sh",
+            "-c",
+            "cat /app/made.txt /app/hello.txt; ls /app; whoami"
+        ])
+    );
+    assert_eq!(config["Labels"]["org.example.name"], "my app");
+    assert_eq!(config["Labels"]["version"], "2");
+    assert_eq!(config["Labels"]["org.strata.fixture"], "busybox");
+    assert_eq!(
+        config["ExposedPorts"],
+        serde_json::json!({"8080/tcp": {}, "53/udp": {}})
+    );
+    // History: the base's entries, then one per instruction, as the classic builder
+    // writes them.
+    let history = v["config"]["history"].as_array().unwrap();
+    let ours: Vec<(&str, bool)> = history[history.len() - 12..]
+        .iter()
+        .map(|h| {
+            (
+                h["created_by"].as_str().unwrap(),
+                h["empty_layer"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    let expect_prefix = [
+        ("/bin/sh -c #(nop)  ARG GREETING=hello", true),
+        ("/bin/sh -c #(nop)  ENV APP_HOME=/app MODE=two words", true),
+        ("/bin/sh -c #(nop) WORKDIR /app", false),
+    ];
+    assert_eq!(ours[..3], expect_prefix, "{ours:#?}");
+    assert!(
+        ours[3].0.starts_with("/bin/sh -c #(nop) COPY dir:") && ours[3].0.ends_with(" in /app/ "),
+        "{ours:#?}"
+    );
+    assert!(
+        ours[4].0.starts_with("/bin/sh -c #(nop) COPY file:") && ours[4].0.ends_with(" in /etc/passwd.bak "),
+        "{ours:#?}"
+    );
+    assert!(ours[5].0.ends_with(" in /etc/secret.txt "), "{ours:#?}");
+    assert_eq!(
+        ours[6..],
+        [
+            (
+                r#"|1 GREETING=hi /bin/sh -c echo "$GREETING from run" > /app/made.txt"#,
+                false
+            ),
+            (
+                "|1 GREETING=hi /bin/sh -c rm -f /etc/passwd.bak /data/keep.txt",
+                false
+            ),
+            ("/bin/sh -c #(nop)  USER nobody", true),
+            ("/bin/sh -c #(nop)  LABEL org.example.name=my app version=2", true),
+            ("/bin/sh -c #(nop)  EXPOSE 8080 53/udp", true),
+            (
+                r#"/bin/sh -c #(nop)  CMD ["/bin/sh" "-c" "cat /app/made.txt /app/hello.txt; ls /app; whoami"]"#,
+                true
+            ),
+        ],
+        "{ours:#?}"
+    );
+    // The layers: one per WORKDIR (it had to create /app), COPY and RUN.
+    let base_layers = inspect(&root, "bb:1")["config"]["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(
+        v["config"]["rootfs"]["diff_ids"].as_array().unwrap().len(),
+        base_layers + 6
+    );
+
+    // It runs as the image says.
+    let out = peers::output(runner(&root).args(["start", "--rm", "built:1"]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hi from run\nhello file\nhello.txt\nlink\nmade.txt\npasswd.bak\nsecret.txt\nsub\nnobody\n",
+        "{}",
+        peers::format_output(&out)
+    );
+    // The files: what was copied (not the ignored ones), modes, owners, links, and the
+    // RUN's deletions as whiteouts.
+    let check = "stat -c '%n %a %u:%g' /app/hello.txt /app/sub/inner.txt /etc/secret.txt; \
+                 readlink /app/link; cat /etc/secret.txt; \
+                 for f in /app/ignored.txt /app/Dockerfile /etc/passwd.bak /data/keep.txt; do \
+                 test -e $f && echo \"present $f\"; done; echo done";
+    let out = peers::output(runner(&root).args([
+        "start", "--rm", "-u", "0", "built:1", "--", "/bin/sh", "-c", check,
+    ]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "/app/hello.txt 644 0:0\n/app/sub/inner.txt 644 0:0\n/etc/secret.txt 600 65534:65534\nhello.txt\ns3cret\ndone\n",
+        "{}",
+        peers::format_output(&out)
+    );
+}
+
+#[test]
+fn build_steps_are_cached_by_content_not_mtime() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    let ctx = context(tmp.path());
+    let c = ctx.to_str().unwrap();
+    let first = build(&root, &["-t", "c:1", c]);
+    assert_eq!(counts(&first), (12, 0, 2));
+    let id = inspect(&root, "c:1")["id"].clone();
+
+    // Nothing changed: every step from the cache, no container, the same image.
+    let again = build(&root, &["-t", "c:2", c]);
+    assert_eq!(counts(&again), (12, 11, 0));
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert_eq!(stdout.matches(" ---> Using cache").count(), 11, "{stdout}");
+    assert_eq!(inspect(&root, "c:2")["id"], id);
+
+    // touch alone changes nothing.
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    for f in ["hello.txt", "secret.txt", "sub/inner.txt"] {
+        std::fs::File::options()
+            .write(true)
+            .open(ctx.join(f))
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+    }
+    let touched = build(&root, &["-t", "c:3", c]);
+    assert_eq!(counts(&touched), (12, 11, 0));
+    assert_eq!(inspect(&root, "c:3")["id"], id);
+
+    // One source changed: the steps from the COPY that reads it on re-run (the first
+    // COPY reads the whole context: it and every later step).
+    std::fs::write(ctx.join("secret.txt"), "changed\n").unwrap();
+    let changed = build(&root, &["-t", "c:4", c]);
+    assert_eq!(counts(&changed), (12, 3, 2), "{}", peers::format_output(&changed));
+    assert_ne!(inspect(&root, "c:4")["id"], id);
+    let out = peers::output(runner(&root).args([
+        "start",
+        "--rm",
+        "-u",
+        "0",
+        "c:4",
+        "--",
+        "cat",
+        "/etc/secret.txt",
+    ]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "changed\n");
+
+    // --no-cache runs everything.
+    let all = build(&root, &["--no-cache", "-t", "c:5", c]);
+    assert_eq!(counts(&all), (12, 0, 2));
+    // And a cache that outlives the run: another build still hits.
+    let hit = build(&root, &[c]);
+    assert_eq!(counts(&hit).2, 0);
+}
+
+/// The store's blobs, by name.
+fn blobs(root: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(root.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn build_of_a_malformed_dockerfile_fails_with_its_line_and_stores_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    let ctx = tmp.path().join("bad");
+    std::fs::create_dir_all(&ctx).unwrap();
+    for (text, expect) in [
+        ("FROM bb:1\nENV A=1\n\nFROBNICATE x\n", "line 4"),
+        ("FROM bb:1\nRUN echo ok\nENV A=${B\n", "line 3"),
+        ("FROM bb:1\nRUN echo ok\nRUN exit 3\n", "line 3"),
+        ("FROM bb:1\nCOPY missing.txt /x\n", "line 2"),
+    ] {
+        std::fs::write(ctx.join("Dockerfile"), text).unwrap();
+        let before = blobs(&root);
+        let out = peers::output(runner(&root).args(["build", "-t", "bad:1"]).arg(&ctx));
+        assert!(!out.status.success(), "{text}: {}", peers::format_output(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{text}: {err}");
+        if !text.contains("RUN echo ok\nRUN") {
+            assert_eq!(blobs(&root), before, "{text}: something was stored");
+        }
+        let out = peers::output(
+            Command::new(peers::bin("store"))
+                .arg("--root")
+                .arg(&root)
+                .args(["inspect", "bad:1"]),
+        );
+        assert!(!out.status.success(), "{text}: bad:1 was tagged");
+    }
+}
