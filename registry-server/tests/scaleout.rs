@@ -961,3 +961,64 @@ fn s3_gone_is_a_503() {
         .unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+/// Token auth with the signing secret shared by config: a token one replica issued is
+/// good on the others, so docker logs in and pushes through the balancer; a token is
+/// still scoped to its repository on every replica.
+#[test]
+fn tokens_from_one_replica_are_good_on_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pw = crate::security::htpasswd(tmp.path());
+    let auth = format!(
+        "[auth]\nhtpasswd = \"{}\"\ntoken = true\nsecret = \"one-secret-for-all-replicas\"\n",
+        pw.display()
+    );
+    let Some(c) = Cluster::start_with(3, "", &auth) else {
+        return;
+    };
+    let client = http();
+    let token = client
+        .get(format!(
+            "http://{}/token?service=strata-registry&scope=repository:team/app:pull,push",
+            c.replicas[0].addr
+        ))
+        .basic_auth("alice", Some("wonderland"))
+        .send()
+        .unwrap();
+    assert_eq!(token.status(), 200);
+    let token: serde_json::Value = token.json().unwrap();
+    let bearer = format!("Bearer {}", token["token"].as_str().unwrap());
+    for r in &c.replicas[1..] {
+        let resp = client
+            .post(format!("http://{}/v2/team/app/blobs/uploads/", r.addr))
+            .header("authorization", &bearer)
+            .send()
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            202,
+            "replica {} refused a token of replica 0",
+            r.addr
+        );
+        let resp = client
+            .post(format!("http://{}/v2/team/other/blobs/uploads/", r.addr))
+            .header("authorization", &bearer)
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 401, "a token for team/app opened team/other");
+    }
+    if let Some(d) = peers::Dockerd::shared() {
+        let addr = c.addr();
+        let img = small_image(41, 1, false);
+        let name = format!("{addr}/team/app:1");
+        let archive = tmp.path().join("img.tar");
+        strata_fixtures::write_docker_save(&archive, &[(&img, &[name.as_str()])]);
+        d.docker_ok(["load", "-i", archive.to_str().unwrap()]);
+        d.docker_ok(["login", "-u", "alice", "-p", "wonderland", &addr]);
+        d.docker_ok(["push", &name]);
+        d.docker_ok(["rmi", &name]);
+        d.docker_ok(["pull", &name]);
+        d.docker_ok(["rmi", &name]);
+        d.docker_ok(["logout", &addr]);
+    }
+}

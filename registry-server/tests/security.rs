@@ -10,7 +10,7 @@ use http::{Method, StatusCode};
 use strata_fixtures::peers;
 use strata_registry::{AccessRule, AuthConfig};
 
-fn htpasswd(dir: &std::path::Path) -> std::path::PathBuf {
+pub(crate) fn htpasswd(dir: &std::path::Path) -> std::path::PathBuf {
     let p = dir.join("htpasswd");
     let alice = bcrypt::hash("wonderland", 4).unwrap();
     let bob = bcrypt::hash("builder", 4).unwrap();
