@@ -861,7 +861,10 @@ impl Builder<'_> {
                 for p in all {
                     exposed[&p] = json!({});
                 }
-                let by = Self::nop(&s, &format!("EXPOSE {}", ports.join(" ")), true);
+                // The classic builder lists the ports as written, sorted.
+                let mut sorted = ports.clone();
+                sorted.sort();
+                let by = Self::nop(&s, &format!("EXPOSE {}", sorted.join(" ")), true);
                 self.commit(s, by, None)?
             }
             Command::User(u) => {
@@ -1261,14 +1264,13 @@ impl Builder<'_> {
             format!("multi:{content}")
         };
         let keyword = if is_add { "ADD" } else { "COPY" };
-        let text = format!(
-            "{keyword} {source} in {} ",
-            if c.dest.ends_with('/') && dest != "/" {
-                format!("{dest}/")
-            } else {
-                dest.clone()
-            }
-        );
+        // As the classic builder writes it: the destination as given, and `--chown` glued
+        // to the source's hash.
+        let chown = c
+            .chown
+            .as_deref()
+            .map_or(String::new(), |o| format!("--chown={o}"));
+        let text = format!("{keyword} {chown}{source} in {} ", c.dest);
         Ok((entries, content, text))
     }
 

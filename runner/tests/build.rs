@@ -148,14 +148,20 @@ fn build_makes_the_image_the_dockerfile_describes() {
     ];
     assert_eq!(ours[..3], expect_prefix, "{ours:#?}");
     assert!(
-        ours[3].0.starts_with("/bin/sh -c #(nop) COPY dir:") && ours[3].0.ends_with(" in /app/ "),
+        ours[3].0.starts_with("/bin/sh -c #(nop) COPY dir:") && ours[3].0.ends_with(" in ./ "),
         "{ours:#?}"
     );
     assert!(
         ours[4].0.starts_with("/bin/sh -c #(nop) COPY file:") && ours[4].0.ends_with(" in /etc/passwd.bak "),
         "{ours:#?}"
     );
-    assert!(ours[5].0.ends_with(" in /etc/secret.txt "), "{ours:#?}");
+    assert!(
+        ours[5]
+            .0
+            .starts_with("/bin/sh -c #(nop) COPY --chown=65534:65534file:")
+            && ours[5].0.ends_with(" in /etc/secret.txt "),
+        "{ours:#?}"
+    );
     assert_eq!(
         ours[6..],
         [
@@ -169,7 +175,7 @@ fn build_makes_the_image_the_dockerfile_describes() {
             ),
             ("/bin/sh -c #(nop)  USER nobody", true),
             ("/bin/sh -c #(nop)  LABEL org.example.name=my app version=2", true),
-            ("/bin/sh -c #(nop)  EXPOSE 8080 53/udp", true),
+            ("/bin/sh -c #(nop)  EXPOSE 53/udp 8080", true),
             (
                 r#"/bin/sh -c #(nop)  CMD ["/bin/sh" "-c" "cat /app/made.txt /app/hello.txt; ls /app; whoami"]"#,
                 true
@@ -312,4 +318,131 @@ fn build_of_a_malformed_dockerfile_fails_with_its_line_and_stores_nothing() {
         );
         assert!(!out.status.success(), "{text}: bad:1 was tagged");
     }
+}
+
+/// The files under `dirs` of an image's container, as `find | stat` and `md5sum` see them
+/// (path, type, mode, owner, size, link target, content), run by `run` with `script`.
+const LISTING: &str = "cd / && find app etc data usr/local root -xdev \
+    ! -name hostname ! -name hosts ! -name resolv.conf ! -name mtab | sort | \
+    while read f; do stat -c '%n %F %a %u:%g' \"$f\"; \
+    if [ -L \"$f\" ]; then readlink \"$f\"; elif [ -f \"$f\" ]; then md5sum \"$f\"; fi; done";
+
+/// History texts with the sources' hashes left out (docker's are tarsums of its own).
+fn created_by(list: &[String]) -> Vec<String> {
+    list.iter()
+        .map(|s| {
+            let mut s = s.clone();
+            for kind in ["file:", "dir:", "multi:"] {
+                if let Some(at) = s.find(kind) {
+                    let start = at + kind.len();
+                    let end = s[start..]
+                        .find(|c: char| !c.is_ascii_hexdigit())
+                        .map_or(s.len(), |e| start + e);
+                    s.replace_range(start..end, "HASH");
+                }
+            }
+            s
+        })
+        .collect()
+}
+
+#[test]
+fn build_matches_dockers_classic_builder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    let Some(d) = peers::Dockerd::shared() else { return };
+    let archive = tmp.path().join("bb.tar");
+    strata_fixtures::write_docker_save(
+        &archive,
+        &[(
+            &strata_fixtures::busybox(
+                strata_fixtures::Flavor::Docker,
+                strata_fixtures::LayerCompression::Gzip,
+            ),
+            &["bb:1"],
+        )],
+    );
+    d.docker_ok(["load", "-i", archive.to_str().unwrap()]);
+    let ctx = context(tmp.path());
+    // The classic builder has no --chmod.
+    std::fs::write(ctx.join("Dockerfile"), DOCKERFILE.replace("--chmod=600 ", "")).unwrap();
+    let c = ctx.to_str().unwrap();
+    build(&root, &["-t", "cmp:1", "--build-arg", "GREETING=hi", c]);
+    let out = peers::output(
+        d.command(["build", "-t", "cmp:1", "--build-arg", "GREETING=hi", c])
+            .env("DOCKER_BUILDKIT", "0"),
+    );
+    assert!(out.status.success(), "{}", peers::format_output(&out));
+
+    // The config.
+    let ours = inspect(&root, "cmp:1")["config"].clone();
+    let theirs: serde_json::Value =
+        serde_json::from_str(&d.docker_ok(["image", "inspect", "cmp:1"])).unwrap();
+    let theirs = &theirs[0]["Config"];
+    for field in [
+        "Env",
+        "Cmd",
+        "Entrypoint",
+        "WorkingDir",
+        "User",
+        "ExposedPorts",
+        "Labels",
+        "Volumes",
+    ] {
+        let norm = |v: &serde_json::Value| match v {
+            serde_json::Value::Null => serde_json::Value::Null,
+            serde_json::Value::String(s) if s.is_empty() => serde_json::Value::Null,
+            serde_json::Value::Object(o) if o.is_empty() => serde_json::Value::Null,
+            v => v.clone(),
+        };
+        assert_eq!(norm(&ours["config"][field]), norm(&theirs[field]), "{field}");
+    }
+    // The history, newest first as `docker history` lists it.
+    let mut ours_h: Vec<String> = ours["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["created_by"].as_str().unwrap_or("").to_string())
+        .collect();
+    ours_h.reverse();
+    let theirs_h: Vec<String> = d
+        .docker_ok(["history", "--no-trunc", "--format", "{{.CreatedBy}}", "cmp:1"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(created_by(&ours_h), created_by(&theirs_h));
+
+    // The files, and what the image prints.
+    let listing = |out: Output| {
+        assert!(out.status.success(), "{}", peers::format_output(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ours_files = listing(peers::output(runner(&root).args([
+        "start", "--rm", "-u", "0", "cmp:1", "--", "/bin/sh", "-c", LISTING,
+    ])));
+    let theirs_files = listing(d.docker([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-u",
+        "0",
+        "cmp:1",
+        "/bin/sh",
+        "-c",
+        LISTING,
+    ]));
+    assert!(
+        ours_files.contains("app/made.txt regular file 644 0:0")
+            && ours_files.contains("etc/secret.txt regular file")
+            && !ours_files.contains("data/keep.txt"),
+        "{ours_files}"
+    );
+    assert_eq!(ours_files, theirs_files);
+    let ours_run = listing(peers::output(runner(&root).args(["start", "--rm", "cmp:1"])));
+    let theirs_run = listing(d.docker(["run", "--rm", "--network", "none", "cmp:1"]));
+    assert_eq!(ours_run, theirs_run);
+    d.docker_ok(["rmi", "cmp:1", "bb:1"]);
 }
