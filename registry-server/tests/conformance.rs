@@ -17,6 +17,22 @@ fn digest_of(b: &[u8]) -> String {
 
 #[tokio::test]
 async fn base_endpoint_and_version_header() {
+    base_endpoint_and_version_header_on().await;
+}
+
+/// [`base_endpoint_and_version_header`] with two replicas on shared backends (S3, PostgreSQL), requests alternating.
+#[tokio::test]
+async fn base_endpoint_and_version_header_on_shared_backends() {
+    if crate::common::shared_mode() {
+        let reg = Reg::new();
+        assert!(
+            reg.is_shared() && reg.state.store().is_shared() && reg.state.store().content().kind() == "s3"
+        );
+        base_endpoint_and_version_header_on().await;
+    }
+}
+
+async fn base_endpoint_and_version_header_on() {
     let reg = Reg::new();
     let r = reg.get("/v2/").await;
     assert_eq!(r.status, StatusCode::OK);
@@ -31,6 +47,18 @@ async fn base_endpoint_and_version_header() {
 
 #[tokio::test]
 async fn blob_push_pull_head_range_and_errors() {
+    blob_push_pull_head_range_and_errors_on().await;
+}
+
+/// [`blob_push_pull_head_range_and_errors`] with two replicas on shared backends (S3, PostgreSQL), requests alternating.
+#[tokio::test]
+async fn blob_push_pull_head_range_and_errors_on_shared_backends() {
+    if crate::common::shared_mode() {
+        blob_push_pull_head_range_and_errors_on().await;
+    }
+}
+
+async fn blob_push_pull_head_range_and_errors_on() {
     let reg = Reg::new();
     let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     let d = reg.push_blob("a/b", &data).await;
@@ -98,6 +126,18 @@ async fn blob_push_pull_head_range_and_errors() {
 
 #[tokio::test]
 async fn single_post_upload_and_digest_mismatch() {
+    single_post_upload_and_digest_mismatch_on().await;
+}
+
+/// [`single_post_upload_and_digest_mismatch`] with two replicas on shared backends (S3, PostgreSQL), requests alternating.
+#[tokio::test]
+async fn single_post_upload_and_digest_mismatch_on_shared_backends() {
+    if crate::common::shared_mode() {
+        single_post_upload_and_digest_mismatch_on().await;
+    }
+}
+
+async fn single_post_upload_and_digest_mismatch_on() {
     let reg = Reg::new();
     let data = b"single request upload".to_vec();
     let d = digest_of(&data);
@@ -130,7 +170,15 @@ async fn single_post_upload_and_digest_mismatch() {
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.code(), "DIGEST_INVALID");
-    assert!(!reg.state.store().blobs().contains(&wrong.parse().unwrap()));
+    assert_eq!(
+        reg.state
+            .store()
+            .content()
+            .stat(&wrong.parse().unwrap())
+            .await
+            .unwrap(),
+        None
+    );
     let r = reg.get(&loc).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.code(), "BLOB_UPLOAD_UNKNOWN");
@@ -146,6 +194,18 @@ async fn single_post_upload_and_digest_mismatch() {
 
 #[tokio::test]
 async fn chunked_upload_status_out_of_order_and_cancel() {
+    chunked_upload_status_out_of_order_and_cancel_on().await;
+}
+
+/// [`chunked_upload_status_out_of_order_and_cancel`] with two replicas on shared backends (S3, PostgreSQL), requests alternating.
+#[tokio::test]
+async fn chunked_upload_status_out_of_order_and_cancel_on_shared_backends() {
+    if crate::common::shared_mode() {
+        chunked_upload_status_out_of_order_and_cancel_on().await;
+    }
+}
+
+async fn chunked_upload_status_out_of_order_and_cancel_on() {
     let reg = Reg::new();
     let data: Vec<u8> = (0..30_000u32).map(|i| (i * 7 % 256) as u8).collect();
     let d = digest_of(&data);
@@ -236,6 +296,18 @@ async fn chunked_upload_status_out_of_order_and_cancel() {
 
 #[tokio::test]
 async fn cross_repository_mount() {
+    cross_repository_mount_on().await;
+}
+
+/// [`cross_repository_mount`] with two replicas on shared backends (S3, PostgreSQL), requests alternating.
+#[tokio::test]
+async fn cross_repository_mount_on_shared_backends() {
+    if crate::common::shared_mode() {
+        cross_repository_mount_on().await;
+    }
+}
+
+async fn cross_repository_mount_on() {
     let reg = Reg::new();
     let d = reg.push_blob("src/repo", b"mount me").await;
     let r = reg
@@ -272,6 +344,18 @@ async fn cross_repository_mount() {
 
 #[tokio::test]
 async fn manifests_by_tag_and_digest_byte_exact() {
+    manifests_by_tag_and_digest_byte_exact_on().await;
+}
+
+/// [`manifests_by_tag_and_digest_byte_exact`] with two replicas on shared backends (S3, PostgreSQL), requests alternating.
+#[tokio::test]
+async fn manifests_by_tag_and_digest_byte_exact_on_shared_backends() {
+    if crate::common::shared_mode() {
+        manifests_by_tag_and_digest_byte_exact_on().await;
+    }
+}
+
+async fn manifests_by_tag_and_digest_byte_exact_on() {
     let reg = Reg::new();
     for (i, flavor) in [Flavor::Oci, Flavor::Docker].into_iter().enumerate() {
         let img = if flavor == Flavor::Oci {
@@ -352,6 +436,18 @@ fn docker_image() -> strata_fixtures::Image {
 
 #[tokio::test]
 async fn manifest_put_errors() {
+    manifest_put_errors_on().await;
+}
+
+/// [`manifest_put_errors`] with two replicas on shared backends (S3, PostgreSQL), requests alternating.
+#[tokio::test]
+async fn manifest_put_errors_on_shared_backends() {
+    if crate::common::shared_mode() {
+        manifest_put_errors_on().await;
+    }
+}
+
+async fn manifest_put_errors_on() {
     let reg = Reg::new();
     let img = small_image(2, 2, false);
     // Blobs missing from the repository.
@@ -398,6 +494,18 @@ async fn manifest_put_errors() {
 
 #[tokio::test]
 async fn index_accept_negotiation() {
+    index_accept_negotiation_on().await;
+}
+
+/// [`index_accept_negotiation`] with two replicas on shared backends (S3, PostgreSQL), requests alternating.
+#[tokio::test]
+async fn index_accept_negotiation_on_shared_backends() {
+    if crate::common::shared_mode() {
+        index_accept_negotiation_on().await;
+    }
+}
+
+async fn index_accept_negotiation_on() {
     let reg = Reg::new();
     let img = small_image(3, 1, false);
     reg.push_image("n", "child", &img).await;
@@ -436,6 +544,18 @@ async fn index_accept_negotiation() {
 
 #[tokio::test]
 async fn tags_list_sorted_paginated() {
+    tags_list_sorted_paginated_on().await;
+}
+
+/// [`tags_list_sorted_paginated`] with two replicas on shared backends (S3, PostgreSQL), requests alternating.
+#[tokio::test]
+async fn tags_list_sorted_paginated_on_shared_backends() {
+    if crate::common::shared_mode() {
+        tags_list_sorted_paginated_on().await;
+    }
+}
+
+async fn tags_list_sorted_paginated_on() {
     let reg = Reg::new();
     let img = small_image(4, 1, false);
     for tag in ["zeta", "alpha", "1.0", "beta", "Alpha"] {
@@ -478,6 +598,18 @@ async fn tags_list_sorted_paginated() {
 
 #[tokio::test]
 async fn catalog_paginated() {
+    catalog_paginated_on().await;
+}
+
+/// [`catalog_paginated`] with two replicas on shared backends (S3, PostgreSQL), requests alternating.
+#[tokio::test]
+async fn catalog_paginated_on_shared_backends() {
+    if crate::common::shared_mode() {
+        catalog_paginated_on().await;
+    }
+}
+
+async fn catalog_paginated_on() {
     let reg = Reg::new();
     for name in ["c", "a/b", "b", "a"] {
         reg.push_blob(name, name.as_bytes()).await;
@@ -496,6 +628,18 @@ async fn catalog_paginated() {
 
 #[tokio::test]
 async fn referrers_with_filter_and_subject_header() {
+    referrers_with_filter_and_subject_header_on().await;
+}
+
+/// [`referrers_with_filter_and_subject_header`] with two replicas on shared backends (S3, PostgreSQL), requests alternating.
+#[tokio::test]
+async fn referrers_with_filter_and_subject_header_on_shared_backends() {
+    if crate::common::shared_mode() {
+        referrers_with_filter_and_subject_header_on().await;
+    }
+}
+
+async fn referrers_with_filter_and_subject_header_on() {
     let reg = Reg::new();
     let img = small_image(5, 1, false);
     reg.push_image("r", "base", &img).await;
@@ -572,6 +716,18 @@ async fn referrers_with_filter_and_subject_header() {
 
 #[tokio::test]
 async fn deletes() {
+    deletes_on().await;
+}
+
+/// [`deletes`] with two replicas on shared backends (S3, PostgreSQL), requests alternating.
+#[tokio::test]
+async fn deletes_on_shared_backends() {
+    if crate::common::shared_mode() {
+        deletes_on().await;
+    }
+}
+
+async fn deletes_on() {
     let reg = Reg::new();
     let img = small_image(6, 1, false);
     reg.push_image("d", "one", &img).await;
@@ -640,6 +796,18 @@ async fn deletes() {
 
 #[tokio::test]
 async fn deletes_can_be_disabled() {
+    deletes_can_be_disabled_on().await;
+}
+
+/// [`deletes_can_be_disabled`] with two replicas on shared backends (S3, PostgreSQL), requests alternating.
+#[tokio::test]
+async fn deletes_can_be_disabled_on_shared_backends() {
+    if crate::common::shared_mode() {
+        deletes_can_be_disabled_on().await;
+    }
+}
+
+async fn deletes_can_be_disabled_on() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = crate::common::config(dir.path());
     cfg.delete_enabled = false;
@@ -675,6 +843,18 @@ async fn upload_session_limit_is_toomanyrequests() {
 
 #[tokio::test]
 async fn blob_size_limit() {
+    blob_size_limit_on().await;
+}
+
+/// [`blob_size_limit`] with two replicas on shared backends (S3, PostgreSQL), requests alternating.
+#[tokio::test]
+async fn blob_size_limit_on_shared_backends() {
+    if crate::common::shared_mode() {
+        blob_size_limit_on().await;
+    }
+}
+
+async fn blob_size_limit_on() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = crate::common::config(dir.path());
     cfg.limits.max_blob_bytes = Some(10);
@@ -689,6 +869,18 @@ async fn blob_size_limit() {
 
 #[tokio::test]
 async fn busybox_images_both_flavors() {
+    busybox_images_both_flavors_on().await;
+}
+
+/// [`busybox_images_both_flavors`] with two replicas on shared backends (S3, PostgreSQL), requests alternating.
+#[tokio::test]
+async fn busybox_images_both_flavors_on_shared_backends() {
+    if crate::common::shared_mode() {
+        busybox_images_both_flavors_on().await;
+    }
+}
+
+async fn busybox_images_both_flavors_on() {
     let reg = Reg::new();
     for flavor in [Flavor::Oci, Flavor::Docker] {
         let img = busybox(flavor, LayerCompression::Gzip);

@@ -433,7 +433,9 @@ async fn bearer_token_upstream() {
     let img = small_image(13, 2, false);
     let reg = Reg::new();
     reg.push_image("t/tok", "1", &img).await;
-    let Reg { dir: up_dir, state } = reg;
+    let Reg {
+        dir: up_dir, state, ..
+    } = reg;
     drop(state); // closes the store
     let htpasswd = up_dir.path().join("htpasswd");
     let hash = bcrypt::hash("pw", 4).unwrap();

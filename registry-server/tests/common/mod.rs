@@ -8,14 +8,64 @@ use std::sync::Arc;
 use axum::body::Body;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
+use strata_fixtures::scaleout::{Postgres, Seaweed};
 use strata_registry::{AppState, Config, app};
 use strata_store::Store;
 use tower::ServiceExt;
 
-/// A registry over a fresh store.
+/// A registry over a fresh store. On shared backends ([`shared_mode`]) it is two replicas
+/// over one PostgreSQL database and one bucket, and requests alternate between them.
 pub struct Reg {
     pub dir: tempfile::TempDir,
     pub state: AppState,
+    replicas: Vec<AppState>,
+    turn: std::sync::atomic::AtomicUsize,
+}
+
+thread_local! {
+    static SHARED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// PostgreSQL and SeaweedFS for every shared-backend test of this process (stopped by
+/// their watchdogs when it exits); each registry gets a database and a bucket of its own.
+static BACKENDS: std::sync::OnceLock<Option<(Postgres, Seaweed)>> = std::sync::OnceLock::new();
+static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Makes the registries this thread creates next run on shared backends (S3 on SeaweedFS,
+/// PostgreSQL), as two replicas. False (after a SKIP line) when the peers are missing.
+pub fn shared_mode() -> bool {
+    let ok = BACKENDS
+        .get_or_init(|| Some((Postgres::start()?, Seaweed::start()?)))
+        .is_some();
+    SHARED.with(|s| s.set(ok));
+    ok
+}
+
+/// `cfg` pointed at a new database and bucket of the shared backends.
+fn on_shared_backends(cfg: &mut Config) {
+    let (pg, weed) = BACKENDS
+        .get()
+        .and_then(Option::as_ref)
+        .expect("shared_mode() first");
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let name = format!("t{}x{n}", std::process::id());
+    pg.create_database(&name);
+    weed.create_bucket(&name);
+    cfg.storage = strata_registry::StorageSection {
+        backend: Some("s3".into()),
+        endpoint: Some(weed.endpoint()),
+        region: Some("us-east-1".into()),
+        bucket: Some(name.clone()),
+        prefix: Some("p".into()),
+        path_style: true,
+        access_key: Some(weed.access_key().into()),
+        secret_key: Some(weed.secret_key().into()),
+        redirect: false,
+    };
+    cfg.metadata = strata_registry::MetadataSection {
+        backend: Some("postgres".into()),
+        url: Some(pg.url(&name)),
+    };
 }
 
 /// A response, fully read.
@@ -71,10 +121,37 @@ impl Reg {
         Reg::with_config(dir, cfg)
     }
 
-    pub fn with_config(dir: tempfile::TempDir, cfg: Config) -> Reg {
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let state = AppState::new(store, cfg).unwrap();
-        Reg { dir, state }
+    pub fn with_config(dir: tempfile::TempDir, mut cfg: Config) -> Reg {
+        if !SHARED.with(|s| s.get()) {
+            let store = Arc::new(Store::open(dir.path()).unwrap());
+            let state = AppState::new(store, cfg).unwrap();
+            return Reg {
+                dir,
+                state: state.clone(),
+                replicas: vec![state],
+                turn: Default::default(),
+            };
+        }
+        on_shared_backends(&mut cfg);
+        let replicas: Vec<AppState> = (0..2)
+            .map(|i| {
+                let mut c = cfg.clone();
+                c.root = dir.path().join(format!("replica-{i}"));
+                let store = Arc::new(Store::open_with(&c.store_config().unwrap()).unwrap());
+                AppState::new(store, c).unwrap()
+            })
+            .collect();
+        Reg {
+            dir,
+            state: replicas[0].clone(),
+            replicas,
+            turn: Default::default(),
+        }
+    }
+
+    /// Whether this registry runs on shared backends.
+    pub fn is_shared(&self) -> bool {
+        self.replicas.len() > 1
     }
 
     pub async fn req(
@@ -88,10 +165,9 @@ impl Reg {
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        let resp = app(self.state.clone())
-            .oneshot(b.body(body.into()).unwrap())
-            .await
-            .unwrap();
+        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let state = self.replicas[turn % self.replicas.len()].clone();
+        let resp = app(state).oneshot(b.body(body.into()).unwrap()).await.unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
