@@ -14,7 +14,11 @@
 //! mode, owner, content and link target — never its mtime. A record whose image is gone
 //! is a miss. `--no-cache` neither reads nor writes records.
 //!
-//! Not supported yet (clear errors): `COPY --from`, `ADD` of URLs and of local archives,
+//! `COPY --from` reads a stage's or a stored image's files from its unpacked layers
+//! (whiteouts and opaque directories applied), owned by root unless `--chown` as the
+//! classic builder makes them.
+//!
+//! Not supported yet (clear errors): `ADD` of URLs and of local archives,
 //! `FROM` an image that is not in the store, `--network host`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -186,6 +190,8 @@ fn host_arch() -> &'static str {
 /// A file or directory of the context (after `.dockerignore`).
 #[derive(Debug, Clone)]
 struct ContextEntry {
+    /// Where it is on the host.
+    host: PathBuf,
     kind: Kind,
     mode: u32,
     mtime: u64,
@@ -247,6 +253,7 @@ fn read_context(root: &Path, ignore: &DockerIgnore) -> Result<BTreeMap<String, C
             out.insert(
                 path,
                 ContextEntry {
+                    host: e.path(),
                     kind,
                     mode: md.permissions().mode() & 0o7777,
                     mtime: md.mtime().max(0) as u64,
@@ -255,6 +262,85 @@ fn read_context(root: &Path, ignore: &DockerIgnore) -> Result<BTreeMap<String, C
         }
     }
     Ok(out)
+}
+
+/// The files of an image whose unpacked layers (overlay form: whiteouts are 0/0 character
+/// devices, opaque directories carry `trusted.overlay.opaque` or `user.overlay.opaque`)
+/// are `layers`, bottom first, by path (`a/b`): what `COPY --from` reads.
+fn merged_view(layers: &[PathBuf]) -> Result<BTreeMap<String, ContextEntry>, BuildError> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut view: BTreeMap<String, ContextEntry> = BTreeMap::new();
+    let remove_below = |view: &mut BTreeMap<String, ContextEntry>, rel: &str| {
+        let prefix = format!("{rel}/");
+        let below: Vec<String> = view
+            .range(prefix.clone()..)
+            .map(|(k, _)| k.clone())
+            .take_while(|k| k.starts_with(&prefix))
+            .collect();
+        for k in below {
+            view.remove(&k);
+        }
+    };
+    for layer in layers {
+        let mut todo = vec![String::new()];
+        while let Some(rel) = todo.pop() {
+            let dir = layer.join(&rel);
+            let rd = std::fs::read_dir(&dir).map_err(io_err(format!("read {}", dir.display())))?;
+            let mut names: Vec<String> = Vec::new();
+            for e in rd {
+                let e = e.map_err(io_err(format!("read {}", dir.display())))?;
+                names.push(e.file_name().to_string_lossy().into_owned());
+            }
+            names.sort();
+            for name in names {
+                let path = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
+                let host = layer.join(&path);
+                let md =
+                    std::fs::symlink_metadata(&host).map_err(io_err(format!("stat {}", host.display())))?;
+                if md.file_type().is_char_device() && md.rdev() == 0 {
+                    view.remove(&path);
+                    remove_below(&mut view, &path);
+                    continue;
+                }
+                let kind = if md.is_dir() {
+                    let opaque = ["trusted.overlay.opaque", "user.overlay.opaque"].iter().any(|x| {
+                        let mut buf = [0u8; 4];
+                        rustix::fs::lgetxattr(&host, *x, &mut buf).is_ok_and(|n| buf[..n] == *b"y")
+                    });
+                    if opaque || !view.get(&path).is_some_and(|e| e.kind == Kind::Dir) {
+                        remove_below(&mut view, &path);
+                    }
+                    todo.push(path.clone());
+                    Kind::Dir
+                } else if md.is_file() {
+                    remove_below(&mut view, &path);
+                    Kind::File
+                } else if md.file_type().is_symlink() {
+                    remove_below(&mut view, &path);
+                    let target =
+                        std::fs::read_link(&host).map_err(io_err(format!("read link {}", host.display())))?;
+                    Kind::Symlink(target.to_string_lossy().into_owned())
+                } else {
+                    // Devices, FIFOs and sockets are not copied.
+                    continue;
+                };
+                view.insert(
+                    path,
+                    ContextEntry {
+                        host,
+                        kind,
+                        mode: md.permissions().mode() & 0o7777,
+                        mtime: md.mtime().max(0) as u64,
+                    },
+                );
+            }
+        }
+    }
+    Ok(view)
 }
 
 /// Go's `filepath.Match` for one path component: `*`, `?`, `[...]` (`^` negates, ranges),
@@ -526,11 +612,6 @@ pub fn build(store_root: &Path, opts: &BuildOptions, out: &mut dyn Write) -> Res
         None => df.stages.len() - 1,
     };
     let needed = crate::dockerfile::needed_stages(&dry, target);
-    for (_, stage) in dry.iter().enumerate().filter(|(i, _)| needed.contains(i)) {
-        if let Some(ins) = stage.instructions.iter().find(|ins| ins.copy_from.is_some()) {
-            return Err(step_err(ins.line, "COPY --from is not supported yet"));
-        }
-    }
     let tags = opts
         .tags
         .iter()
@@ -601,7 +682,19 @@ pub fn build(store_root: &Path, opts: &BuildOptions, out: &mut dyn Write) -> Res
         for (ins, parsed) in resolved.instructions.iter().zip(&from.instructions) {
             let started = Instant::now();
             b.begin(&ins.original)?;
-            state = b.step(state, ins, &parsed.command)?;
+            let from = match &ins.copy_from {
+                None => None,
+                Some(Base::Scratch) => Some(State::scratch()),
+                Some(Base::Image(r)) => Some(b.load_reference(r, ins.line)?),
+                Some(Base::Stage(j)) => Some(
+                    results
+                        .get(*j)
+                        .cloned()
+                        .flatten()
+                        .ok_or_else(|| step_err(ins.line, "COPY --from: that stage was not built"))?,
+                ),
+            };
+            state = b.step(state, ins, &parsed.command, from.as_ref())?;
             b.done(&state, started)?;
         }
         results.push(Some(state));
@@ -790,11 +883,18 @@ impl Builder<'_> {
         state: State,
         ins: &ResolvedInstruction,
         parsed: &Command,
+        from: Option<&State>,
     ) -> Result<State, BuildError> {
         let line = ins.line;
         // COPY/ADD: the sources, whose content is part of the key.
         let copy = match &ins.command {
-            Command::Copy(c) | Command::Add(c) => Some(self.copy_entries(&state, c, ins)?),
+            Command::Copy(c) | Command::Add(c) => {
+                let view = match from {
+                    Some(f) => Some(merged_view(&self.layers(f)?)?),
+                    None => None,
+                };
+                Some(self.copy_entries(&state, c, ins, view.as_ref().unwrap_or(&self.context))?)
+            }
             _ => None,
         };
         let content = copy.as_ref().map_or(String::new(), |(_, h, _)| h.clone());
@@ -1089,6 +1189,7 @@ impl Builder<'_> {
         s: &State,
         c: &CopyArgs,
         ins: &ResolvedInstruction,
+        sources: &BTreeMap<String, ContextEntry>,
     ) -> Result<(Vec<LayerEntry>, String, String), BuildError> {
         let line = ins.line;
         let is_add = matches!(ins.command, Command::Add(_));
@@ -1116,17 +1217,12 @@ impl Builder<'_> {
             }
             let rel = context_path(src, line)?;
             if rel.contains(['*', '?', '[']) {
-                let hits: Vec<String> = self
-                    .context
-                    .keys()
-                    .filter(|p| match_path(&rel, p))
-                    .cloned()
-                    .collect();
+                let hits: Vec<String> = sources.keys().filter(|p| match_path(&rel, p)).cloned().collect();
                 if hits.is_empty() {
                     return Err(step_err(line, format!("no source files were specified: {src}")));
                 }
                 matched.extend(hits);
-            } else if rel.is_empty() || self.context.contains_key(&rel) {
+            } else if rel.is_empty() || sources.contains_key(&rel) {
                 matched.push(rel);
             } else {
                 return Err(step_err(
@@ -1171,7 +1267,7 @@ impl Builder<'_> {
             }
         };
         for src in &matched {
-            let is_dir = src.is_empty() || self.context.get(src).is_some_and(|e| e.kind == Kind::Dir);
+            let is_dir = src.is_empty() || sources.get(src).is_some_and(|e| e.kind == Kind::Dir);
             // (context path, path in the image)
             let mut items: Vec<(String, String)> = Vec::new();
             if is_dir {
@@ -1179,7 +1275,7 @@ impl Builder<'_> {
                 self.parents(&layers, &dest, true, ids, &mut entries);
                 if let Some(last) = entries.iter_mut().rev().find(|e| e.path == dest_rel)
                     && lookup(&layers, &dest).is_none()
-                    && let Some(e) = self.context.get(src)
+                    && let Some(e) = sources.get(src)
                 {
                     last.mode = chmod.unwrap_or(e.mode);
                 }
@@ -1188,11 +1284,7 @@ impl Builder<'_> {
                 } else {
                     format!("{src}/")
                 };
-                for p in self
-                    .context
-                    .keys()
-                    .filter(|p| p.starts_with(&prefix) && !p.is_empty())
-                {
+                for p in sources.keys().filter(|p| p.starts_with(&prefix) && !p.is_empty()) {
                     items.push((p.clone(), join(&dest_rel, &p[prefix.len()..])));
                 }
             } else {
@@ -1208,8 +1300,8 @@ impl Builder<'_> {
                 items.push((src.clone(), target));
             }
             for (from, to) in items {
-                let e = &self.context[&from];
-                let host = self.opts.context.join(&from);
+                let e = &sources[&from];
+                let host = e.host.clone();
                 let kind = match &e.kind {
                     Kind::Dir => LayerKind::Dir,
                     Kind::File => {

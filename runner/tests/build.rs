@@ -322,7 +322,7 @@ fn build_of_a_malformed_dockerfile_fails_with_its_line_and_stores_nothing() {
 
 /// The files under `dirs` of an image's container, as `find | stat` and `md5sum` see them
 /// (path, type, mode, owner, size, link target, content), run by `run` with `script`.
-const LISTING: &str = "cd / && find app etc data usr/local root -xdev \
+const LISTING: &str = "cd / && find DIRS -xdev \
     ! -name hostname ! -name hosts ! -name resolv.conf ! -name mtab | sort | \
     while read f; do stat -c '%n %F %a %u:%g' \"$f\"; \
     if [ -L \"$f\" ]; then readlink \"$f\"; elif [ -f \"$f\" ]; then md5sum \"$f\"; fi; done";
@@ -352,8 +352,32 @@ fn build_matches_dockers_classic_builder() {
     let Some(root) = store_with_busybox(tmp.path()) else {
         return;
     };
-    let Some(d) = peers::Dockerd::shared() else { return };
-    let archive = tmp.path().join("bb.tar");
+    let Some(d) = docker_with_busybox(tmp.path()) else {
+        return;
+    };
+    let ctx = context(tmp.path());
+    // The classic builder has no --chmod.
+    std::fs::write(ctx.join("Dockerfile"), DOCKERFILE.replace("--chmod=600 ", "")).unwrap();
+    let c = ctx.to_str().unwrap();
+    build(&root, &["-t", "cmp:1", "--build-arg", "GREETING=hi", c]);
+    let out = peers::output(
+        d.command(["build", "-t", "cmp:1", "--build-arg", "GREETING=hi", c])
+            .env("DOCKER_BUILDKIT", "0"),
+    );
+    assert!(out.status.success(), "{}", peers::format_output(&out));
+    let ours_files = compare_with_docker(&root, d, "cmp:1", "app etc data usr/local root");
+    assert!(
+        ours_files.contains("app/made.txt regular file 644 0:0")
+            && ours_files.contains("etc/secret.txt regular file")
+            && !ours_files.contains("data/keep.txt"),
+        "{ours_files}"
+    );
+}
+
+/// Loads the busybox fixture into the engine as `bb:1`.
+fn docker_with_busybox(tmp: &Path) -> Option<&'static peers::Dockerd> {
+    let d = peers::Dockerd::shared()?;
+    let archive = tmp.join("bb.tar");
     strata_fixtures::write_docker_save(
         &archive,
         &[(
@@ -365,21 +389,15 @@ fn build_matches_dockers_classic_builder() {
         )],
     );
     d.docker_ok(["load", "-i", archive.to_str().unwrap()]);
-    let ctx = context(tmp.path());
-    // The classic builder has no --chmod.
-    std::fs::write(ctx.join("Dockerfile"), DOCKERFILE.replace("--chmod=600 ", "")).unwrap();
-    let c = ctx.to_str().unwrap();
-    build(&root, &["-t", "cmp:1", "--build-arg", "GREETING=hi", c]);
-    let out = peers::output(
-        d.command(["build", "-t", "cmp:1", "--build-arg", "GREETING=hi", c])
-            .env("DOCKER_BUILDKIT", "0"),
-    );
-    assert!(out.status.success(), "{}", peers::format_output(&out));
+    Some(d)
+}
 
+/// Compares image `tag` built by both: config fields, history texts, the files under
+/// `dirs` and what the image prints; removes docker's copy. Returns our file listing.
+fn compare_with_docker(root: &Path, d: &peers::Dockerd, tag: &str, dirs: &str) -> String {
     // The config.
-    let ours = inspect(&root, "cmp:1")["config"].clone();
-    let theirs: serde_json::Value =
-        serde_json::from_str(&d.docker_ok(["image", "inspect", "cmp:1"])).unwrap();
+    let ours = inspect(root, tag)["config"].clone();
+    let theirs: serde_json::Value = serde_json::from_str(&d.docker_ok(["image", "inspect", tag])).unwrap();
     let theirs = &theirs[0]["Config"];
     for field in [
         "Env",
@@ -408,7 +426,7 @@ fn build_matches_dockers_classic_builder() {
         .collect();
     ours_h.reverse();
     let theirs_h: Vec<String> = d
-        .docker_ok(["history", "--no-trunc", "--format", "{{.CreatedBy}}", "cmp:1"])
+        .docker_ok(["history", "--no-trunc", "--format", "{{.CreatedBy}}", tag])
         .lines()
         .map(str::to_string)
         .collect();
@@ -419,9 +437,11 @@ fn build_matches_dockers_classic_builder() {
         assert!(out.status.success(), "{}", peers::format_output(&out));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let ours_files = listing(peers::output(runner(&root).args([
-        "start", "--rm", "-u", "0", "cmp:1", "--", "/bin/sh", "-c", LISTING,
-    ])));
+    let script = LISTING.replace("DIRS", dirs);
+    let ours_files =
+        listing(peers::output(runner(root).args([
+            "start", "--rm", "-u", "0", tag, "--", "/bin/sh", "-c", &script,
+        ])));
     let theirs_files = listing(d.docker([
         "run",
         "--rm",
@@ -429,20 +449,58 @@ fn build_matches_dockers_classic_builder() {
         "none",
         "-u",
         "0",
-        "cmp:1",
+        tag,
         "/bin/sh",
         "-c",
-        LISTING,
+        &script,
     ]));
-    assert!(
-        ours_files.contains("app/made.txt regular file 644 0:0")
-            && ours_files.contains("etc/secret.txt regular file")
-            && !ours_files.contains("data/keep.txt"),
-        "{ours_files}"
-    );
     assert_eq!(ours_files, theirs_files);
-    let ours_run = listing(peers::output(runner(&root).args(["start", "--rm", "cmp:1"])));
-    let theirs_run = listing(d.docker(["run", "--rm", "--network", "none", "cmp:1"]));
+    let ours_run = listing(peers::output(runner(root).args(["start", "--rm", tag])));
+    let theirs_run = listing(d.docker(["run", "--rm", "--network", "none", tag]));
     assert_eq!(ours_run, theirs_run);
-    d.docker_ok(["rmi", "cmp:1", "bb:1"]);
+    d.docker_ok(["rmi", tag]);
+    ours_files
+}
+
+const MULTI_STAGE: &str = r#"FROM bb:1 AS builder
+RUN mkdir -p /out/sub && echo built > /out/sub/a.txt && ln -s sub/a.txt /out/link && chmod 700 /out/sub
+FROM builder AS second
+RUN echo second > /out/second.txt
+FROM bb:1
+COPY --from=second /out /copied/
+COPY --from=builder /etc/passwd /data/layer2.txt /multi/
+COPY --from=0 /opaque/ /opq/
+COPY --from=second /out/second.txt /one.txt
+CMD ["/bin/sh", "-c", "cat /copied/link /one.txt; ls /opq /multi"]
+"#;
+
+#[test]
+fn build_multi_stage_matches_dockers_classic_builder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    let Some(d) = docker_with_busybox(tmp.path()) else {
+        return;
+    };
+    let ctx = tmp.path().join("multi");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), MULTI_STAGE).unwrap();
+    let c = ctx.to_str().unwrap();
+    let out = build(&root, &["-t", "multi:1", c]);
+    assert_eq!(counts(&out), (10, 0, 2));
+    let out = peers::output(
+        d.command(["build", "-t", "multi:1", c])
+            .env("DOCKER_BUILDKIT", "0"),
+    );
+    assert!(out.status.success(), "{}", peers::format_output(&out));
+    let files = compare_with_docker(&root, d, "multi:1", "copied multi opq one.txt");
+    assert!(
+        files.contains("copied/sub directory 700 0:0") && files.contains("opq/new.txt regular file"),
+        "{files}"
+    );
+    assert!(!files.contains("old.txt"), "{files}");
+    // A rebuild: every step from the cache, the stages' sources hashed again.
+    let again = build(&root, &["-t", "multi:2", c]);
+    assert_eq!(counts(&again), (10, 7, 0));
 }
