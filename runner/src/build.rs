@@ -1012,8 +1012,9 @@ impl Builder<'_> {
                 self.commit(s, by, None)?
             }
             Command::Shell(sh) => {
-                let by = Self::nop(&s, &format!("SHELL [{}]", sh.join(" ")), true);
+                // Written with the new shell, as the classic builder does.
                 s.runtime().insert("Shell".into(), json!(sh));
+                let by = Self::nop(&s, &format!("SHELL [{}]", sh.join(" ")), true);
                 self.commit(s, by, None)?
             }
             Command::Arg(resolved) => {

@@ -438,10 +438,18 @@ fn compare_with_docker(root: &Path, d: &peers::Dockerd, tag: &str, dirs: &str) -
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let script = LISTING.replace("DIRS", dirs);
-    let ours_files =
-        listing(peers::output(runner(root).args([
-            "start", "--rm", "-u", "0", tag, "--", "/bin/sh", "-c", &script,
-        ])));
+    let ours_files = listing(peers::output(runner(root).args([
+        "start",
+        "--rm",
+        "-u",
+        "0",
+        "--entrypoint",
+        "/bin/sh",
+        tag,
+        "--",
+        "-c",
+        &script,
+    ])));
     let theirs_files = listing(d.docker([
         "run",
         "--rm",
@@ -449,8 +457,9 @@ fn compare_with_docker(root: &Path, d: &peers::Dockerd, tag: &str, dirs: &str) -
         "none",
         "-u",
         "0",
-        tag,
+        "--entrypoint",
         "/bin/sh",
+        tag,
         "-c",
         &script,
     ]));
@@ -467,11 +476,16 @@ RUN mkdir -p /out/sub && echo built > /out/sub/a.txt && ln -s sub/a.txt /out/lin
 FROM builder AS second
 RUN echo second > /out/second.txt
 FROM bb:1
+SHELL ["/bin/sh", "-ec"]
+RUN echo shell > /shell.txt
 COPY --from=second /out /copied/
 COPY --from=builder /etc/passwd /data/layer2.txt /multi/
 COPY --from=0 /opaque/ /opq/
 COPY --from=second /out/second.txt /one.txt
 CMD ["/bin/sh", "-c", "cat /copied/link /one.txt; ls /opq /multi"]
+ENTRYPOINT ["/bin/echo", "entry"]
+VOLUME ["/data/vol"]
+STOPSIGNAL SIGQUIT
 "#;
 
 #[test]
@@ -488,19 +502,22 @@ fn build_multi_stage_matches_dockers_classic_builder() {
     std::fs::write(ctx.join("Dockerfile"), MULTI_STAGE).unwrap();
     let c = ctx.to_str().unwrap();
     let out = build(&root, &["-t", "multi:1", c]);
-    assert_eq!(counts(&out), (10, 0, 2));
+    assert_eq!(counts(&out), (15, 0, 3));
     let out = peers::output(
         d.command(["build", "-t", "multi:1", c])
             .env("DOCKER_BUILDKIT", "0"),
     );
     assert!(out.status.success(), "{}", peers::format_output(&out));
-    let files = compare_with_docker(&root, d, "multi:1", "copied multi opq one.txt");
+    let files = compare_with_docker(&root, d, "multi:1", "copied multi opq one.txt shell.txt");
     assert!(
         files.contains("copied/sub directory 700 0:0") && files.contains("opq/new.txt regular file"),
         "{files}"
     );
-    assert!(!files.contains("old.txt"), "{files}");
+    assert!(
+        !files.contains("old.txt") && files.contains("shell.txt regular file"),
+        "{files}"
+    );
     // A rebuild: every step from the cache, the stages' sources hashed again.
     let again = build(&root, &["-t", "multi:2", c]);
-    assert_eq!(counts(&again), (10, 7, 0));
+    assert_eq!(counts(&again), (15, 12, 0));
 }
