@@ -1444,17 +1444,50 @@ impl Builder<'_> {
                 },
             });
         }
+        let epoch = source_date_epoch();
+        if let Some(e) = epoch {
+            clamp_tree(&dir.join("upper"), e).map_err(io_err("clamp the RUN's mtimes"))?;
+        }
         let report = crate::commit::commit_untagged(
             self.store,
             &c,
             &dir,
             &CommitOptions::default(),
             Some(&created_by),
+            epoch.map(|_| created()).as_deref(),
         )?;
         let mut next = self.load(&report.image_id)?;
         next.cmd_set = s.cmd_set;
         Ok(next)
     }
+}
+
+/// Clamps the mtimes under `root` (a stopped container's upper directory: nothing changes
+/// it meanwhile) to `epoch`, never following a symlink.
+fn clamp_tree(root: &Path, epoch: u64) -> io::Result<()> {
+    use rustix::fs::{AtFlags, CWD, Timespec, Timestamps};
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for e in std::fs::read_dir(&dir)? {
+            let path = e?.path();
+            let md = std::fs::symlink_metadata(&path)?;
+            if md.is_dir() {
+                todo.push(path.clone());
+            }
+            if md.mtime() > epoch as i64 {
+                let at = Timespec {
+                    tv_sec: epoch as i64,
+                    tv_nsec: 0,
+                };
+                let times = Timestamps {
+                    last_access: at,
+                    last_modification: at,
+                };
+                rustix::fs::utimensat(CWD, &path, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Removes a RUN container's directory when the step ends, however it ends.

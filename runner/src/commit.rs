@@ -108,19 +108,21 @@ pub fn commit(
 ) -> Result<CommitReport, CommitError> {
     let reference =
         ImageRef::parse(reference).map_err(|e| CommitError::Reference(reference.into(), e.to_string()))?;
-    let report = commit_untagged(store, c, dir, opts, None)?;
+    let report = commit_untagged(store, c, dir, opts, None, None)?;
     store.tag(&reference, &report.manifest)?;
     Ok(report)
 }
 
 /// [`commit`] without a tag: the image is stored (untagged); `created_by` replaces the
-/// history entry's text (the container's command) when given (`runner build`'s `RUN`).
+/// history entry's text (the container's command) and `created` the time (now) when
+/// given (`runner build`'s `RUN`, `SOURCE_DATE_EPOCH`).
 pub(crate) fn commit_untagged(
     store: &Store,
     c: &Container,
     dir: &Path,
     opts: &CommitOptions,
     created_by: Option<&str>,
+    created: Option<&str>,
 ) -> Result<CommitReport, CommitError> {
     let image_id: Digest = c
         .image_id
@@ -197,7 +199,10 @@ pub(crate) fn commit_untagged(
 
     // The config: one more diff ID (the tar is uncompressed: its digest) and history, as
     // docker writes them (`created_by` is the container's command).
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let now = created.map_or_else(
+        || chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        str::to_string,
+    );
     config["created"] = now.clone().into();
     if let Some(a) = &opts.author {
         config["author"] = a.clone().into();

@@ -521,3 +521,34 @@ fn build_multi_stage_matches_dockers_classic_builder() {
     let again = build(&root, &["-t", "multi:2", c]);
     assert_eq!(counts(&again), (15, 12, 0));
 }
+
+/// With `SOURCE_DATE_EPOCH`, two builds of one Dockerfile and context in two empty stores
+/// make the same image, bit for bit (RUN steps included).
+#[test]
+fn build_with_source_date_epoch_is_reproducible() {
+    let tmp = tempfile::tempdir().unwrap();
+    for d in ["one", "two"] {
+        std::fs::create_dir(tmp.path().join(d)).unwrap();
+    }
+    let Some(one) = store_with_busybox(&tmp.path().join("one")) else {
+        return;
+    };
+    let two = store_with_busybox(&tmp.path().join("two")).unwrap();
+    let ctx = context(tmp.path());
+    let mut ids = Vec::new();
+    for root in [&one, &two] {
+        let out = peers::output(
+            runner(root)
+                .env("SOURCE_DATE_EPOCH", "1700000000")
+                .args(["build", "-t", "repro:1"])
+                .arg(&ctx),
+        );
+        assert!(out.status.success(), "{}", peers::format_output(&out));
+        let v = inspect(root, "repro:1");
+        assert_eq!(v["config"]["created"], "2023-11-14T22:13:20Z", "{v:#}");
+        ids.push(v["id"].clone());
+        // Later in time, the same.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    assert_eq!(ids[0], ids[1]);
+}
