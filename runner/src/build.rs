@@ -482,7 +482,8 @@ fn sha256_file(path: &Path) -> Result<String, BuildError> {
 }
 
 /// What a path is in an image whose unpacked layers (overlay form) are `layers`, bottom
-/// first: its metadata, or `None` when it is absent or whited out.
+/// first: its metadata, or `None` when it is absent or whited out. A path through a
+/// symlink of the image counts as absent: it is never resolved on the host.
 fn lookup(layers: &[PathBuf], path: &str) -> Option<std::fs::Metadata> {
     use std::os::unix::fs::FileTypeExt;
     let rel = path.trim_start_matches('/');
@@ -492,13 +493,14 @@ fn lookup(layers: &[PathBuf], path: &str) -> Option<std::fs::Metadata> {
     for layer in layers.iter().rev() {
         // A whiteout of the path or of one of its parents in this layer hides it.
         let mut prefix = PathBuf::new();
-        for comp in rel.split('/') {
+        let comps: Vec<&str> = rel.split('/').collect();
+        for (i, comp) in comps.iter().enumerate() {
             prefix.push(comp);
-            if let Ok(md) = std::fs::symlink_metadata(layer.join(&prefix))
-                && md.file_type().is_char_device()
-                && md.rdev() == 0
-            {
-                return None;
+            match std::fs::symlink_metadata(layer.join(&prefix)) {
+                Ok(md) if md.file_type().is_char_device() && md.rdev() == 0 => return None,
+                Ok(md) if !md.is_dir() && i + 1 < comps.len() => return None,
+                Ok(_) => {}
+                Err(_) => break,
             }
         }
         if let Ok(md) = std::fs::symlink_metadata(layer.join(rel)) {
@@ -524,9 +526,12 @@ fn chown_ids(spec: &str, layers: &[PathBuf], line: usize) -> Result<(u64, u64), 
     let tmp = tempfile_dir().map_err(io_err("make a temporary directory"))?;
     std::fs::create_dir(tmp.join("etc")).map_err(io_err("make a temporary directory"))?;
     for file in ["passwd", "group"] {
+        // Only a real `etc` directory's regular file: nothing is resolved through the
+        // image's symlinks on the host.
         let found = layers
             .iter()
             .rev()
+            .filter(|l| std::fs::symlink_metadata(l.join("etc")).is_ok_and(|m| m.is_dir()))
             .map(|l| l.join("etc").join(file))
             .find(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()));
         if let Some(p) = found {
@@ -1561,6 +1566,24 @@ mod tests {
                 .to_string()
                 .contains("line 3")
         );
+    }
+
+    #[test]
+    fn lookups_never_go_through_an_images_symlinks() {
+        let tmp = std::env::temp_dir().join(format!("strata-build-lookup-{}", std::process::id()));
+        let (lower, upper) = (tmp.join("lower"), tmp.join("upper"));
+        std::fs::create_dir_all(lower.join("real/dir")).unwrap();
+        std::fs::create_dir_all(&upper).unwrap();
+        std::os::unix::fs::symlink("/etc", upper.join("lnk")).unwrap();
+        std::os::unix::fs::symlink("/", lower.join("root-link")).unwrap();
+        let layers = [lower.clone(), upper.clone()];
+        assert!(lookup(&layers, "/real/dir").is_some_and(|m| m.is_dir()));
+        assert!(lookup(&layers, "/lnk").is_some_and(|m| m.file_type().is_symlink()));
+        for through in ["/lnk/passwd", "/root-link/etc", "/lnk/."] {
+            assert!(lookup(&layers, through).is_none(), "{through}");
+        }
+        assert!(lookup(&layers, "/missing/x").is_none());
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 
     #[test]
