@@ -1,7 +1,7 @@
 //! `runner build`: a Dockerfile and a context directory in, an image in the store out, as
 //! docker's classic builder makes it: one image per step (intermediate images are
-//! ordinary, untagged store images, so `store gc` keeps them only while something else
-//! holds them, as docker's dangling intermediate images), one history entry per
+//! ordinary, untagged store images: `store gc` keeps them, as every image, until `store rm`
+//! removes them), one history entry per
 //! instruction with the classic builder's `created_by` text, metadata instructions as
 //! config changes with `empty_layer`, `COPY`/`ADD` of context files as a layer built here
 //! (entries sorted, owned by root unless `--chown`), `RUN` in a container confined as
