@@ -181,14 +181,57 @@ async fn get_shared_blob(st: &Shared, name: String, d: Digest, headers: &HeaderM
         Body::empty()
     } else {
         st.inner.metrics.add_bytes_out(count);
-        let part = (status == StatusCode::PARTIAL_CONTENT).then(|| (start, start + count - 1));
-        let stream = content
-            .read(&d, part)
-            .await
-            .map_err(strata_store::StoreError::from)?;
-        Body::from_stream(stream)
+        if count <= SHARED_RANGE {
+            let part = (status == StatusCode::PARTIAL_CONTENT).then(|| (start, start + count - 1));
+            let stream = content
+                .read(&d, part)
+                .await
+                .map_err(strata_store::StoreError::from)?;
+            Body::from_stream(stream)
+        } else {
+            ranged_body(content.clone(), d, start, count)
+        }
     };
     Ok(blob_response(body, status, &d, start, count, len))
+}
+
+/// Bytes per ranged read of a large blob from a shared backend.
+const SHARED_RANGE: u64 = 8 << 20;
+/// Ranged reads in flight per blob GET (memory: this many ranges per client).
+const SHARED_RANGES_AHEAD: usize = 3;
+
+/// A large blob from a shared backend as consecutive ranges fetched a few at a time (one
+/// object-store GET per range, in order): one GET stream is bound by one connection's
+/// round trips; several keep the object store busy. A failed range cuts the body.
+fn ranged_body(content: Arc<dyn strata_store::BlobBackend>, d: Digest, start: u64, count: u64) -> Body {
+    use futures::{StreamExt, TryStreamExt};
+    let ranges = count.div_ceil(SHARED_RANGE);
+    let stream = futures::stream::iter(0..ranges)
+        .map(move |i| {
+            let content = content.clone();
+            let first = start + i * SHARED_RANGE;
+            let last = (first + SHARED_RANGE).min(start + count) - 1;
+            async move {
+                let s = content
+                    .read(&d, Some((first, last)))
+                    .await
+                    .map_err(std::io::Error::other)?;
+                let chunks: Vec<Bytes> = s.try_collect().await?;
+                let mut buf = bytes::BytesMut::with_capacity((last - first + 1) as usize);
+                for c in chunks {
+                    buf.extend_from_slice(&c);
+                }
+                if buf.len() as u64 != last - first + 1 {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("range {first}-{last} of {d} came back with {} bytes", buf.len()),
+                    ));
+                }
+                Ok::<Bytes, std::io::Error>(buf.freeze())
+            }
+        })
+        .buffered(SHARED_RANGES_AHEAD);
+    Body::from_stream(stream)
 }
 
 /// A client that finds a blob with `HEAD` skips uploading it and will reference it from
