@@ -18,7 +18,10 @@
 //! (whiteouts and opaque directories applied), owned by root unless `--chown` as the
 //! classic builder makes them.
 //!
-//! Not supported yet (clear errors): `ADD` of URLs and of local archives,
+//! `ADD` of a local tar (plain or gzip-compressed) extracts it: the archive's modes and
+//! owners, hard links as copies, `..` kept beneath the destination.
+//!
+//! Not supported yet (clear errors): `ADD` of URLs and of bzip2 or xz archives,
 //! `FROM` an image that is not in the store, `--network host`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -433,6 +436,8 @@ enum LayerKind {
     Dir,
     /// A file of the context, by its path on the host, and its content's SHA-256.
     File(PathBuf, String),
+    /// A file extracted from an archive: its content and SHA-256.
+    Data(Vec<u8>, String),
     Symlink(String),
 }
 
@@ -463,6 +468,11 @@ fn layer_tar(entries: &mut [LayerEntry]) -> Result<Vec<u8>, BuildError> {
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(len);
                 tar.append_data(&mut h, &e.path, f.take(len)).map_err(err)?;
+            }
+            LayerKind::Data(bytes, _) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(bytes.len() as u64);
+                tar.append_data(&mut h, &e.path, &bytes[..]).map_err(err)?;
             }
             LayerKind::Symlink(target) => {
                 h.set_entry_type(tar::EntryType::Symlink);
@@ -1263,6 +1273,8 @@ impl Builder<'_> {
         let mut entries: Vec<LayerEntry> = Vec::new();
         let mut hashes: Vec<String> = Vec::new();
         let mut kinds = BTreeSet::new();
+        // The one file source's own hash (an archive's, not its entries').
+        let mut file_hash = None;
         let join = |a: &str, b: &str| {
             if a.is_empty() {
                 b.to_string()
@@ -1295,6 +1307,24 @@ impl Builder<'_> {
                 }
             } else {
                 kinds.insert("file");
+                if let Some(e) = sources.get(src)
+                    && e.kind == Kind::File
+                {
+                    file_hash = Some(sha256_file(&e.host)?);
+                }
+                // ADD of a local archive: its entries, in the destination directory.
+                if is_add
+                    && let Some(e) = sources.get(src)
+                    && e.kind == Kind::File
+                    && let Some(extracted) = archive_entries(&e.host, &dest_rel, line)?
+                {
+                    self.parents(&layers, &dest, true, (0, 0), &mut entries);
+                    for x in extracted {
+                        entries.retain(|y| y.path != x.path);
+                        entries.push(x);
+                    }
+                    continue;
+                }
                 let name = src.rsplit('/').next().unwrap_or(src);
                 let target = if dest_is_dir {
                     self.parents(&layers, &dest, true, ids, &mut entries);
@@ -1310,17 +1340,7 @@ impl Builder<'_> {
                 let host = e.host.clone();
                 let kind = match &e.kind {
                     Kind::Dir => LayerKind::Dir,
-                    Kind::File => {
-                        if is_add && is_archive(&host) {
-                            return Err(step_err(
-                                line,
-                                format!(
-                                    "ADD of an archive ({from}) is not supported yet: use COPY and RUN tar"
-                                ),
-                            ));
-                        }
-                        LayerKind::File(host.clone(), sha256_file(&host)?)
-                    }
+                    Kind::File => LayerKind::File(host.clone(), sha256_file(&host)?),
                     Kind::Symlink(t) => LayerKind::Symlink(t.clone()),
                 };
                 let mode = match (&kind, chmod) {
@@ -1344,17 +1364,19 @@ impl Builder<'_> {
         for e in &entries {
             let what = match &e.kind {
                 LayerKind::Dir => "dir".to_string(),
-                LayerKind::File(_, h) => format!("file {h}"),
+                LayerKind::File(_, h) | LayerKind::Data(_, h) => format!("file {h}"),
                 LayerKind::Symlink(t) => format!("link {t}"),
             };
             let rec = format!("{}\0{what}\0{:o}\0{}\0{}\n", e.path, e.mode, e.uid, e.gid);
             content.update(rec.as_bytes());
-            if let LayerKind::File(_, h) = &e.kind {
+            if let LayerKind::File(_, h) | LayerKind::Data(_, h) = &e.kind {
                 hashes.push(h.clone());
             }
         }
         let content = hex::encode(content.finalize());
-        let source = if matched.len() == 1 && kinds.contains("file") && hashes.len() == 1 {
+        let source = if let (1, Some(h)) = (matched.len(), &file_hash) {
+            format!("file:{h}")
+        } else if matched.len() == 1 && kinds.contains("file") && hashes.len() == 1 {
             format!("file:{}", hashes[0])
         } else if matched.len() == 1 {
             format!("dir:{content}")
@@ -1504,17 +1526,135 @@ impl Drop for RemoveDir {
     }
 }
 
-/// Whether a context file is an archive `ADD` would extract (gzip, bzip2, xz or tar).
-fn is_archive(path: &Path) -> bool {
-    let mut head = [0u8; 262];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut head))
-        .unwrap_or(0);
-    let h = &head[..n];
-    h.starts_with(&[0x1f, 0x8b])
-        || h.starts_with(b"BZh")
-        || h.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0])
-        || (n >= 262 && &h[257..262] == b"ustar")
+/// The entries `ADD` extracts from a context file under `dest_rel`, when it is a tar
+/// archive (plain or gzip-compressed; bzip2 and xz are refused); `None` for any other file,
+/// which is copied as it is. Entries keep the archive's modes and owners; hard links
+/// become copies; devices and FIFOs are left out; `..` cannot leave the destination.
+fn archive_entries(host: &Path, dest_rel: &str, line: usize) -> Result<Option<Vec<LayerEntry>>, BuildError> {
+    let read_err = io_err(format!("read {}", host.display()));
+    let mut head = Vec::new();
+    std::fs::File::open(host)
+        .and_then(|f| f.take(262).read_to_end(&mut head))
+        .map_err(read_err)?;
+    let is_tar = |h: &[u8]| h.len() >= 262 && &h[257..262] == b"ustar";
+    let gzip = head.starts_with(&[0x1f, 0x8b]);
+    if head.starts_with(b"BZh") || head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        return Err(step_err(
+            line,
+            format!(
+                "ADD of a bzip2 or xz archive ({}) is not supported yet",
+                host.display()
+            ),
+        ));
+    }
+    let open = || -> Result<Box<dyn Read>, BuildError> {
+        let f = std::fs::File::open(host).map_err(io_err(format!("read {}", host.display())))?;
+        Ok(if gzip {
+            Box::new(flate2::read::GzDecoder::new(f))
+        } else {
+            Box::new(f)
+        })
+    };
+    if gzip {
+        let mut inner = Vec::new();
+        if open()?.take(262).read_to_end(&mut inner).is_err() || !is_tar(&inner) {
+            return Ok(None);
+        }
+    } else if !is_tar(&head) {
+        return Ok(None);
+    }
+    let bad = |m: String| step_err(line, format!("ADD {}: {m}", host.display()));
+    let mut archive = tar::Archive::new(open()?);
+    let mut out: Vec<LayerEntry> = Vec::new();
+    let mut data: BTreeMap<String, (Vec<u8>, String)> = BTreeMap::new();
+    for entry in archive.entries().map_err(|e| bad(e.to_string()))? {
+        let mut entry = entry.map_err(|e| bad(e.to_string()))?;
+        let raw = entry
+            .path()
+            .map_err(|e| bad(e.to_string()))?
+            .to_string_lossy()
+            .into_owned();
+        let rel = clean_rel(&raw);
+        if rel.is_empty() {
+            continue;
+        }
+        if rel.split('/').any(|c| c.starts_with(".wh.")) {
+            return Err(bad(format!(
+                "{raw}: a name starting with .wh. would be a whiteout"
+            )));
+        }
+        let path = if dest_rel.is_empty() {
+            rel.clone()
+        } else {
+            format!("{dest_rel}/{rel}")
+        };
+        let h = entry.header();
+        let (mode, uid, gid) = (
+            h.mode().unwrap_or(0o644) & 0o7777,
+            h.uid().unwrap_or(0),
+            h.gid().unwrap_or(0),
+        );
+        let mtime = clamp(h.mtime().unwrap_or(0));
+        let kind = match h.entry_type() {
+            tar::EntryType::Directory => LayerKind::Dir,
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let mut bytes = Vec::new();
+                entry.read_to_end(&mut bytes).map_err(|e| bad(e.to_string()))?;
+                let hash = hex::encode(Sha256::digest(&bytes));
+                data.insert(rel.clone(), (bytes.clone(), hash.clone()));
+                LayerKind::Data(bytes, hash)
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(|e| bad(e.to_string()))?
+                    .map(|t| t.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                LayerKind::Symlink(target)
+            }
+            tar::EntryType::Link => {
+                let target = entry
+                    .link_name()
+                    .map_err(|e| bad(e.to_string()))?
+                    .map(|t| clean_rel(&t.to_string_lossy()))
+                    .unwrap_or_default();
+                match data.get(&target) {
+                    Some((bytes, hash)) => LayerKind::Data(bytes.clone(), hash.clone()),
+                    None => {
+                        return Err(bad(format!(
+                            "{raw}: a hard link to {target}, not in the archive before it"
+                        )));
+                    }
+                }
+            }
+            _ => continue,
+        };
+        out.retain(|e| e.path != path);
+        out.push(LayerEntry {
+            path,
+            kind,
+            mode,
+            uid,
+            gid,
+            mtime,
+        });
+    }
+    Ok(Some(out))
+}
+
+/// A path inside an archive, relative, cleaned, never above its root.
+fn clean_rel(p: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    parts.join("/")
 }
 
 /// `SOURCE_DATE_EPOCH`, when set.

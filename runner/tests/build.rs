@@ -482,6 +482,8 @@ COPY --from=second /out /copied/
 COPY --from=builder /etc/passwd /data/layer2.txt /multi/
 COPY --from=0 /opaque/ /opq/
 COPY --from=second /out/second.txt /one.txt
+ADD files.tar.gz /unpacked/
+ADD plain.tar /plain
 CMD ["/bin/sh", "-c", "cat /copied/link /one.txt; ls /opq /multi"]
 ENTRYPOINT ["/bin/echo", "entry"]
 VOLUME ["/data/vol"]
@@ -500,15 +502,57 @@ fn build_multi_stage_matches_dockers_classic_builder() {
     let ctx = tmp.path().join("multi");
     std::fs::create_dir_all(&ctx).unwrap();
     std::fs::write(ctx.join("Dockerfile"), MULTI_STAGE).unwrap();
+    // Archives ADD extracts: owners and modes of their own, a hard link, a symlink.
+    let archive = |w: &mut dyn std::io::Write| {
+        let mut t = tar::Builder::new(w);
+        let mut dir = tar::Header::new_gnu();
+        dir.set_entry_type(tar::EntryType::Directory);
+        dir.set_mode(0o750);
+        dir.set_uid(1000);
+        dir.set_gid(1000);
+        dir.set_size(0);
+        t.append_data(&mut dir, "pkg/", std::io::empty()).unwrap();
+        let mut f = tar::Header::new_gnu();
+        f.set_mode(0o640);
+        f.set_uid(1000);
+        f.set_gid(50);
+        f.set_size(6);
+        t.append_data(&mut f, "pkg/data.txt", &b"inside"[..]).unwrap();
+        let mut l = tar::Header::new_gnu();
+        l.set_entry_type(tar::EntryType::Link);
+        l.set_size(0);
+        l.set_mode(0o640);
+        l.set_uid(1000);
+        l.set_gid(50);
+        t.append_link(&mut l, "pkg/hard.txt", "pkg/data.txt").unwrap();
+        let mut s = tar::Header::new_gnu();
+        s.set_entry_type(tar::EntryType::Symlink);
+        s.set_size(0);
+        s.set_mode(0o777);
+        t.append_link(&mut s, "pkg/soft", "data.txt").unwrap();
+        t.finish().unwrap();
+    };
+    let mut gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(ctx.join("files.tar.gz")).unwrap(),
+        flate2::Compression::default(),
+    );
+    archive(&mut gz);
+    gz.finish().unwrap();
+    archive(&mut std::fs::File::create(ctx.join("plain.tar")).unwrap());
     let c = ctx.to_str().unwrap();
     let out = build(&root, &["-t", "multi:1", c]);
-    assert_eq!(counts(&out), (15, 0, 3));
+    assert_eq!(counts(&out), (17, 0, 3));
     let out = peers::output(
         d.command(["build", "-t", "multi:1", c])
             .env("DOCKER_BUILDKIT", "0"),
     );
     assert!(out.status.success(), "{}", peers::format_output(&out));
-    let files = compare_with_docker(&root, d, "multi:1", "copied multi opq one.txt shell.txt");
+    let files = compare_with_docker(
+        &root,
+        d,
+        "multi:1",
+        "copied multi opq one.txt shell.txt unpacked plain",
+    );
     assert!(
         files.contains("copied/sub directory 700 0:0") && files.contains("opq/new.txt regular file"),
         "{files}"
@@ -517,9 +561,15 @@ fn build_multi_stage_matches_dockers_classic_builder() {
         !files.contains("old.txt") && files.contains("shell.txt regular file"),
         "{files}"
     );
+    assert!(
+        files.contains("unpacked/pkg/data.txt regular file 640 1000:50")
+            && files.contains("plain/pkg/hard.txt regular file 640 1000:50")
+            && files.contains("plain/pkg directory 750 1000:1000"),
+        "{files}"
+    );
     // A rebuild: every step from the cache, the stages' sources hashed again.
     let again = build(&root, &["-t", "multi:2", c]);
-    assert_eq!(counts(&again), (15, 12, 0));
+    assert_eq!(counts(&again), (17, 14, 0));
 }
 
 /// With `SOURCE_DATE_EPOCH`, two builds of one Dockerfile and context in two empty stores
