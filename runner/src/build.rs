@@ -264,6 +264,34 @@ fn read_context(root: &Path, ignore: &DockerIgnore) -> Result<BTreeMap<String, C
             );
         }
     }
+    // A directory left out with something below it let back in (`!dir/keep`) is there
+    // as the parent of what is in, as docker sends it.
+    let parents: BTreeSet<String> = out
+        .keys()
+        .flat_map(|p| {
+            let mut v = Vec::new();
+            let mut cur = p.as_str();
+            while let Some((parent, _)) = cur.rsplit_once('/') {
+                v.push(parent.to_string());
+                cur = parent;
+            }
+            v
+        })
+        .filter(|p| !out.contains_key(p))
+        .collect();
+    for p in parents {
+        let host = root.join(&p);
+        let md = std::fs::symlink_metadata(&host).map_err(io_err(format!("stat {p}")))?;
+        out.insert(
+            p,
+            ContextEntry {
+                host,
+                kind: Kind::Dir,
+                mode: md.permissions().mode() & 0o7777,
+                mtime: md.mtime().max(0) as u64,
+            },
+        );
+    }
     Ok(out)
 }
 

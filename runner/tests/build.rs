@@ -602,3 +602,68 @@ fn build_with_source_date_epoch_is_reproducible() {
     }
     assert_eq!(ids[0], ids[1]);
 }
+
+/// `FROM scratch`, `--target` (only the stages it needs are built), `.dockerignore`
+/// exceptions and globs.
+#[test]
+fn build_from_scratch_with_a_target_and_globs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    let ctx = tmp.path().join("scratch");
+    std::fs::create_dir_all(ctx.join("docs")).unwrap();
+    for f in ["a.txt", "b.txt", "c.md", "docs/keep.txt", "docs/drop.txt"] {
+        std::fs::write(ctx.join(f), f).unwrap();
+    }
+    std::fs::write(ctx.join(".dockerignore"), "docs\n!docs/keep.txt\n").unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch AS files\nCOPY *.txt docs/ /out/\nLABEL stage=files\n\
+         FROM bb:1 AS broken\nCOPY does-not-exist /x\n",
+    )
+    .unwrap();
+    let out = build(
+        &root,
+        &["--target", "files", "-t", "files:1", ctx.to_str().unwrap()],
+    );
+    assert_eq!(counts(&out), (3, 0, 0));
+    let v = inspect(&root, "files:1");
+    let config = &v["config"];
+    assert_eq!(
+        config["rootfs"]["diff_ids"].as_array().unwrap().len(),
+        1,
+        "{config:#}"
+    );
+    let history: Vec<&str> = config["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["created_by"].as_str().unwrap())
+        .collect();
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert!(history[0].starts_with("/bin/sh -c #(nop) COPY multi:") && history[0].ends_with(" in /out/ "));
+    assert_eq!(history[1], "/bin/sh -c #(nop)  LABEL stage=files");
+    // The layer: the globbed files and what the .dockerignore let through, flattened.
+    let layer = config["rootfs"]["diff_ids"][0]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let bytes = std::fs::read(root.join("blobs/sha256").join(&layer)).unwrap();
+    let mut ar = tar::Archive::new(&bytes[..]);
+    let paths: Vec<String> = ar
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(paths, ["out/", "out/a.txt", "out/b.txt", "out/keep.txt"]);
+    // The whole file fails at the broken stage, with its line.
+    let out = peers::output(runner(&root).arg("build").arg(&ctx));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 5"),
+        "{}",
+        peers::format_output(&out)
+    );
+}
