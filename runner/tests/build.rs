@@ -392,8 +392,10 @@ fn docker_with_busybox(tmp: &Path) -> Option<&'static peers::Dockerd> {
     Some(d)
 }
 
-/// Compares image `tag` built by both: config fields, history texts, the files under
-/// `dirs` and what the image prints; removes docker's copy. Returns our file listing.
+/// Compares image `tag` built by both: config fields, history texts (as the config and
+/// `store history` give them) with `docker history`'s, the files under `dirs` and what the image
+/// prints, also under `docker run` after `puller save` and `docker load` of ours; removes
+/// docker's copies. Returns our file listing.
 fn compare_with_docker(root: &Path, d: &peers::Dockerd, tag: &str, dirs: &str) -> String {
     // The config.
     let ours = inspect(root, tag)["config"].clone();
@@ -431,6 +433,23 @@ fn compare_with_docker(root: &Path, d: &peers::Dockerd, tag: &str, dirs: &str) -
         .map(str::to_string)
         .collect();
     assert_eq!(created_by(&ours_h), created_by(&theirs_h));
+    // `store history`'s CREATED BY against `docker history`'s. (Its SIZE is not compared:
+    // strata counts a layer's regular-file bytes, or its blob's size when not unpacked;
+    // docker counts symlinks' lengths too and hard links once.)
+    let ours_rows: serde_json::Value = serde_json::from_str(&peers::run_ok(
+        Command::new(peers::bin("store"))
+            .arg("--root")
+            .arg(root)
+            .args(["history", "--json", tag]),
+    ))
+    .unwrap();
+    let ours_by: Vec<String> = ours_rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["created_by"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(created_by(&ours_by), created_by(&theirs_h));
 
     // The files, and what the image prints.
     let listing = |out: Output| {
@@ -467,6 +486,19 @@ fn compare_with_docker(root: &Path, d: &peers::Dockerd, tag: &str, dirs: &str) -
     let ours_run = listing(peers::output(runner(root).args(["start", "--rm", tag])));
     let theirs_run = listing(d.docker(["run", "--rm", "--network", "none", tag]));
     assert_eq!(ours_run, theirs_run);
+    d.docker_ok(["rmi", tag]);
+    // Ours, through `puller save` and `docker load`, runs under docker as it does here.
+    let archive = root.with_file_name(format!("{}.tar", tag.replace(':', "-")));
+    peers::run_ok(
+        Command::new(peers::bin("puller"))
+            .arg("--root")
+            .arg(root)
+            .args(["save", tag, "-o"])
+            .arg(&archive),
+    );
+    d.docker_ok(["load", "-i", archive.to_str().unwrap()]);
+    let loaded_run = listing(d.docker(["run", "--rm", "--network", "none", tag]));
+    assert_eq!(ours_run, loaded_run);
     d.docker_ok(["rmi", tag]);
     ours_files
 }
