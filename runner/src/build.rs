@@ -21,8 +21,11 @@
 //! `ADD` of a local tar (plain or gzip-compressed) extracts it: the archive's modes and
 //! owners, hard links as copies, `..` kept beneath the destination.
 //!
-//! Not supported yet (clear errors): `ADD` of URLs and of bzip2 or xz archives,
-//! `FROM` an image that is not in the store, `--network host`.
+//! `FROM` an image that is not in the store and whose reference names a registry
+//! (`HOST[:PORT]/…`, `localhost/…`) fetches it through the puller first.
+//!
+//! Not supported yet (clear errors): `ADD` of URLs and of bzip2 or xz archives, `FROM` an
+//! image that is not in the store and names no registry, `--network host`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
@@ -107,6 +110,13 @@ pub enum BuildError {
     Run { line: usize, command: String, code: i32 },
     #[error("bad image metadata: {0}")]
     Metadata(String),
+    #[error("line {line}: fetch {reference}: {source}")]
+    Fetch {
+        line: usize,
+        reference: String,
+        #[source]
+        source: Box<strata_puller::FetchError>,
+    },
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> BuildError {
@@ -667,6 +677,8 @@ pub fn build(store_root: &Path, opts: &BuildOptions, out: &mut dyn Write) -> Res
     };
     let context = read_context(&opts.context, &ignore)?;
 
+    fetch_missing_bases(store_root, &df, &dry, &needed, out)?;
+
     let store = Store::open(store_root)?;
     let cache = Cache {
         dir: store_root.join("cache").join("build"),
@@ -853,7 +865,74 @@ impl Builder<'_> {
         self.load(&id)
     }
 
-    /// Stores `state`'s config (and `layer`, a tar, on top of its layers) as an image.
+    /// Fetches, through the puller, the images the `needed` stages are built `FROM` that name
+/// a registry (`HOST[:PORT]/…` or `localhost/…`) and are not in the store, at the stage's
+/// `--platform` or this host's. References without a registry are left to the store.
+fn fetch_missing_bases(
+    store_root: &Path,
+    df: &crate::dockerfile::Dockerfile,
+    dry: &[crate::dockerfile::ResolvedStage],
+    needed: &BTreeSet<usize>,
+    out: &mut dyn Write,
+) -> Result<(), BuildError> {
+    let mut missing = Vec::new();
+    {
+        let store = Store::open(store_root)?;
+        for &i in needed {
+            let Base::Image(r) = &dry[i].base else { continue };
+            if !names_registry(r) || missing.iter().any(|(_, m, _)| m == r) {
+                continue;
+            }
+            match store.resolve(r) {
+                Ok(res) if res.image.is_some() => {}
+                Ok(_) | Err(StoreError::NoSuchImage(_)) => {
+                    missing.push((df.stages[i].line, r.clone(), dry[i].platform.clone()));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(io_err("start the async runtime"))?;
+    for (line, r, platform) in missing {
+        let fetch_err = |source: strata_puller::FetchError| BuildError::Fetch {
+            line,
+            reference: r.clone(),
+            source: Box::new(source),
+        };
+        let image = ImageRef::parse(&r).map_err(|e| BuildError::Reference(r.clone(), e.to_string()))?;
+        let platform = match &platform {
+            Some(p) => strata_store::Platform::parse(p)
+                .map_err(|e| step_err(line, format!("FROM --platform={p}: {e}")))?,
+            None => strata_store::Platform::host(),
+        };
+        writeln!(out, "Fetching {image}").map_err(io_err("write progress"))?;
+        let opts = strata_puller::FetchOptions {
+            platform,
+            credentials: strata_puller::credentials_for(&image.registry),
+            ..Default::default()
+        };
+        let report = runtime
+            .block_on(strata_puller::fetch(store_root, &image, &opts))
+            .map_err(fetch_err)?;
+        writeln!(out, " ---> {} ({} layers)", short_id(&report.image_id), report.layers)
+            .map_err(io_err("write progress"))?;
+    }
+    Ok(())
+}
+
+/// Whether a reference's first component names a registry, as docker decides it.
+fn names_registry(r: &str) -> bool {
+    r.split_once('/')
+        .is_some_and(|(first, _)| first.contains(['.', ':']) || first == "localhost")
+}
+
+/// Stores `state`'s config (and `layer`, a tar, on top of its layers) as an image.
     fn store_image(&self, mut state: State, layer: Option<Vec<u8>>) -> Result<State, BuildError> {
         if let Some(tar) = layer {
             let blob = self.store.blobs().put_bytes(&tar).map_err(StoreError::from)?;
