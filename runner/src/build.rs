@@ -131,6 +131,78 @@ fn step_err(line: usize, message: impl Into<String>) -> BuildError {
     }
 }
 
+/// Fetches, through the puller, the images the `needed` stages are built `FROM` that name
+/// a registry (`HOST[:PORT]/…` or `localhost/…`) and are not in the store, at the stage's
+/// `--platform` or this host's. References without a registry are left to the store.
+fn fetch_missing_bases(
+    store_root: &Path,
+    df: &crate::dockerfile::Dockerfile,
+    dry: &[crate::dockerfile::ResolvedStage],
+    needed: &BTreeSet<usize>,
+    out: &mut dyn Write,
+) -> Result<(), BuildError> {
+    let mut missing = Vec::new();
+    {
+        let store = Store::open(store_root)?;
+        for &i in needed {
+            let Base::Image(r) = &dry[i].base else { continue };
+            if !names_registry(r) || missing.iter().any(|(_, m, _)| m == r) {
+                continue;
+            }
+            match store.resolve(r) {
+                Ok(res) if res.image.is_some() => {}
+                Ok(_) | Err(StoreError::NoSuchImage(_)) => {
+                    missing.push((df.stages[i].line, r.clone(), dry[i].platform.clone()));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(io_err("start the async runtime"))?;
+    for (line, r, platform) in missing {
+        let fetch_err = |source: strata_puller::FetchError| BuildError::Fetch {
+            line,
+            reference: r.clone(),
+            source: Box::new(source),
+        };
+        let image = ImageRef::parse(&r).map_err(|e| BuildError::Reference(r.clone(), e.to_string()))?;
+        let platform = match &platform {
+            Some(p) => strata_store::Platform::parse(p)
+                .ok_or_else(|| step_err(line, format!("FROM --platform={p}: not OS/ARCH[/VARIANT]")))?,
+            None => strata_store::Platform::host(),
+        };
+        writeln!(out, "Fetching {image}").map_err(io_err("write progress"))?;
+        let opts = strata_puller::FetchOptions {
+            platform,
+            credentials: strata_puller::credentials_for(&image.registry),
+            ..Default::default()
+        };
+        let report = runtime
+            .block_on(strata_puller::fetch(store_root, &image, &opts))
+            .map_err(fetch_err)?;
+        writeln!(
+            out,
+            " ---> {} ({} layers)",
+            &report.image_id.hex()[..12],
+            report.layers
+        )
+        .map_err(io_err("write progress"))?;
+    }
+    Ok(())
+}
+
+/// Whether a reference's first component names a registry, as docker decides it.
+fn names_registry(r: &str) -> bool {
+    r.split_once('/')
+        .is_some_and(|(first, _)| first.contains(['.', ':']) || first == "localhost")
+}
+
 /// One image in the making: the stored image it is (`None` before `FROM scratch`'s first
 /// step), its config and manifest.
 #[derive(Debug, Clone)]
@@ -865,74 +937,7 @@ impl Builder<'_> {
         self.load(&id)
     }
 
-    /// Fetches, through the puller, the images the `needed` stages are built `FROM` that name
-/// a registry (`HOST[:PORT]/…` or `localhost/…`) and are not in the store, at the stage's
-/// `--platform` or this host's. References without a registry are left to the store.
-fn fetch_missing_bases(
-    store_root: &Path,
-    df: &crate::dockerfile::Dockerfile,
-    dry: &[crate::dockerfile::ResolvedStage],
-    needed: &BTreeSet<usize>,
-    out: &mut dyn Write,
-) -> Result<(), BuildError> {
-    let mut missing = Vec::new();
-    {
-        let store = Store::open(store_root)?;
-        for &i in needed {
-            let Base::Image(r) = &dry[i].base else { continue };
-            if !names_registry(r) || missing.iter().any(|(_, m, _)| m == r) {
-                continue;
-            }
-            match store.resolve(r) {
-                Ok(res) if res.image.is_some() => {}
-                Ok(_) | Err(StoreError::NoSuchImage(_)) => {
-                    missing.push((df.stages[i].line, r.clone(), dry[i].platform.clone()));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(io_err("start the async runtime"))?;
-    for (line, r, platform) in missing {
-        let fetch_err = |source: strata_puller::FetchError| BuildError::Fetch {
-            line,
-            reference: r.clone(),
-            source: Box::new(source),
-        };
-        let image = ImageRef::parse(&r).map_err(|e| BuildError::Reference(r.clone(), e.to_string()))?;
-        let platform = match &platform {
-            Some(p) => strata_store::Platform::parse(p)
-                .map_err(|e| step_err(line, format!("FROM --platform={p}: {e}")))?,
-            None => strata_store::Platform::host(),
-        };
-        writeln!(out, "Fetching {image}").map_err(io_err("write progress"))?;
-        let opts = strata_puller::FetchOptions {
-            platform,
-            credentials: strata_puller::credentials_for(&image.registry),
-            ..Default::default()
-        };
-        let report = runtime
-            .block_on(strata_puller::fetch(store_root, &image, &opts))
-            .map_err(fetch_err)?;
-        writeln!(out, " ---> {} ({} layers)", short_id(&report.image_id), report.layers)
-            .map_err(io_err("write progress"))?;
-    }
-    Ok(())
-}
-
-/// Whether a reference's first component names a registry, as docker decides it.
-fn names_registry(r: &str) -> bool {
-    r.split_once('/')
-        .is_some_and(|(first, _)| first.contains(['.', ':']) || first == "localhost")
-}
-
-/// Stores `state`'s config (and `layer`, a tar, on top of its layers) as an image.
+    /// Stores `state`'s config (and `layer`, a tar, on top of its layers) as an image.
     fn store_image(&self, mut state: State, layer: Option<Vec<u8>>) -> Result<State, BuildError> {
         if let Some(tar) = layer {
             let blob = self.store.blobs().put_bytes(&tar).map_err(StoreError::from)?;

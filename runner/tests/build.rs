@@ -3,7 +3,9 @@
 //! USER, CMD, LABEL, EXPOSE) gives the config, history and files expected, and runs under
 //! `runner start`; the step cache (a no-op rebuild runs nothing, a changed file re-runs
 //! from the COPY that reads it, `touch` changes nothing, `--no-cache` re-runs all); a
-//! malformed Dockerfile fails with its line number and stores nothing.
+//! malformed Dockerfile fails with its line number and stores nothing; builds compared
+//! with docker's classic builder (also run under `docker run` after `puller save`); `FROM`
+//! a registry's image that is not in the store fetches it.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -698,4 +700,99 @@ fn build_from_scratch_with_a_target_and_globs() {
         "{}",
         peers::format_output(&out)
     );
+}
+
+/// A `registry-server` on loopback, killed when dropped.
+struct Registry {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Registry {
+    fn start(root: &Path) -> Registry {
+        let port = peers::free_port();
+        let child = Command::new(peers::bin("registry-server"))
+            .arg("--root")
+            .arg(root)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("spawn registry-server");
+        let reg = Registry { child, port };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "registry-server did not start on port {port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        reg
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `FROM` a registry's image that is not in the store: the puller fetches it into the
+/// store, the build goes on from it; a rebuild fetches nothing.
+#[test]
+fn build_from_a_registry_fetches_the_base() {
+    if !crate::common::can_run() || peers::require("skopeo").is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&tmp.path().join("registry"));
+    let layout = tmp.path().join("layout");
+    strata_fixtures::write_oci_layout(
+        &layout,
+        &[(
+            &strata_fixtures::busybox(
+                strata_fixtures::Flavor::Oci,
+                strata_fixtures::LayerCompression::Gzip,
+            ),
+            Some("1"),
+        )],
+    );
+    let base = format!("127.0.0.1:{}/t/busybox:1", reg.port);
+    peers::skopeo_ok([
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:1", layout.display()),
+        &format!("docker://{base}"),
+    ]);
+    let root = tmp.path().join("store");
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {base}\nRUN echo built > /built.txt\nCMD [\"cat\", \"/built.txt\"]\n"),
+    )
+    .unwrap();
+    let c = ctx.to_str().unwrap();
+    let out = build(&root, &["-t", "fetched:1", c]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("Fetching {base}")), "{stdout}");
+    assert_eq!(counts(&out), (3, 0, 1));
+    assert!(inspect(&root, &base)["id"].is_string());
+    let out = peers::output(runner(&root).args(["start", "--rm", "fetched:1"]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "built\n",
+        "{}",
+        peers::format_output(&out)
+    );
+    // Now in the store: nothing fetched, every step from the cache.
+    let again = build(&root, &["-t", "fetched:2", c]);
+    assert!(
+        !String::from_utf8_lossy(&again.stdout).contains("Fetching"),
+        "{}",
+        peers::format_output(&again)
+    );
+    assert_eq!(counts(&again), (3, 2, 0));
 }
