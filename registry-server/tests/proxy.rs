@@ -433,10 +433,7 @@ async fn bearer_token_upstream() {
     let img = small_image(13, 2, false);
     let reg = Reg::new();
     reg.push_image("t/tok", "1", &img).await;
-    let Reg {
-        dir: up_dir, state, ..
-    } = reg;
-    drop(state); // closes the store
+    let up_dir = reg.into_dir(); // closes the store
     let htpasswd = up_dir.path().join("htpasswd");
     let hash = bcrypt::hash("pw", 4).unwrap();
     std::fs::write(&htpasswd, format!("alice:{hash}\n")).unwrap();

@@ -149,6 +149,16 @@ impl Reg {
         }
     }
 
+    /// Closes the registry's stores (every replica's) and hands back its directory.
+    pub fn into_dir(self) -> tempfile::TempDir {
+        let Reg {
+            dir, state, replicas, ..
+        } = self;
+        drop(state);
+        drop(replicas);
+        dir
+    }
+
     /// Whether this registry runs on shared backends.
     pub fn is_shared(&self) -> bool {
         self.replicas.len() > 1
