@@ -15,7 +15,7 @@ use futures::StreamExt;
 use strata_store::{BlobBackend, Committed, ContentError, Digest, Store, UploadRecord, UploadState};
 
 use crate::error::{ApiError, ApiResult};
-use crate::uploads::UploadBody;
+use crate::uploads::{UploadBody, new_id, now};
 
 /// How long a request holds a session without renewing its lease (a replica killed
 /// mid-request blocks the session this long at most).
@@ -37,17 +37,6 @@ pub struct SharedSlot {
     record: UploadRecord,
     stored: Vec<u8>,
     state: UploadState,
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-fn new_id() -> String {
-    let bytes: [u8; 16] = rand::random();
-    hex::encode(bytes)
 }
 
 impl From<ContentError> for ApiError {

@@ -68,12 +68,14 @@ impl std::fmt::Debug for Uploads {
 /// A locked session: one request at a time works on an upload.
 pub type Locked = OwnedMutexGuard<Slot>;
 
-fn new_id() -> String {
+/// A new upload session id (shared sessions use the same form).
+pub(crate) fn new_id() -> String {
     let bytes: [u8; 16] = rand::random();
     hex::encode(bytes)
 }
 
-fn now() -> i64 {
+/// Unix seconds now.
+pub(crate) fn now() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)

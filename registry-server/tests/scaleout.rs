@@ -184,6 +184,29 @@ fn spawn_replica(addr: SocketAddr, config: &Path) -> Replica {
     r
 }
 
+/// Each image as an OCI layout (tag `x`) in a directory of its own.
+fn oci_layouts(images: &[strata_fixtures::Image]) -> Vec<tempfile::TempDir> {
+    images
+        .iter()
+        .map(|img| {
+            let d = tempfile::tempdir().unwrap();
+            strata_fixtures::write_oci_layout(d.path(), &[(img, Some("x"))]);
+            d
+        })
+        .collect()
+}
+
+/// The distinct blobs (layers, configs, manifests) of `images`: one object each in the bucket.
+fn blob_digests(images: &[strata_fixtures::Image]) -> std::collections::BTreeSet<String> {
+    let mut all = std::collections::BTreeSet::new();
+    for img in images {
+        all.extend(img.layers.iter().map(|l| l.digest.clone()));
+        all.insert(img.config.digest.clone());
+        all.insert(img.manifest.digest.clone());
+    }
+    all
+}
+
 fn http() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -466,14 +489,7 @@ fn concurrent_pushes_of_overlapping_images_through_three_replicas() {
     }
     let Some(c) = Cluster::start(3, "") else { return };
     let images: Vec<_> = (0..4).map(|i| small_image(100 + i, 3, true)).collect();
-    let dirs: Vec<_> = images
-        .iter()
-        .map(|img| {
-            let d = tempfile::tempdir().unwrap();
-            strata_fixtures::write_oci_layout(d.path(), &[(img, Some("x"))]);
-            d
-        })
-        .collect();
+    let dirs = oci_layouts(&images);
     let addr = c.addr();
     std::thread::scope(|s| {
         for (i, d) in dirs.iter().enumerate() {
@@ -506,14 +522,7 @@ fn concurrent_pushes_of_overlapping_images_through_three_replicas() {
         "the tag points at a manifest no one pushed: {raw}"
     );
     // One object per distinct blob (shared base layers included).
-    let mut distinct = std::collections::BTreeSet::new();
-    for img in &images {
-        for l in &img.layers {
-            distinct.insert(l.digest.clone());
-        }
-        distinct.insert(img.config.digest.clone());
-        distinct.insert(img.manifest.digest.clone());
-    }
+    let distinct = blob_digests(&images);
     let objects = c.objects();
     assert_eq!(objects.len(), distinct.len(), "objects: {objects:?}");
     c.fsck_clean();
@@ -559,14 +568,7 @@ fn gc_on_shared_backends_while_replicas_take_pushes() {
         orphans.push(digest);
     }
     let images: Vec<_> = (0..6).map(|i| small_image(300 + i, 2, true)).collect();
-    let dirs: Vec<_> = images
-        .iter()
-        .map(|img| {
-            let d = tempfile::tempdir().unwrap();
-            strata_fixtures::write_oci_layout(d.path(), &[(img, Some("x"))]);
-            d
-        })
-        .collect();
+    let dirs = oci_layouts(&images);
     let addr = c.addr();
     // Pushes for about ten seconds, through several GC runs (each image twice, a second
     // apart, so blobs found by HEAD are referenced again while a GC may be condemning).
@@ -596,14 +598,7 @@ fn gc_on_shared_backends_while_replicas_take_pushes() {
             .collect();
         if left.is_empty() {
             // Gone from the bucket too: what is left is exactly what the images use.
-            let mut used = std::collections::BTreeSet::new();
-            for img in &images {
-                for l in &img.layers {
-                    used.insert(l.digest.clone());
-                }
-                used.insert(img.config.digest.clone());
-                used.insert(img.manifest.digest.clone());
-            }
+            let used = blob_digests(&images);
             assert_eq!(objects.len(), used.len(), "{objects:?}");
             break;
         }

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use crate::digest::Digest;
 use crate::index::IdKind;
 use crate::layers::chain_id;
-use crate::meta::{Cf, ImageRecord, LayerRecord, LeaseRecord, ManifestRecord};
+use crate::meta::{Batch, Cf, ImageRecord, LayerRecord, LeaseRecord, ManifestRecord, Meta};
 use crate::store::{Store, StoreError, now};
 
 const TIMESTAMP_SLACK: Duration = Duration::from_secs(1);
@@ -102,14 +102,7 @@ impl Store {
 
         // Mark. Every manifest record is a root (manifests leave by `rm` or a registry
         // DELETE); tags point at manifests; images and containers keep their layers.
-        for (key, m) in meta.scan::<ManifestRecord>(Cf::Manifests)? {
-            if let Ok(d) = key.parse() {
-                blobs.insert(d);
-            }
-            blobs.extend(m.config);
-            blobs.extend(m.layers.iter().copied());
-            blobs.extend(m.children.iter().copied());
-        }
+        mark_manifests(meta, &mut blobs)?;
         for (key, image) in meta.scan::<ImageRecord>(Cf::Images)? {
             if let Ok(d) = key.parse() {
                 blobs.insert(d);
@@ -171,12 +164,7 @@ impl Store {
         }
         if !swept.is_empty() {
             let mut batch = meta.batch();
-            for link in meta.keys(Cf::RepoLinks, "")? {
-                let digest = link.rsplit_once('@').and_then(|(_, d)| d.parse::<Digest>().ok());
-                if digest.is_some_and(|d| swept.contains(&d)) {
-                    batch.delete(Cf::RepoLinks, &link);
-                }
-            }
+            delete_links_to(meta, &swept, &mut batch)?;
             meta.write(batch)?;
         }
 
@@ -241,6 +229,33 @@ impl Store {
         u.tags = self.meta().keys(Cf::Tags, "")?.len() as u64;
         Ok(u)
     }
+}
+
+/// Marks what the manifest records reference: each manifest, its config, layers and
+/// children (both collectors' first roots).
+pub(crate) fn mark_manifests(meta: &Meta, live: &mut HashSet<Digest>) -> Result<(), StoreError> {
+    for (key, m) in meta.scan::<ManifestRecord>(Cf::Manifests)? {
+        live.extend(key.parse::<Digest>().ok());
+        live.extend(m.config);
+        live.extend(m.layers.iter().copied());
+        live.extend(m.children.iter().copied());
+    }
+    Ok(())
+}
+
+/// Adds to `batch` the deletion of every repository link to a swept blob.
+pub(crate) fn delete_links_to(
+    meta: &Meta,
+    swept: &HashSet<Digest>,
+    batch: &mut Batch,
+) -> Result<(), StoreError> {
+    for link in meta.keys(Cf::RepoLinks, "")? {
+        let digest = link.rsplit_once('@').and_then(|(_, d)| d.parse::<Digest>().ok());
+        if digest.is_some_and(|d| swept.contains(&d)) {
+            batch.delete(Cf::RepoLinks, &link);
+        }
+    }
+    Ok(())
 }
 
 /// What the runner's containers use: each `containers/<id>/config.json` names its image

@@ -22,7 +22,7 @@ use futures::StreamExt;
 
 use crate::digest::Digest;
 use crate::fsck::{Fault, FsckReport};
-use crate::gc::{GcOptions, GcReport, Usage};
+use crate::gc::{GcOptions, GcReport, Usage, delete_links_to, mark_manifests};
 use crate::manifest::MAX_MANIFEST_BYTES;
 use crate::meta::{Cf, LeaseRecord, ManifestRecord, TagRecord};
 use crate::store::{Store, StoreError, now};
@@ -67,12 +67,7 @@ async fn blocking<T: Send + 'static>(
 fn mark(store: &Store) -> Result<HashSet<Digest>, StoreError> {
     let meta = store.meta();
     let mut live = HashSet::new();
-    for (key, m) in meta.scan::<ManifestRecord>(Cf::Manifests)? {
-        live.extend(key.parse::<Digest>().ok());
-        live.extend(m.config);
-        live.extend(m.layers.iter().copied());
-        live.extend(m.children.iter().copied());
-    }
+    mark_manifests(meta, &mut live)?;
     for key in meta.keys(Cf::Images, "")? {
         live.extend(key.parse::<Digest>().ok());
     }
@@ -195,12 +190,7 @@ impl Store {
                 for d in &swept {
                     batch.delete(Cf::Blobs, &d.to_string());
                 }
-                for link in meta.keys(Cf::RepoLinks, "")? {
-                    let digest = link.rsplit_once('@').and_then(|(_, d)| d.parse::<Digest>().ok());
-                    if digest.is_some_and(|d| swept.contains(&d)) {
-                        batch.delete(Cf::RepoLinks, &link);
-                    }
-                }
+                delete_links_to(meta, &swept, &mut batch)?;
                 meta.write(batch)?;
                 Ok(())
             })
@@ -300,16 +290,22 @@ impl Store {
                 });
             }
         }
-        // Small blobs that should parse do (a config a manifest names).
+        // A config a manifest names must be small enough to be read as one (every blob
+        // was read in full above; its size says the rest).
+        let sizes: std::collections::HashMap<Digest, u64> =
+            blobs.iter().map(|b| (b.digest, b.size)).collect();
         for (_, m) in &manifests {
             if let Some(c) = m.config
                 && present.contains(&c)
-                && let Err(e) = content.read_small(&c, MAX_MANIFEST_BYTES).await
+                && sizes.get(&c).is_some_and(|&size| size > MAX_MANIFEST_BYTES)
             {
                 r.faults.push(Fault {
                     kind: "unreadable config",
                     subject: c.to_string(),
-                    detail: e.to_string(),
+                    detail: crate::content::ContentError::TooLarge {
+                        limit: MAX_MANIFEST_BYTES,
+                    }
+                    .to_string(),
                     repaired: false,
                 });
             }

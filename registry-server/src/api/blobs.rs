@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use strata_store::Digest;
 
-use super::shared::{Shared, blocking, check_delete, parse_digest, set_digest};
+use super::shared::{Shared, blocking, check_delete, keep_threshold, parse_digest, set_digest};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::sendfile::{SendfileBody, SendfileSlot};
 
@@ -150,12 +150,8 @@ async fn get_shared_blob(st: &Shared, name: String, d: Digest, headers: &HeaderM
     if head {
         // A client that finds a blob with HEAD will reference it next: keep it from a GC
         // (a write only when it nears the end of its grace period or was condemned).
-        let recent = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |t| t.as_secs() as i64)
-            - (st.inner.config.gc.grace / 2).as_secs() as i64;
         content
-            .keep(&d, recent)
+            .keep(&d, keep_threshold(&st.inner.config.gc))
             .await
             .map_err(strata_store::StoreError::from)?;
     }

@@ -13,7 +13,9 @@ use strata_store::{
     DOCKER_LIST, DOCKER_MANIFEST, Digest, Manifest, OCI_INDEX, OCI_MANIFEST, Platform, Referrer,
 };
 
-use super::shared::{Cached, Shared, blocking, check_delete, parse_digest, set_digest, set_location, wait};
+use super::shared::{
+    Cached, Shared, blocking, check_delete, keep_threshold, parse_digest, set_digest, set_location, wait,
+};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::names::valid_tag;
 
@@ -290,7 +292,7 @@ pub(crate) fn add_manifest_shared(
     let manifest = Manifest::parse(bytes, media_type).map_err(strata_store::StoreError::from)?;
     let digest = Digest::of(bytes);
     let started = std::time::Instant::now();
-    let recent = now_secs() - (gc.grace / 2).as_secs() as i64;
+    let recent = keep_threshold(gc);
     store.check_references(&manifest, &digest, |d| Ok(wait(content.keep(d, recent))?))?;
     wait(content.write(&digest, Bytes::copy_from_slice(bytes))).map_err(strata_store::StoreError::from)?;
     let config = match strata_store::image_config(&manifest) {
@@ -309,12 +311,6 @@ pub(crate) fn add_manifest_shared(
     }
     store.record_manifest(bytes, &manifest, config.as_deref(), Some(repository))?;
     Ok((digest, manifest))
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 pub(super) async fn delete_manifest(st: &Shared, name: String, reference: String) -> ApiResult {

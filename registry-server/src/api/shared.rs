@@ -114,6 +114,13 @@ pub(crate) fn wait<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Handle::current().block_on(f)
 }
 
+/// The `stored_before` for `BlobBackend::keep` when a client is about to reference a blob:
+/// a blob stored (or kept) within half the GC grace period is left as it is, an older or
+/// condemned one is kept again.
+pub(crate) fn keep_threshold(gc: &crate::config::GcConfig) -> i64 {
+    crate::uploads::now() - (gc.grace / 2).as_secs() as i64
+}
+
 pub(super) fn parse_digest(s: &str) -> ApiResult<Digest> {
     s.parse::<Digest>()
         .map_err(|e| ApiError::digest_invalid(format!("invalid digest {s:?}: {e}")))

@@ -218,19 +218,6 @@ impl S3Blobs {
         self.meta(move |m| m.compare_and_swap(Cf::Objects, &rkey, Some(&expected), new.as_ref()))
             .await
     }
-
-    /// Object keys present in the bucket under the prefix (admin and tests only: request
-    /// paths never list).
-    pub async fn list_objects(&self) -> Result<Vec<String>> {
-        let prefix = (!self.prefix.is_empty()).then(|| ObjectPath::from(self.prefix.as_str()));
-        let metas: Vec<_> = self
-            .s3
-            .list(prefix.as_ref())
-            .try_collect()
-            .await
-            .map_err(s3_err)?;
-        Ok(metas.into_iter().map(|m| m.location.to_string()).collect())
-    }
 }
 
 #[async_trait::async_trait]

@@ -66,12 +66,12 @@ impl ResumableSha256 {
             self.open.clear();
         }
         let whole = data.len() / 64 * 64;
-        if whole > 0 {
-            let blocks: Vec<GenericArray<u8, _>> = data[..whole]
-                .chunks_exact(64)
-                .map(|c| *GenericArray::from_slice(c))
-                .collect();
-            sha2::compress256(&mut self.state, &blocks);
+        // Block by block, in place: no copy of the data.
+        for block in data[..whole].chunks_exact(64) {
+            sha2::compress256(
+                &mut self.state,
+                std::slice::from_ref(GenericArray::from_slice(block)),
+            );
         }
         self.open.extend_from_slice(&data[whole..]);
     }
