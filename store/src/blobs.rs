@@ -647,9 +647,27 @@ impl Ingest {
             });
         }
         let dest = self.store.path(expected);
+        // An upload commits under its digest's ingest lock, which a digest-keyed ingest holds
+        // for its whole life: of two writers of the same content, one renames into place
+        // and the other finds it there (one copy, `written` true once).
+        let digest_lock = match &self.key {
+            IngestKey::Upload(_) => {
+                let stem = IngestKey::Digest(*expected).file_stem()?;
+                Some((lock_file(&self.store.ingest.join(format!("{stem}.lock")))?, stem))
+            }
+            IngestKey::Digest(_) => None,
+        };
+        let unlock = |lock: Option<(LockedFile, String)>| {
+            if let Some((lock, stem)) = lock {
+                // Unlinking under the lock is safe (see `lock_file`).
+                let _ = std::fs::remove_file(self.store.ingest.join(format!("{stem}.lock")));
+                drop(lock);
+            }
+        };
         if dest.is_file() {
             // Another writer under a different key (an upload) committed the same content.
             // It is in use again: restart its grace period.
+            unlock(digest_lock);
             self.discard_in_place();
             self.store.touch(expected);
             return Ok(Committed {
@@ -658,9 +676,14 @@ impl Ingest {
                 written: false,
             });
         }
-        self.file.sync_all().map_err(BlobError::io("fsync ingest"))?;
-        fs_err::rename(&self.partial_path, &dest).map_err(BlobError::io("commit blob"))?;
-        sync_dir(&self.store.blobs)?;
+        let renamed = self
+            .file
+            .sync_all()
+            .map_err(BlobError::io("fsync ingest"))
+            .and_then(|()| fs_err::rename(&self.partial_path, &dest).map_err(BlobError::io("commit blob")))
+            .and_then(|()| sync_dir(&self.store.blobs));
+        unlock(digest_lock);
+        renamed?;
         self.remove_lock_file();
         Ok(Committed {
             digest: actual,
