@@ -16,6 +16,9 @@ use crate::store::{Store, StoreError, now};
 
 const TIMESTAMP_SLACK: Duration = Duration::from_secs(1);
 
+/// Blobs swept per metadata batch.
+const SWEEP_CHUNK: usize = 256;
+
 /// How a GC runs.
 #[derive(Debug, Clone)]
 pub struct GcOptions {
@@ -134,38 +137,71 @@ impl Store {
             }
         }
         // Sweep blobs.
-        let mut swept = HashSet::new();
         // File times come from the kernel's coarse clock, which can lag `SystemTime::now()`
         // by a few milliseconds: allow a second of slack so a blob written just after the
         // GC started never looks older than it.
         let cutoff = started
             .checked_sub(opts.grace + TIMESTAMP_SLACK)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        for entry in self.blobs().list()? {
-            if blobs.contains(&entry.digest) || entry.modified > cutoff {
-                report.blobs_kept += 1;
-                continue;
-            }
-            // Re-check under the lock `add_manifest` takes: a manifest stored during this
-            // GC may have started referencing the blob.
+        let candidates: Vec<_> = self
+            .blobs()
+            .list()?
+            .into_iter()
+            .filter(|entry| {
+                let keep = blobs.contains(&entry.digest) || entry.modified > cutoff;
+                report.blobs_kept += u64::from(keep);
+                !keep
+            })
+            .collect();
+        // Metadata first, then files, a chunk at a time: a GC killed between the two leaves
+        // blob files no record names (what fsck notes and the next GC removes), never a
+        // record or a repository link to a blob that is gone.
+        for chunk in candidates.chunks(SWEEP_CHUNK) {
+            // Re-check under the lock `add_manifest` takes, held until the chunk's files
+            // are gone: a manifest stored during this GC may have started referencing one.
             let guard = self.gc_refs().lock().unwrap_or_else(|p| p.into_inner());
-            if guard.as_ref().is_some_and(|s| s.contains(&entry.digest)) {
-                report.blobs_kept += 1;
+            let mut doomed = HashSet::new();
+            for entry in chunk {
+                if guard.as_ref().is_some_and(|s| s.contains(&entry.digest)) {
+                    report.blobs_kept += 1;
+                    continue;
+                }
+                report.blobs_removed += 1;
+                report.bytes_removed += entry.size;
+                doomed.insert(entry.digest);
+            }
+            if opts.dry_run || doomed.is_empty() {
                 continue;
             }
-            report.blobs_removed += 1;
-            report.bytes_removed += entry.size;
-            if !opts.dry_run {
-                self.blobs().remove(&entry.digest)?;
-                meta.delete(Cf::Blobs, &entry.digest.to_string())?;
-                swept.insert(entry.digest);
+            let mut batch = meta.batch();
+            for d in &doomed {
+                batch.delete(Cf::Blobs, &d.to_string());
+            }
+            delete_links_to(meta, &doomed, &mut batch)?;
+            meta.write(batch)?;
+            for d in &doomed {
+                self.blobs().remove(d)?;
             }
             drop(guard);
         }
-        if !swept.is_empty() {
+        // Records of blobs whose file is gone and that nothing references: left by a GC of
+        // an earlier version killed between removing a file and its record.
+        if !opts.dry_run {
             let mut batch = meta.batch();
-            delete_links_to(meta, &swept, &mut batch)?;
-            meta.write(batch)?;
+            let mut orphans = HashSet::new();
+            for key in meta.keys(Cf::Blobs, "")? {
+                if let Ok(d) = key.parse::<Digest>()
+                    && !blobs.contains(&d)
+                    && !self.blobs().contains(&d)
+                {
+                    batch.delete(Cf::Blobs, &key);
+                    orphans.insert(d);
+                }
+            }
+            if !orphans.is_empty() {
+                delete_links_to(meta, &orphans, &mut batch)?;
+                meta.write(batch)?;
+            }
         }
 
         // Sweep layers.
@@ -181,9 +217,11 @@ impl Store {
             }
             report.layers_removed += 1;
             if !opts.dry_run {
-                self.layers().remove(&chain)?;
+                // Record first: a kill between the two leaves an unrecorded layer (a note
+                // for fsck, removed by the next GC), never a record of a missing layer.
                 meta.delete(Cf::Layers, &key)?;
                 self.index_remove(&chain, IdKind::Layer);
+                self.layers().remove(&chain)?;
             }
         }
         for (key, _) in meta.scan::<LayerRecord>(Cf::Layers)? {

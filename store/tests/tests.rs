@@ -7,6 +7,7 @@ mod backends;
 mod cli;
 mod common;
 mod gc_concurrent;
+mod gc_crash;
 mod ingest_processes;
 mod unpack_hostile;
 mod unpack_layers;
