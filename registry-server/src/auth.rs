@@ -1,9 +1,11 @@
 //! Authentication (htpasswd bcrypt basic auth, and a built-in bearer-token issuer for the
-//! Docker token flow) and authorisation (per-repository `pull`/`push`/`delete` rights from
-//! the config's users, groups and repository globs).
+//! Docker token flow) and authorisation (per-repository `pull`/`push`/`delete` rights and
+//! the `catalog` right from the config's users, groups, anonymous rules and repository
+//! globs).
 //!
 //! Tokens are `base64url(claims).base64url(HMAC-SHA256(claims))` with a key from the
-//! config (or random per start): opaque to clients, checked in constant time here.
+//! config (or random per start): opaque to clients, checked in constant time here, then
+//! their expiry, issuer and audience (the configured `service`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -64,10 +66,13 @@ impl Action {
     }
 }
 
-/// What a request needs: actions on repositories (none: any authenticated user).
+/// What a request needs: actions on repositories and/or the catalog right (neither: any
+/// authenticated user).
 #[derive(Debug, Clone, Default)]
 pub struct Need {
     pub access: Vec<(String, Action)>,
+    /// The `_catalog` listing (token scope `registry:catalog:*`).
+    pub catalog: bool,
 }
 
 /// Who a request is from.
@@ -79,6 +84,10 @@ pub enum Identity {
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Claims {
+    #[serde(default)]
+    iss: String,
+    #[serde(default)]
+    aud: String,
     sub: String,
     exp: u64,
     access: Vec<ScopeClaim>,
@@ -227,33 +236,68 @@ impl Auth {
             .collect()
     }
 
+    /// The rules that hold for `who`: the anonymous ones for everyone, and for a user
+    /// those naming the user, one of the user's groups or `*`.
+    fn rules_for<'a>(
+        &'a self,
+        who: &'a Identity,
+    ) -> impl Iterator<Item = &'a crate::config::AccessRule> + 'a {
+        let (user, groups) = match who {
+            Identity::User(u) => (Some(u.as_str()), self.groups_of(u)),
+            Identity::Anonymous => (None, Vec::new()),
+        };
+        self.config.access.iter().filter(move |rule| {
+            rule.anonymous
+                || user.is_some_and(|user| {
+                    rule.users.iter().any(|u| u == "*" || u == user)
+                        || rule.groups.iter().any(|g| groups.contains(&g.as_str()))
+                })
+        })
+    }
+
     /// The actions `who` may take on `repository`.
     pub fn rights(&self, who: &Identity, repository: &str) -> BTreeSet<Action> {
         let mut out = BTreeSet::new();
         if self.config.anonymous_pull {
             out.insert(Action::Pull);
         }
-        let Identity::User(user) = who else { return out };
         if self.config.access.is_empty() {
-            out.extend([Action::Pull, Action::Push, Action::Delete]);
+            if matches!(who, Identity::User(_)) {
+                out.extend([Action::Pull, Action::Push, Action::Delete]);
+            }
             return out;
         }
-        let groups = self.groups_of(user);
-        for rule in &self.config.access {
-            let who_matches = rule.users.iter().any(|u| u == "*" || u == user)
-                || rule.groups.iter().any(|g| groups.contains(&g.as_str()));
-            let repo_matches = glob::Pattern::new(&rule.repositories).is_ok_and(|p| p.matches(repository));
-            if who_matches && repo_matches {
-                for a in &rule.actions {
-                    if a == "*" {
-                        out.extend([Action::Pull, Action::Push, Action::Delete]);
-                    } else if let Some(a) = Action::parse(a) {
-                        out.insert(a);
-                    }
+        for rule in self.rules_for(who) {
+            let repo_matches = rule
+                .repositories
+                .0
+                .iter()
+                .any(|g| glob::Pattern::new(g).is_ok_and(|p| p.matches(repository)));
+            if !repo_matches {
+                continue;
+            }
+            for a in &rule.actions {
+                if a == "*" {
+                    out.extend([Action::Pull, Action::Push, Action::Delete]);
+                } else if let Some(a) = Action::parse(a) {
+                    out.insert(a);
                 }
             }
         }
+        if matches!(who, Identity::Anonymous) {
+            out.retain(|a| *a == Action::Pull);
+        }
         out
+    }
+
+    /// Whether `who` may list every repository (`/v2/_catalog`): with no rules, any
+    /// authenticated user; else whoever a rule grants `catalog`.
+    pub fn may_list_catalog(&self, who: &Identity) -> bool {
+        if self.config.access.is_empty() {
+            return matches!(who, Identity::User(_));
+        }
+        self.rules_for(who)
+            .any(|rule| rule.actions.iter().any(|a| a == "catalog"))
     }
 
     fn challenge(&self, host: &str, tls: bool, need: &Need, insufficient: bool) -> String {
@@ -300,8 +344,8 @@ impl Auth {
             .unwrap_or("localhost")
             .to_string();
         let authz = headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
-        let allowed = |rights: &dyn Fn(&str) -> BTreeSet<Action>| {
-            need.access.iter().all(|(repo, a)| rights(repo).contains(a))
+        let allowed = |rights: &dyn Fn(&str) -> BTreeSet<Action>, catalog: bool| {
+            need.access.iter().all(|(repo, a)| rights(repo).contains(a)) && (catalog || !need.catalog)
         };
         match authz {
             Some(v) if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") => {
@@ -319,7 +363,10 @@ impl Auth {
                         .flat_map(|c| c.actions.iter().filter_map(|a| Action::parse(a)))
                         .collect()
                 };
-                if allowed(&granted) {
+                let catalog = claims.access.iter().any(|c| {
+                    c.kind == "registry" && c.name == "catalog" && c.actions.iter().any(|a| a == "*")
+                });
+                if allowed(&granted, catalog) {
                     Ok(if claims.sub.is_empty() {
                         Identity::Anonymous
                     } else {
@@ -336,7 +383,7 @@ impl Auth {
                     return Err(self.unauthorized(&host, tls, need, false, "authentication required"));
                 }
                 let who = Identity::User(user);
-                if allowed(&|repo| self.rights(&who, repo)) {
+                if allowed(&|repo| self.rights(&who, repo), self.may_list_catalog(&who)) {
                     Ok(who)
                 } else {
                     Err(ApiError::denied("requested access to the resource is denied")
@@ -344,8 +391,11 @@ impl Auth {
                 }
             }
             _ => {
-                let anonymous_ok =
-                    !need.access.is_empty() && allowed(&|repo| self.rights(&Identity::Anonymous, repo));
+                let anonymous_ok = (!need.access.is_empty() || need.catalog)
+                    && allowed(
+                        &|repo| self.rights(&Identity::Anonymous, repo),
+                        self.may_list_catalog(&Identity::Anonymous),
+                    );
                 if anonymous_ok {
                     Ok(Identity::Anonymous)
                 } else {
@@ -363,7 +413,8 @@ impl Auth {
             return None;
         }
         let claims: Claims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
-        (claims.exp > unix_now()).then_some(claims)
+        (claims.exp > unix_now() && claims.iss == self.config.issuer && claims.aud == self.config.service)
+            .then_some(claims)
     }
 
     /// The `/token` endpoint: authenticates (basic or anonymous) and grants the requested
@@ -409,16 +460,35 @@ impl Auth {
                 let Some((kind, name)) = rest.split_once(':') else {
                     continue;
                 };
-                if kind != "repository" {
+                if kind == "repository" && !crate::names::valid_name(name, 4096) {
                     continue;
                 }
-                let rights = self.rights(&who, name);
-                let granted: Vec<String> = actions
-                    .split(',')
-                    .filter_map(Action::parse)
-                    .filter(|a| rights.contains(a))
-                    .map(|a| a.as_str().to_string())
-                    .collect();
+                let granted: Vec<String> = match kind {
+                    "registry" if name == "catalog" => {
+                        let asked = actions.split(',').any(|a| a == "*");
+                        if asked && self.may_list_catalog(&who) {
+                            vec!["*".to_string()]
+                        } else {
+                            Vec::new()
+                        }
+                    }
+                    "repository" => {
+                        let rights = self.rights(&who, name);
+                        let asked: BTreeSet<Action> = actions
+                            .split(',')
+                            .flat_map(|a| match a {
+                                "*" => vec![Action::Pull, Action::Push, Action::Delete],
+                                a => Action::parse(a).into_iter().collect(),
+                            })
+                            .collect();
+                        asked
+                            .into_iter()
+                            .filter(|a| rights.contains(a))
+                            .map(|a| a.as_str().to_string())
+                            .collect()
+                    }
+                    _ => continue,
+                };
                 access.push(ScopeClaim {
                     kind: kind.into(),
                     name: name.into(),
@@ -428,6 +498,8 @@ impl Auth {
         }
         let ttl = self.config.token_ttl.as_secs().max(60);
         let claims = Claims {
+            iss: self.config.issuer.clone(),
+            aud: self.config.service.clone(),
             sub: match &who {
                 Identity::User(u) => u.clone(),
                 Identity::Anonymous => String::new(),
@@ -483,10 +555,14 @@ fn scope_strings(need: &Need) -> Vec<String> {
             None => by_repo.push((repo.clone(), vec![a.as_str()])),
         }
     }
-    by_repo
+    let mut out: Vec<String> = by_repo
         .into_iter()
         .map(|(r, a)| format!("repository:{r}:{}", a.join(",")))
-        .collect()
+        .collect();
+    if need.catalog {
+        out.push("registry:catalog:*".into());
+    }
+    out
 }
 
 fn parse_basic(b64: &str) -> Option<(String, String)> {

@@ -125,12 +125,18 @@ impl Config {
         }
         if let Some(auth) = &self.auth {
             for rule in &auth.access {
-                glob::Pattern::new(&rule.repositories).map_err(|e| {
-                    ConfigError::Invalid(format!("auth.access repositories {:?}: {e}", rule.repositories))
-                })?;
+                for g in &rule.repositories.0 {
+                    glob::Pattern::new(g)
+                        .map_err(|e| ConfigError::Invalid(format!("auth.access repositories {g:?}: {e}")))?;
+                }
                 for a in &rule.actions {
-                    if !matches!(a.as_str(), "pull" | "push" | "delete" | "*") {
+                    if !matches!(a.as_str(), "pull" | "push" | "delete" | "catalog" | "*") {
                         return Err(ConfigError::Invalid(format!("auth.access: unknown action {a:?}")));
+                    }
+                    if rule.anonymous && !matches!(a.as_str(), "pull" | "catalog") {
+                        return Err(ConfigError::Invalid(format!(
+                            "auth.access: an anonymous rule may grant pull and catalog, not {a:?}"
+                        )));
                     }
                 }
             }
@@ -285,6 +291,9 @@ pub struct AuthConfig {
     pub service: String,
     /// HMAC key for tokens; random per start when absent.
     pub secret: Option<String>,
+    /// The tokens' issuer (`iss`); a token from another issuer is refused, as is one for
+    /// another `service` (its audience, `aud`).
+    pub issuer: String,
     #[serde(with = "secs")]
     pub token_ttl: Duration,
     /// Anyone may pull without credentials.
@@ -303,6 +312,7 @@ impl Default for AuthConfig {
             realm: None,
             service: "strata-registry".into(),
             secret: None,
+            issuer: "strata-registry-token".into(),
             token_ttl: Duration::from_secs(300),
             anonymous_pull: false,
             groups: Default::default(),
@@ -331,19 +341,60 @@ impl std::fmt::Debug for ProxyConfig {
     }
 }
 
-/// Who may do what on which repositories.
-#[derive(Debug, Clone, Deserialize)]
+/// Who may do what on which repositories (Distribution's token scopes, zot's access
+/// control): a request is allowed when some rule that names its user (or one of the
+/// user's groups, or `*` for any authenticated user, or anyone when `anonymous`) grants
+/// its action on a repository one of the rule's globs matches.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessRule {
-    /// A glob over repository names, e.g. `team/*` or `*`.
-    pub repositories: String,
+    /// Globs over repository names, one or a list, e.g. `"team/*"` or `["team/*", "ci"]`
+    /// (`*` matches any characters, `/` included).
+    #[serde(default)]
+    pub repositories: Globs,
     /// User names; `*` is any authenticated user.
     #[serde(default)]
     pub users: Vec<String>,
     #[serde(default)]
     pub groups: Vec<String>,
-    /// `pull`, `push`, `delete` or `*`.
+    /// The rule also holds for clients without credentials (then only `pull` and
+    /// `catalog` may be granted). What anyone may do, every user may do.
+    #[serde(default)]
+    pub anonymous: bool,
+    /// `pull`, `push`, `delete`, `*` (those three), or `catalog`: the `/v2/_catalog`
+    /// listing of every repository, for which the rule's `repositories` do not matter.
     pub actions: Vec<String>,
+}
+
+/// One repository glob or a list of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Globs(pub Vec<String>);
+
+impl From<&str> for Globs {
+    fn from(s: &str) -> Self {
+        Globs(vec![s.to_string()])
+    }
+}
+
+impl<const N: usize> From<[&str; N]> for Globs {
+    fn from(a: [&str; N]) -> Self {
+        Globs(a.iter().map(|s| s.to_string()).collect())
+    }
+}
+
+impl<'de> Deserialize<'de> for Globs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(s) => Globs(vec![s]),
+            OneOrMany::Many(v) => Globs(v),
+        })
+    }
 }
 
 mod secs {
@@ -415,5 +466,10 @@ mod tests {
         assert!(Config::from_toml("[proxy]\nremote_url = \"ftp://x\"").is_err());
         assert!(Config::from_toml("[proxy]\nremote_url = \"http://x\"\nusername = \"u\"").is_err());
         assert!(Config::from_toml("[[auth.access]]\nrepositories = \"*\"\nactions = [\"fly\"]").is_err());
+        let rule = |body: &str| Config::from_toml(&format!("[[auth.access]]\n{body}"));
+        assert!(rule("anonymous = true\nrepositories = \"*\"\nactions = [\"push\"]").is_err());
+        let c = rule("anonymous = true\nrepositories = [\"a/*\", \"b\"]\nactions = [\"pull\", \"catalog\"]")
+            .unwrap();
+        assert_eq!(c.auth.unwrap().access[0].repositories, Globs::from(["a/*", "b"]));
     }
 }

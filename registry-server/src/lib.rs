@@ -19,7 +19,7 @@ mod uploads;
 pub use api::{AppState, StateError, app};
 pub use auth::{Action, AuthError};
 pub use config::{
-    AccessRule, AuthConfig, Config, ConfigError, GcConfig, Limits, LogConfig, MetadataSection, ProxyConfig,
+    AccessRule, AuthConfig, Config, ConfigError, GcConfig, Globs, Limits, LogConfig, MetadataSection, ProxyConfig,
     SHARED_REGISTRY_NAME, StorageSection, TlsConfig, UploadConfig,
 };
 pub use error::{ApiError, ErrorCode};

@@ -39,12 +39,14 @@ fn auth_reg(token: bool) -> Reg {
                 users: vec!["*".into()],
                 groups: vec![],
                 actions: vec!["pull".into()],
+                ..AccessRule::default()
             },
             AccessRule {
                 repositories: "team/*".into(),
                 users: vec![],
                 groups: vec!["devs".into()],
                 actions: vec!["*".into()],
+                ..AccessRule::default()
             },
         ],
         ..AuthConfig::default()

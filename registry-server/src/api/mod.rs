@@ -229,6 +229,12 @@ async fn dispatch(State(st): State<AppState>, req: Request) -> Response {
 }
 
 fn need_for(method: &Method, route: &Route, q: &[(String, String)]) -> Need {
+    if matches!(route, Route::Catalog) {
+        return Need {
+            catalog: true,
+            ..Need::default()
+        };
+    }
     let Some(name) = route.name() else {
         return Need::default();
     };
@@ -239,6 +245,7 @@ fn need_for(method: &Method, route: &Route, q: &[(String, String)]) -> Need {
     };
     let mut need = Need {
         access: vec![(name.to_string(), action)],
+        ..Need::default()
     };
     if let (Route::Uploads { .. }, Some(from)) = (route, query_get(q, "from"))
         && query_get(q, "mount").is_some()
