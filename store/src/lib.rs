@@ -29,6 +29,7 @@ mod registry;
 mod runnable;
 #[cfg(feature = "meta")]
 mod store;
+mod tar_headers;
 mod unpack;
 
 #[cfg(feature = "meta")]

@@ -43,6 +43,10 @@ use rustix::process::{Gid, Uid};
 use sha2::{Digest as _, Sha256};
 
 use crate::digest::{Digest, Hasher};
+use crate::tar_headers::{
+    BLOCK, BlockSource, Fields, HeaderLimits, HeaderReader, Pax, SparseVersion, TarEntry, padding,
+    parse_decimal,
+};
 
 /// Size of the chunks the reader thread hands to the writer thread.
 const CHUNK: usize = 1 << 20;
@@ -52,7 +56,6 @@ const IN_FLIGHT: usize = 4;
 const INPUT_BUFFER: usize = 256 << 10;
 /// Open directory fds kept for parent lookups.
 const DIR_CACHE: usize = 64;
-const BLOCK: u64 = 512;
 
 const OPAQUE_WHITEOUT: &[u8] = b".wh..wh..opq";
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
@@ -651,6 +654,33 @@ impl Stream {
     }
 }
 
+impl BlockSource for Stream {
+    fn position(&self) -> u64 {
+        self.offset
+    }
+
+    fn next_block(&mut self, out: &mut [u8; BLOCK as usize]) -> io::Result<bool> {
+        self.read_block(out).map_err(StreamError::into_io)
+    }
+
+    fn take_vec(&mut self, n: usize) -> io::Result<Vec<u8>> {
+        self.read_vec(n).map_err(StreamError::into_io)
+    }
+
+    fn skip_bytes(&mut self, n: u64) -> io::Result<()> {
+        self.skip(n).map_err(StreamError::into_io)
+    }
+}
+
+impl StreamError {
+    fn into_io(self) -> io::Error {
+        match self {
+            StreamError::Eof => io::ErrorKind::UnexpectedEof.into(),
+            StreamError::Io(e) => e,
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // Writer side: entries.
 
@@ -744,39 +774,6 @@ struct PendingDedup {
     display: String,
 }
 
-/// What PAX records and GNU extension headers said about the next entry.
-#[derive(Default)]
-struct Extensions {
-    long_name: Option<Vec<u8>>,
-    long_link: Option<Vec<u8>>,
-    pax: Option<Vec<u8>>,
-}
-
-impl Extensions {
-    fn is_empty(&self) -> bool {
-        self.long_name.is_none() && self.long_link.is_none() && self.pax.is_none()
-    }
-}
-
-#[derive(Default)]
-struct Pax {
-    path: Option<Vec<u8>>,
-    linkpath: Option<Vec<u8>>,
-    size: Option<u64>,
-    uid: Option<u64>,
-    gid: Option<u64>,
-    mtime: Option<Timespec>,
-    atime: Option<Timespec>,
-    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-    sparse_major: Option<u64>,
-    sparse_minor: Option<u64>,
-    sparse_name: Option<Vec<u8>>,
-    sparse_realsize: Option<u64>,
-    sparse_map: Option<Vec<u8>>,
-    sparse_offsets: Vec<u64>,
-    sparse_numbytes: Vec<u64>,
-}
-
 enum SparseKind {
     /// Map known up front (old GNU `S` headers, PAX 0.0 and 0.1).
     Map(Vec<(u64, u64)>),
@@ -814,7 +811,6 @@ struct Writer<'a> {
     /// Directory metadata applied at the end (deepest first), keyed by path.
     dirs: HashMap<Vec<u8>, Meta>,
     root_meta: Option<Meta>,
-    headers: u64,
     c: Counters,
     new_pool_keys: &'a mut Vec<[u8; 32]>,
     tmp_counter: u64,
@@ -832,7 +828,7 @@ struct Writer<'a> {
 }
 
 /// A path for messages: lossy UTF-8, the middle of very long ones elided.
-fn lossy(bytes: &[u8]) -> String {
+pub(crate) fn lossy(bytes: &[u8]) -> String {
     const KEEP: usize = 120;
     if bytes.len() > 2 * KEEP + 16 {
         let head = String::from_utf8_lossy(&bytes[..KEEP]);
@@ -924,211 +920,6 @@ fn path_error(issue: PathIssue, path: &str, limit: usize) -> UnpackError {
             reason: "path contains a NUL byte",
         },
     }
-}
-
-/// Parses length-prefixed PAX records (`"<len> <key>=<value>\n"`). Values may hold any
-/// byte, newlines included.
-/// One PAX record: key and value.
-type PaxRecord<'a> = (&'a [u8], &'a [u8]);
-
-fn parse_pax_records(mut data: &[u8]) -> Result<Vec<PaxRecord<'_>>, &'static str> {
-    let mut out = Vec::new();
-    while !data.is_empty() {
-        if data.iter().all(|b| *b == 0) {
-            break;
-        }
-        let space = data
-            .iter()
-            .position(|b| *b == b' ')
-            .ok_or("pax record without a length")?;
-        let len: usize = std::str::from_utf8(&data[..space])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or("pax record with a bad length")?;
-        if len <= space + 1 || len > data.len() || data[len - 1] != b'\n' {
-            return Err("pax record with a bad length");
-        }
-        let record = &data[space + 1..len - 1];
-        let eq = record
-            .iter()
-            .position(|b| *b == b'=')
-            .ok_or("pax record without `=`")?;
-        out.push((&record[..eq], &record[eq + 1..]));
-        data = &data[len..];
-    }
-    Ok(out)
-}
-
-fn parse_decimal(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
-}
-
-/// Parses a PAX time (`[-]seconds[.fraction]`).
-fn parse_pax_time(v: &[u8]) -> Option<Timespec> {
-    let (neg, v) = match v.strip_prefix(b"-") {
-        Some(rest) => (true, rest),
-        None => (false, v),
-    };
-    let (int, frac) = match v.iter().position(|b| *b == b'.') {
-        Some(i) => (&v[..i], &v[i + 1..]),
-        None => (v, &b""[..]),
-    };
-    if (int.is_empty() && frac.is_empty()) || !frac.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let secs = if int.is_empty() { 0 } else { parse_decimal(int)? };
-    let secs = i64::try_from(secs).ok()?;
-    let mut nanos: i64 = 0;
-    for i in 0..9 {
-        nanos = nanos * 10 + frac.get(i).map_or(0, |d| i64::from(d - b'0'));
-    }
-    Some(if !neg {
-        Timespec {
-            tv_sec: secs,
-            tv_nsec: nanos,
-        }
-    } else if nanos == 0 {
-        Timespec {
-            tv_sec: -secs,
-            tv_nsec: 0,
-        }
-    } else {
-        Timespec {
-            tv_sec: -secs - 1,
-            tv_nsec: 1_000_000_000 - nanos,
-        }
-    })
-}
-
-fn parse_pax(data: &[u8], offset: u64) -> Result<Pax, UnpackError> {
-    let records = parse_pax_records(data).map_err(|reason| UnpackError::BadHeader {
-        offset,
-        reason: reason.into(),
-    })?;
-    let bad = |what: &str| UnpackError::BadHeader {
-        offset,
-        reason: format!("bad pax {what} value"),
-    };
-    let mut pax = Pax::default();
-    for (key, value) in records {
-        // An empty value unsets the keyword.
-        let present = !value.is_empty();
-        match key {
-            b"path" => pax.path = present.then(|| value.to_vec()),
-            b"linkpath" => pax.linkpath = present.then(|| value.to_vec()),
-            b"size" if present => pax.size = Some(parse_decimal(value).ok_or_else(|| bad("size"))?),
-            b"uid" if present => pax.uid = Some(parse_decimal(value).ok_or_else(|| bad("uid"))?),
-            b"gid" if present => pax.gid = Some(parse_decimal(value).ok_or_else(|| bad("gid"))?),
-            b"mtime" if present => pax.mtime = Some(parse_pax_time(value).ok_or_else(|| bad("mtime"))?),
-            b"atime" if present => pax.atime = Some(parse_pax_time(value).ok_or_else(|| bad("atime"))?),
-            b"GNU.sparse.major" => pax.sparse_major = parse_decimal(value),
-            b"GNU.sparse.minor" => pax.sparse_minor = parse_decimal(value),
-            b"GNU.sparse.name" => pax.sparse_name = present.then(|| value.to_vec()),
-            b"GNU.sparse.realsize" | b"GNU.sparse.size" => {
-                pax.sparse_realsize = Some(parse_decimal(value).ok_or_else(|| bad("sparse size"))?)
-            }
-            b"GNU.sparse.map" => pax.sparse_map = Some(value.to_vec()),
-            b"GNU.sparse.offset" => pax
-                .sparse_offsets
-                .push(parse_decimal(value).ok_or_else(|| bad("sparse offset"))?),
-            b"GNU.sparse.numbytes" => pax
-                .sparse_numbytes
-                .push(parse_decimal(value).ok_or_else(|| bad("sparse numbytes"))?),
-            _ => {
-                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.")
-                    && !name.is_empty()
-                {
-                    pax.xattrs.retain(|(n, _)| n != name);
-                    pax.xattrs.push((name.to_vec(), value.to_vec()));
-                }
-            }
-        }
-    }
-    Ok(pax)
-}
-
-/// A numeric header field: octal text (leading/trailing spaces and NULs allowed, empty
-/// meaning 0, as GNU tar reads it) or GNU base-256 (high bit of the first byte set).
-fn numeric(field: &[u8]) -> Result<u64, String> {
-    if let Some(first) = field.first().filter(|b| **b & 0x80 != 0) {
-        if *first == 0xff {
-            return Err("negative number in a numeric field".into());
-        }
-        let mut v = u64::from(first & 0x7f);
-        for b in &field[1..] {
-            v = v
-                .checked_mul(256)
-                .and_then(|v| v.checked_add(u64::from(*b)))
-                .ok_or("number too large in a numeric field")?;
-        }
-        return Ok(v);
-    }
-    let text = field
-        .iter()
-        .position(|b| *b != b' ' && *b != 0)
-        .map_or(&[][..], |i| &field[i..]);
-    let digits = text.iter().take_while(|b| (b'0'..=b'7').contains(*b)).count();
-    if !text[digits..].iter().all(|b| *b == b' ' || *b == 0) {
-        return Err(format!("bad numeric field {:?}", String::from_utf8_lossy(field)));
-    }
-    text[..digits].iter().try_fold(0u64, |v, d| {
-        v.checked_mul(8)
-            .and_then(|v| v.checked_add(u64::from(d - b'0')))
-            .ok_or_else(|| "number too large in a numeric field".to_string())
-    })
-}
-
-/// Raw fields of a header block.
-struct Fields<'b>(&'b [u8; BLOCK as usize]);
-
-impl Fields<'_> {
-    fn mode(&self) -> Result<u64, String> {
-        numeric(&self.0[100..108])
-    }
-    fn uid(&self) -> Result<u64, String> {
-        numeric(&self.0[108..116])
-    }
-    fn gid(&self) -> Result<u64, String> {
-        numeric(&self.0[116..124])
-    }
-    fn size(&self) -> Result<u64, String> {
-        numeric(&self.0[124..136])
-    }
-    fn mtime(&self) -> Result<u64, String> {
-        numeric(&self.0[136..148])
-    }
-    fn cksum(&self) -> Result<u64, String> {
-        numeric(&self.0[148..156])
-    }
-    /// Device numbers exist in ustar and GNU headers only.
-    fn device(&self) -> Result<(u32, u32), String> {
-        if &self.0[257..262] != b"ustar" {
-            return Ok((0, 0));
-        }
-        let major = numeric(&self.0[329..337])?;
-        let minor = numeric(&self.0[337..345])?;
-        match (u32::try_from(major), u32::try_from(minor)) {
-            (Ok(a), Ok(b)) => Ok((a, b)),
-            _ => Err("device number out of range".into()),
-        }
-    }
-}
-
-/// The header checksum: unsigned sum with the checksum field as spaces (some old tars
-/// used a signed sum; accept that too).
-fn checksum_ok(block: &[u8; BLOCK as usize]) -> Result<bool, String> {
-    let stored = Fields(block).cksum()?;
-    let mut unsigned: u64 = 0;
-    let mut signed: i64 = 0;
-    for (i, b) in block.iter().enumerate() {
-        let b = if (148..156).contains(&i) { b' ' } else { *b };
-        unsigned += u64::from(b);
-        signed += i64::from(b as i8);
-    }
-    Ok(stored == unsigned || i64::try_from(stored).is_ok_and(|s| s == signed))
 }
 
 fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
@@ -1223,7 +1014,6 @@ impl<'a> Writer<'a> {
             cache: HashMap::new(),
             dirs: HashMap::new(),
             root_meta: None,
-            headers: 0,
             c: Counters::default(),
             new_pool_keys,
             tmp_counter: 0,
@@ -1268,151 +1058,41 @@ impl<'a> Writer<'a> {
 
     /// Reads and writes every entry, then drains the stream.
     fn entries(&mut self) -> Result<(), UnpackError> {
-        let mut ext = Extensions::default();
-        loop {
-            let header_offset = self.stream.offset;
-            let mut block = [0u8; BLOCK as usize];
-            match self.stream.read_block(&mut block) {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(_) => {
-                    return Err(UnpackError::Truncated {
-                        context: format!("in a header at offset {header_offset}"),
-                    });
-                }
-            }
-            if block.iter().all(|b| *b == 0) {
-                break;
-            }
-            self.headers += 1;
-            if self.headers > self.opts.max_entries {
-                return Err(UnpackError::TooManyEntries {
-                    limit: self.opts.max_entries,
-                });
-            }
-            let mut header = tar::Header::new_old();
-            header.as_mut_bytes().copy_from_slice(&block);
-            let bad = |reason: String| UnpackError::BadHeader {
-                offset: header_offset,
-                reason,
-            };
-            if !checksum_ok(&block).map_err(bad)? {
-                return Err(bad("header checksum mismatch".into()));
-            }
-            let size_field = Fields(&block).size().map_err(bad)?;
-            let kind = header.entry_type().as_byte();
-            match kind {
-                b'L' | b'K' => {
-                    let limit = self.opts.max_path_len;
-                    if size_field > limit as u64 + 1 {
-                        return Err(UnpackError::PathTooLong {
-                            path: "(GNU long name header)".into(),
-                            limit,
-                        });
-                    }
-                    let mut v = self.read_meta(size_field, header_offset)?;
-                    if let Some(nul) = v.iter().position(|b| *b == 0) {
-                        v.truncate(nul);
-                    }
-                    let slot = if kind == b'L' {
-                        &mut ext.long_name
-                    } else {
-                        &mut ext.long_link
-                    };
-                    if slot.is_some() {
-                        return Err(bad("two GNU long name headers for one entry".into()));
-                    }
-                    *slot = Some(v);
-                    continue;
-                }
-                b'x' | b'g' => {
-                    if size_field > self.opts.max_pax_len as u64 {
-                        return Err(bad(format!(
-                            "pax header of {size_field} bytes exceeds the limit of {} bytes",
-                            self.opts.max_pax_len
-                        )));
-                    }
-                    let v = self.read_meta(size_field, header_offset)?;
-                    if kind == b'x' {
-                        if ext.pax.is_some() {
-                            return Err(bad("two pax headers for one entry".into()));
-                        }
-                        ext.pax = Some(v);
-                    }
-                    // Global headers (`g`) carry archive-wide defaults that layers do
-                    // not use; they are read (and hashed) but ignored.
-                    continue;
-                }
-                _ => {}
-            }
-            let this = std::mem::take(&mut ext);
-            self.entry(&header, header_offset, size_field, this)?;
+        let mut reader = HeaderReader::new(HeaderLimits {
+            max_headers: self.opts.max_entries,
+            max_path_len: self.opts.max_path_len,
+            max_pax_len: self.opts.max_pax_len,
+        });
+        while let Some(entry) = reader.next(&mut self.stream)? {
+            self.entry(entry)?;
             self.apply_dedup_results(false)?;
-        }
-        if !ext.is_empty() {
-            return Err(UnpackError::Truncated {
-                context: "after an extension header with no entry".into(),
-            });
         }
         self.stream.drain();
         Ok(())
     }
 
-    /// Reads a metadata entry's data (long name, PAX) plus padding.
-    fn read_meta(&mut self, size: u64, header_offset: u64) -> Result<Vec<u8>, UnpackError> {
-        let truncated = |_| UnpackError::Truncated {
-            context: format!("in the extension header at offset {header_offset}"),
-        };
-        let v = self.stream.read_vec(size as usize).map_err(truncated)?;
-        self.stream.skip(padding(size)).map_err(truncated)?;
-        Ok(v)
-    }
-
-    fn entry(
-        &mut self,
-        header: &tar::Header,
-        header_offset: u64,
-        size_field: u64,
-        ext: Extensions,
-    ) -> Result<(), UnpackError> {
+    fn entry(&mut self, e: TarEntry) -> Result<(), UnpackError> {
+        let header_offset = e.offset;
         let bad = |reason: String| UnpackError::BadHeader {
             offset: header_offset,
             reason,
         };
-        let pax = match &ext.pax {
-            Some(data) => parse_pax(data, header_offset)?,
-            None => Pax::default(),
-        };
-        let raw_path: Vec<u8> = pax
-            .sparse_name
-            .clone()
-            .or_else(|| pax.path.clone())
-            .or(ext.long_name)
-            .unwrap_or_else(|| header.path_bytes().into_owned());
-        // Links, devices, fifos and directories carry no data whatever their size field
-        // says (as Go's archive/tar, which docker and containerd use, reads them: two
-        // parsers must not see different entries in one layer).
-        let size = if header_only(header.entry_type().as_byte(), &raw_path) {
-            0
-        } else {
-            pax.size.unwrap_or(size_field)
-        };
+        let size = e.size;
         // Refuse a bomb from its header, before writing a byte of it.
         if self.stream.offset.saturating_add(size) > self.opts.max_bytes {
             return Err(UnpackError::TooLarge {
                 limit: self.opts.max_bytes,
             });
         }
-        let display = lossy(&raw_path);
+        let display = lossy(&e.path);
         self.c.entries += 1;
 
         let data_start = self.stream.offset;
         self.pre_data = 0;
-        self.entry_body(header, &pax, ext.long_link, &raw_path, &display, size)
-            .map_err(|e| match e {
-                UnpackError::BadHeader { reason, .. } => bad(reason),
-                e => e,
-            })?;
+        self.entry_body(&e, &display).map_err(|e| match e {
+            UnpackError::BadHeader { reason, .. } => bad(reason),
+            e => e,
+        })?;
         // Skip whatever the handler did not consume, then the padding.
         let consumed = self.stream.offset - data_start - self.pre_data;
         let rest = size.saturating_sub(consumed) + padding(size);
@@ -1421,15 +1101,8 @@ impl<'a> Writer<'a> {
         })
     }
 
-    fn entry_body(
-        &mut self,
-        header: &tar::Header,
-        pax: &Pax,
-        long_link: Option<Vec<u8>>,
-        raw_path: &[u8],
-        display: &str,
-        size: u64,
-    ) -> Result<(), UnpackError> {
+    fn entry_body(&mut self, e: &TarEntry, display: &str) -> Result<(), UnpackError> {
+        let (header, pax, raw_path, size) = (&e.header, &e.pax, &e.path[..], e.size);
         let max = self.opts.max_path_len;
         let rel = normalise(raw_path, max).map_err(|i| path_error(i, display, max))?;
         let bad = |reason: String| UnpackError::BadHeader { offset: 0, reason };
@@ -1470,8 +1143,7 @@ impl<'a> Writer<'a> {
             display,
         };
 
-        let type_byte = header.entry_type().as_byte();
-        let mut kind = match type_byte {
+        let kind = match e.kind {
             b'0' | b'\0' | b'7' | b'S' => Kind::File,
             b'1' => Kind::Hardlink,
             b'2' => Kind::Symlink,
@@ -1488,10 +1160,6 @@ impl<'a> Writer<'a> {
                 });
             }
         };
-        // Old tars mark directories with a trailing slash on a `\0`-typed entry.
-        if type_byte == b'\0' && raw_path.ends_with(b"/") {
-            kind = Kind::Directory;
-        }
         if matches!(kind, Kind::Skip) {
             return Ok(());
         }
@@ -1517,7 +1185,7 @@ impl<'a> Writer<'a> {
             }
             Kind::Directory => self.directory(&rel, parent_rel, name, meta, &pax.xattrs, display),
             Kind::Symlink => {
-                let target = self.link_target(header, pax, long_link, display)?;
+                let target = e.link.clone();
                 if target.is_empty() || target.contains(&0) {
                     return Err(UnpackError::BadPath {
                         path: display.to_string(),
@@ -1527,7 +1195,7 @@ impl<'a> Writer<'a> {
                 self.symlink(parent_rel, name, &target, &meta, &pax.xattrs, display)
             }
             Kind::Hardlink => {
-                let target = self.link_target(header, pax, long_link, display)?;
+                let target = e.link.clone();
                 self.hardlink(&rel, parent_rel, name, &target, display)
             }
             Kind::Char | Kind::Block | Kind::Fifo => {
@@ -1555,28 +1223,6 @@ impl<'a> Writer<'a> {
             }
             Kind::Skip => Ok(()),
         }
-    }
-
-    fn link_target(
-        &self,
-        header: &tar::Header,
-        pax: &Pax,
-        long_link: Option<Vec<u8>>,
-        display: &str,
-    ) -> Result<Vec<u8>, UnpackError> {
-        let target = pax
-            .linkpath
-            .clone()
-            .or(long_link)
-            .or_else(|| header.link_name_bytes().map(|c| c.into_owned()))
-            .unwrap_or_default();
-        if target.len() > self.opts.max_path_len {
-            return Err(UnpackError::PathTooLong {
-                path: display.to_string(),
-                limit: self.opts.max_path_len,
-            });
-        }
-        Ok(target)
     }
 
     fn sparse_info(
@@ -1631,19 +1277,19 @@ impl<'a> Writer<'a> {
                 kind: SparseKind::Map(map),
             }));
         }
-        let real_size = match pax.sparse_realsize {
-            Some(r) => r,
-            None if pax.sparse_major.is_some() || pax.sparse_map.is_some() => {
-                return Err(bad("pax sparse entry without a real size".into()));
-            }
-            None => return Ok(None),
+        // As Go's reader decides it: an unknown version is a plain file.
+        let Some(version) = pax.sparse_version() else {
+            return Ok(None);
         };
-        match (pax.sparse_major, pax.sparse_minor) {
-            (Some(1), Some(0)) => Ok(Some(Sparse {
+        let real_size = pax
+            .sparse_realsize
+            .ok_or_else(|| bad("pax sparse entry without a real size".into()))?;
+        match version {
+            SparseVersion::V1 => Ok(Some(Sparse {
                 real_size,
                 kind: SparseKind::InData,
             })),
-            _ => {
+            SparseVersion::V0 => {
                 let nums: Vec<u64> = if let Some(map) = &pax.sparse_map {
                     map.split(|b| *b == b',')
                         .map(parse_decimal)
@@ -1661,6 +1307,9 @@ impl<'a> Writer<'a> {
                 };
                 if !nums.len().is_multiple_of(2) {
                     return Err(bad("odd number of values in the sparse map".into()));
+                }
+                if pax.sparse_numblocks != Some(nums.len() as u64 / 2) {
+                    return Err(bad("GNU.sparse.numblocks does not match the map".into()));
                 }
                 Ok(Some(Sparse {
                     real_size,
@@ -2459,15 +2108,6 @@ fn timestamps(meta: &Meta) -> Timestamps {
     }
 }
 
-/// Entry types whose size field is not followed by data.
-fn header_only(type_byte: u8, raw_path: &[u8]) -> bool {
-    matches!(type_byte, b'1'..=b'6') || (type_byte == b'\0' && raw_path.ends_with(b"/"))
-}
-
-fn padding(size: u64) -> u64 {
-    (BLOCK - size % BLOCK) % BLOCK
-}
-
 /// Explains why `parent` could not be opened below `root`: names the first component
 /// that is a symlink or not a directory. The walk stats one prefix at a time with
 /// `AT_SYMLINK_NOFOLLOW` and stops at the first non-directory, so it never follows a
@@ -2541,40 +2181,6 @@ mod tests {
         assert!(matches!(normalise(&[b'a'; 20], 10), Err(PathIssue::TooLong)));
         // `...` and `..x` are ordinary names.
         assert_eq!(ok(b".../..x"), Some(b".../..x".to_vec()));
-    }
-
-    #[test]
-    fn parses_pax_records_with_binary_values() {
-        let value = b"a\nb=c\0d";
-        let body = {
-            let rec = |k: &[u8], v: &[u8]| {
-                let inner = [k, b"=", v, b"\n"].concat();
-                let mut len = inner.len() + 2;
-                if len.to_string().len() + 1 + inner.len() != len {
-                    len += 1;
-                }
-                [format!("{len} ").into_bytes(), inner].concat()
-            };
-            [rec(b"path", b"x/y"), rec(b"SCHILY.xattr.user.k", value)].concat()
-        };
-        let pax = parse_pax(&body, 0).ok().unwrap();
-        assert_eq!(pax.path.as_deref(), Some(&b"x/y"[..]));
-        assert_eq!(pax.xattrs, vec![(b"user.k".to_vec(), value.to_vec())]);
-        assert!(parse_pax(b"99 path=x\n", 0).is_err());
-        assert!(parse_pax(b"5 x\n", 0).is_err());
-    }
-
-    #[test]
-    fn parses_pax_times() {
-        let t = |s: &str| parse_pax_time(s.as_bytes()).map(|t| (t.tv_sec, t.tv_nsec));
-        assert_eq!(t("1700000000"), Some((1_700_000_000, 0)));
-        assert_eq!(t("1700000000.5"), Some((1_700_000_000, 500_000_000)));
-        assert_eq!(t("1.123456789123"), Some((1, 123_456_789)));
-        assert_eq!(t("-1.5"), Some((-2, 500_000_000)));
-        assert_eq!(t("-3"), Some((-3, 0)));
-        assert_eq!(t("x"), None);
-        assert_eq!(t("1.x"), None);
-        assert_eq!(t(""), None);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! metadata recorded. On failure, what this load added is removed again.
 
 use std::collections::HashMap;
-use std::io::{BufReader, Read};
+use std::io::{self, BufReader, Read};
 use std::path::{Component, Path, PathBuf};
 
 use serde_json::json;
@@ -20,6 +20,7 @@ use crate::manifest::{self, Config, MAX_MANIFEST_BYTES, Manifest, Platform};
 use crate::meta::Cf;
 use crate::reference::ImageRef;
 use crate::store::Store;
+use crate::tar_headers::{BlockSource, HeaderLimits, HeaderReader, ReadSource, padding};
 use crate::unpack::Compression;
 
 type Result<T, E = ArchiveError> = std::result::Result<T, E>;
@@ -29,8 +30,12 @@ type Result<T, E = ArchiveError> = std::result::Result<T, E>;
 pub struct LoadOptions {
     /// Largest single archive entry accepted.
     pub max_entry_bytes: u64,
-    /// Most entries accepted in one archive.
+    /// Most tar headers (entries plus PAX / GNU long-name headers) accepted in one archive.
     pub max_entries: u64,
+    /// Longest entry path or link target, in bytes.
+    pub max_path_len: usize,
+    /// Largest PAX extended header accepted, in bytes.
+    pub max_pax_len: usize,
 }
 
 impl Default for LoadOptions {
@@ -38,6 +43,8 @@ impl Default for LoadOptions {
         LoadOptions {
             max_entry_bytes: 64 << 30,
             max_entries: 100_000,
+            max_path_len: 4096,
+            max_pax_len: 1 << 20,
         }
     }
 }
@@ -130,55 +137,62 @@ fn scan_tar(store: &Store, path: &Path, opts: &LoadOptions) -> Result<Entries> {
         }
         Compression::None => Box::new(reader),
     };
-    let mut archive = tar::Archive::new(decoded);
+    let mut src = ReadSource::new(decoded);
+    let mut reader = HeaderReader::new(HeaderLimits {
+        max_headers: opts.max_entries,
+        max_path_len: opts.max_path_len,
+        max_pax_len: opts.max_pax_len,
+    });
     let mut files = HashMap::new();
     let mut links = HashMap::new();
-    let corrupt = |e: std::io::Error| ArchiveError::Corrupt(e.to_string());
-    let mut count = 0u64;
-    for entry in archive.entries().map_err(corrupt)? {
-        let mut entry = entry.map_err(corrupt)?;
-        count += 1;
-        if count > opts.max_entries {
-            return Err(ArchiveError::Corrupt(format!(
-                "more than {} entries",
-                opts.max_entries
-            )));
-        }
-        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let Some(name) = clean_path(&raw)? else { continue };
-        match entry.header().entry_type() {
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let declared = entry.header().size().map_err(corrupt)?;
-                if declared > opts.max_entry_bytes {
+    loop {
+        let entry = match reader.next(&mut src) {
+            Ok(Some(entry)) => entry,
+            Ok(None) => break,
+            Err(e) => return Err(tar_error(e, src.position())),
+        };
+        let raw = String::from_utf8_lossy(&entry.path).into_owned();
+        let name = clean_path(&raw)?;
+        let data = entry.size;
+        let mut consumed = 0;
+        match (name, entry.kind) {
+            (Some(name), b'0' | b'\0' | b'7') => {
+                if entry.pax.sparse_version().is_some() {
                     return Err(ArchiveError::Corrupt(format!(
-                        "{name}: entry of {declared} bytes is over the limit"
+                        "{name}: sparse entries are not supported"
+                    )));
+                }
+                if data > opts.max_entry_bytes {
+                    return Err(ArchiveError::Corrupt(format!(
+                        "{name}: entry of {data} bytes is over the limit"
                     )));
                 }
                 let staged = store
                     .blobs()
-                    .stage(&mut entry, Some(opts.max_entry_bytes))
+                    .stage(io::Read::take(&mut src, data), Some(opts.max_entry_bytes))
                     .map_err(|e| match e {
                         crate::blobs::BlobError::Io { source, .. }
-                            if source.kind() == std::io::ErrorKind::UnexpectedEof =>
+                            if source.kind() == io::ErrorKind::UnexpectedEof =>
                         {
                             ArchiveError::Corrupt(format!("{name}: {source}"))
                         }
                         other => other.into(),
                     })?;
-                if staged.size != declared {
+                if staged.size != data {
                     return Err(ArchiveError::Corrupt(format!(
-                        "{name}: truncated ({} of {declared} bytes)",
+                        "{name}: truncated ({} of {data} bytes)",
                         staged.size
                     )));
                 }
+                consumed = data;
                 files.insert(name, staged);
             }
-            tar::EntryType::Symlink | tar::EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .ok_or_else(|| ArchiveError::Corrupt(format!("{name}: link without target")))?;
-                let resolved = if entry.header().entry_type() == tar::EntryType::Symlink {
+            (Some(name), kind @ (b'1' | b'2')) => {
+                let target = String::from_utf8_lossy(&entry.link).into_owned();
+                if target.is_empty() {
+                    return Err(ArchiveError::Corrupt(format!("{name}: link without target")));
+                }
+                let resolved = if kind == b'2' {
                     // Relative to the link's directory.
                     let dir = name.rsplit_once('/').map_or("", |(d, _)| d);
                     if target.starts_with('/') {
@@ -192,10 +206,33 @@ fn scan_tar(store: &Store, path: &Path, opts: &LoadOptions) -> Result<Entries> {
                 };
                 links.insert(name, resolved);
             }
+            (_, b'S') => {
+                return Err(ArchiveError::Corrupt(format!(
+                    "{raw}: sparse entries are not supported"
+                )));
+            }
             _ => {}
         }
+        let skip = data - consumed + padding(data);
+        src.skip_bytes(skip)
+            .map_err(|e| ArchiveError::Corrupt(format!("{raw}: {e}")))?;
     }
     Ok((files, links))
+}
+
+/// An error of the outer tar: the first header failing to parse means the file is no tar.
+fn tar_error(e: crate::unpack::UnpackError, position: u64) -> ArchiveError {
+    use crate::unpack::UnpackError;
+    match e {
+        UnpackError::BadHeader { offset: 0, .. } | UnpackError::Truncated { .. } if position <= 512 => {
+            ArchiveError::NotATar
+        }
+        UnpackError::Read(source) => ArchiveError::Io {
+            context: "read archive".into(),
+            source,
+        },
+        other => ArchiveError::Corrupt(other.to_string()),
+    }
 }
 
 /// Joins a relative link target onto `dir`, refusing to climb out of the archive.

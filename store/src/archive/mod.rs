@@ -17,6 +17,8 @@ use crate::store::StoreError;
 pub enum ArchiveError {
     #[error("not an image archive: found neither manifest.json nor index.json")]
     NotAnArchive,
+    #[error("not an image archive: neither a tar file nor a gzip or zstd compressed one")]
+    NotATar,
     #[error("malformed {file}: {detail}")]
     Malformed { file: String, detail: String },
     #[error("archive entry {0:?} has an unsafe path")]
