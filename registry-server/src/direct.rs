@@ -462,12 +462,7 @@ impl Inbound {
             && let Ok(body_tcp) = dup(tcp)
         {
             // The head without its body's headers, then the body aside.
-            let mut at = 0;
-            for (start, stop) in &head.drop_lines {
-                self.out.extend_from_slice(&self.raw[at..*start]);
-                at = *stop;
-            }
-            self.out.extend_from_slice(&self.raw[at..end]);
+            head.write_for_hyper(&self.raw[..end], &mut self.out);
             self.raw.advance(end);
             let (prefix, framing) = if head.chunked {
                 // Where a chunked body ends is known only by decoding it: all of it goes
@@ -582,6 +577,18 @@ impl Head {
             expect_continue,
             drop_lines,
         })
+    }
+}
+
+impl Head {
+    /// Appends `raw` (this head's bytes) to `out` without the lines in `drop_lines`.
+    fn write_for_hyper(&self, raw: &[u8], out: &mut BytesMut) {
+        let mut at = 0;
+        for (start, stop) in &self.drop_lines {
+            out.extend_from_slice(&raw[at..*start]);
+            at = *stop;
+        }
+        out.extend_from_slice(&raw[at..]);
     }
 }
 
@@ -720,6 +727,112 @@ fn dup(tcp: &TcpStream) -> io::Result<TcpStream> {
     TcpStream::from_std(std)
 }
 
+/// Fuzz target bodies for the head reader and the chunked decoder (see `crate::fuzzing`).
+pub(crate) mod fuzz {
+    use super::*;
+
+    /// A head as [`Inbound`] follows it: classified, and for a direct body rewritten for
+    /// hyper. The rewritten head parses to the same request without the body's headers.
+    pub fn http_head(data: &[u8]) {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let Ok(httparse::Status::Complete(end)) = req.parse(data) else {
+            return;
+        };
+        let Some(head) = Head::classify(&req, &data[..end]) else {
+            return;
+        };
+        let mut at = 0;
+        for (start, stop) in &head.drop_lines {
+            assert!(
+                at <= *start && start < stop && *stop <= end,
+                "{:?}",
+                head.drop_lines
+            );
+            at = *stop;
+        }
+        assert!(
+            !head.chunked || head.direct,
+            "a chunked body not taken is hyper's"
+        );
+        if !head.direct {
+            return;
+        }
+        let mut out = BytesMut::new();
+        head.write_for_hyper(&data[..end], &mut out);
+        let mut headers2 = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut again = httparse::Request::new(&mut headers2);
+        let parsed = again.parse(&out);
+        assert!(
+            matches!(parsed, Ok(httparse::Status::Complete(n)) if n == out.len()),
+            "rewritten head does not parse: {parsed:?}"
+        );
+        assert_eq!(
+            (again.method, again.path, again.version),
+            (req.method, req.path, req.version)
+        );
+        let kept: Vec<_> = req
+            .headers
+            .iter()
+            .filter(|h| {
+                !["content-length", "transfer-encoding", "expect"]
+                    .iter()
+                    .any(|n| h.name.eq_ignore_ascii_case(n))
+            })
+            .map(|h| (h.name, h.value))
+            .collect();
+        let got: Vec<_> = again.headers.iter().map(|h| (h.name, h.value)).collect();
+        assert_eq!(got, kept, "the rewritten head lost or kept the wrong lines");
+    }
+
+    /// What decoding `wire` in reads of `read` bytes gave: the data, the outcome and
+    /// (when done) the bytes after the body's end.
+    pub(super) fn decode_all(wire: &[u8], read: usize) -> (Vec<u8>, &'static str, Vec<u8>) {
+        let mut d = ChunkDecoder::default();
+        let (mut data, mut rest) = (Vec::new(), Vec::new());
+        for piece in wire.chunks(read) {
+            if d.is_done() {
+                rest.extend_from_slice(piece);
+                continue;
+            }
+            let mut buf = piece.to_vec();
+            match d.decode_in_place(&mut buf) {
+                Ok((n, used)) => {
+                    assert!(n <= used && used <= buf.len());
+                    let failed = d.check().is_err();
+                    assert!(
+                        used == buf.len() || d.is_done() || failed,
+                        "bytes left before the end"
+                    );
+                    data.extend_from_slice(&buf[..n]);
+                    if d.is_done() {
+                        rest.extend_from_slice(&buf[used..]);
+                    }
+                }
+                Err(_) => return (data, "failed", rest),
+            }
+        }
+        let outcome = match d.decode_in_place(&mut []) {
+            Err(_) => "failed",
+            Ok(_) if d.is_done() => "done",
+            Ok(_) => "unfinished",
+        };
+        (data, outcome, rest)
+    }
+
+    /// The chunked decoder: the first byte picks a read size; the rest decoded in reads
+    /// of that size gives what decoding it in one read gives.
+    pub fn chunked(data: &[u8]) {
+        let Some((first, wire)) = data.split_first() else {
+            return;
+        };
+        let read = usize::from(*first) + 1;
+        let whole = decode_all(wire, wire.len().max(1));
+        let pieces = decode_all(wire, read);
+        assert_eq!(whole, pieces, "reads of {read}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -782,21 +895,10 @@ mod tests {
 
     /// Decodes `wire` delivered in reads of `read` bytes; returns the data and what was
     /// left after the end.
-    fn decode(wire: &[u8], read: usize) -> io::Result<(Vec<u8>, Vec<u8>)> {
-        let mut d = ChunkDecoder::default();
-        let (mut data, mut rest) = (Vec::new(), Vec::new());
-        for piece in wire.chunks(read) {
-            if d.is_done() {
-                rest.extend_from_slice(piece);
-                continue;
-            }
-            let mut buf = piece.to_vec();
-            let (n, used) = d.decode_in_place(&mut buf)?;
-            data.extend_from_slice(&buf[..n]);
-            rest.extend_from_slice(&buf[used..]);
-        }
-        assert!(d.is_done(), "body not finished");
-        Ok((data, rest))
+    fn decode(wire: &[u8], read: usize) -> (Vec<u8>, Vec<u8>) {
+        let (data, outcome, rest) = fuzz::decode_all(wire, read);
+        assert_eq!(outcome, "done", "body not finished");
+        (data, rest)
     }
 
     #[test]
@@ -806,7 +908,7 @@ mod tests {
             let mut wire = chunked(&data, sizes);
             wire.extend_from_slice(b"GET /next HTTP/1.1\r\n\r\n");
             for read in [1, 2, 7, 4096, 65536, wire.len()] {
-                let (got, rest) = decode(&wire, read).unwrap();
+                let (got, rest) = decode(&wire, read);
                 assert!(got == data, "sizes {sizes:?}, reads of {read}");
                 assert_eq!(
                     rest, b"GET /next HTTP/1.1\r\n\r\n",
@@ -814,7 +916,7 @@ mod tests {
                 );
             }
         }
-        let (got, rest) = decode(b"0\r\n\r\n", 3).unwrap();
+        let (got, rest) = decode(b"0\r\n\r\n", 3);
         assert!(got.is_empty() && rest.is_empty());
     }
 

@@ -8,6 +8,9 @@ mod auth;
 mod config;
 mod direct;
 mod error;
+/// Fuzz target bodies (for `fixtures/fuzz` and its corpus-replay test); not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 mod metrics;
 mod names;
 mod proxy;

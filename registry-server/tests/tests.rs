@@ -9,6 +9,7 @@ mod clients;
 mod conformance;
 mod direct_upload;
 mod durability;
+mod fuzz_corpus;
 mod oci_workflows;
 mod proxy;
 mod scaleout;

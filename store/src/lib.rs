@@ -11,6 +11,9 @@ mod content;
 mod digest;
 #[cfg(feature = "meta")]
 mod fsck;
+/// Fuzz target bodies (for `fixtures/fuzz` and its corpus-replay test); not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(feature = "meta")]
 mod gc;
 #[cfg(feature = "meta")]

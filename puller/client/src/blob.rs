@@ -239,7 +239,7 @@ fn write_ingest(
 }
 
 /// `bytes START-END/TOTAL` → (START, TOTAL if known).
-fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
+pub(crate) fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
     let spec = v.trim().strip_prefix("bytes")?.trim();
     let (range, total) = spec.split_once('/')?;
     let (start, _) = range.split_once('-')?;

@@ -6,6 +6,9 @@ mod blob;
 mod challenge;
 mod client;
 mod error;
+/// Fuzz target bodies (for `fixtures/fuzz` and its corpus-replay test); not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use blob::BlobProgress;
 pub use client::{Client, Credentials, FetchedManifest, ManifestHead};

@@ -115,7 +115,7 @@ fn blob_response(body: Body, status: StatusCode, d: &Digest, start: u64, count: 
 }
 
 /// `(status, first byte, byte count)` of a GET with this `Range` header, or a 416.
-fn plan_range(range: Option<&str>, len: u64) -> ApiResult<(StatusCode, u64, u64)> {
+pub(crate) fn plan_range(range: Option<&str>, len: u64) -> ApiResult<(StatusCode, u64, u64)> {
     match range {
         None => Ok((StatusCode::OK, 0, len)),
         Some(r) => match parse_range(r, len) {
