@@ -83,7 +83,9 @@ fn replay(target: &str) -> usize {
 #[test]
 fn every_target_has_a_body_a_corpus_and_a_fuzz_target() {
     for sub in ["corpus", "regressions"] {
-        let Ok(entries) = std::fs::read_dir(fuzz_dir().join(sub)) else { continue };
+        let Ok(entries) = std::fs::read_dir(fuzz_dir().join(sub)) else {
+            continue;
+        };
         for e in entries {
             let e = e.unwrap();
             if e.file_type().unwrap().is_dir() {
