@@ -5,7 +5,7 @@
 //! manifest starts referencing during the GC (see [`Store::note_referenced`]), leased
 //! content and partial ingests are never swept.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use crate::digest::Digest;
@@ -18,6 +18,10 @@ const TIMESTAMP_SLACK: Duration = Duration::from_secs(1);
 
 /// Blobs swept per metadata batch.
 const SWEEP_CHUNK: usize = 256;
+
+/// Parent links followed at most (a chain of records is never this deep; a loop in
+/// damaged records must not hang the GC).
+const MAX_CHAIN_DEPTH: usize = 4096;
 
 /// How a GC runs.
 #[derive(Debug, Clone)]
@@ -204,22 +208,40 @@ impl Store {
             }
         }
 
-        // Sweep layers.
+        // Sweep layers: children before their parents, so that a GC killed half-way
+        // leaves no recorded layer whose parent is gone; a layer kept for its youth keeps
+        // its ancestors.
         let cutoff_s = now_s - opts.grace.as_secs() as i64;
+        let records: HashMap<Digest, LayerRecord> = meta
+            .scan::<LayerRecord>(Cf::Layers)?
+            .into_iter()
+            .filter_map(|(k, l)| Some((k.parse().ok()?, l)))
+            .collect();
+        let ancestors = |chain: &Digest| {
+            std::iter::successors(records.get(chain).and_then(|l| l.parent), |p| {
+                records.get(p).and_then(|l| l.parent)
+            })
+            .take(MAX_CHAIN_DEPTH)
+        };
+        let (mut doomed, mut spared) = (Vec::new(), HashSet::new());
         for chain in self.layers().list()? {
             if layers.contains(&chain) {
                 continue;
             }
-            let key = chain.to_string();
-            let stored = meta.get::<LayerRecord>(Cf::Layers, &key)?.map_or(0, |l| l.stored);
-            if stored > cutoff_s {
-                continue;
+            if records.get(&chain).map_or(0, |l| l.stored) > cutoff_s {
+                spared.extend(ancestors(&chain));
+            } else {
+                doomed.push(chain);
             }
+        }
+        doomed.retain(|c| !spared.contains(c));
+        doomed.sort_by_cached_key(|c| std::cmp::Reverse(ancestors(c).count()));
+        for chain in doomed {
             report.layers_removed += 1;
             if !opts.dry_run {
                 // Record first: a kill between the two leaves an unrecorded layer (a note
                 // for fsck, removed by the next GC), never a record of a missing layer.
-                meta.delete(Cf::Layers, &key)?;
+                meta.delete(Cf::Layers, &chain.to_string())?;
                 self.index_remove(&chain, IdKind::Layer);
                 self.layers().remove(&chain)?;
             }

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use strata_store::{Cf, Digest, GcOptions, Store};
+use strata_store::{Cf, Digest, GcOptions, LayerRecord, LoadOptions, Store, load};
 
 const REPO: &str = "crash/repo";
 
@@ -105,4 +105,34 @@ fn a_gc_leaves_no_record_or_link_of_a_blob_it_removed() {
             .is_none()
     );
     assert!(!store.repo_exists(REPO).unwrap());
+}
+
+#[test]
+fn a_layer_kept_for_its_youth_keeps_its_parent() {
+    // GC swept layers in chain-ID order and judged each alone: an old unreferenced parent
+    // went while its young child (a pull recording its image right now) stayed, leaving a
+    // recorded layer whose parent is gone. (Children now also go before their parents, so a
+    // GC killed half-way cannot leave that either.)
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("s");
+    let image = strata_fixtures::small_image(7, 2, false);
+    let layout = dir.path().join("layout");
+    strata_fixtures::write_oci_layout(&layout, &[(&image, Some("crash/layers:1"))]);
+    let store = Store::open(&root).unwrap();
+    load(&store, &layout, &LoadOptions::default()).unwrap();
+    store.remove("crash/layers:1").unwrap();
+    let chains: Vec<Digest> = image.chain_ids().iter().map(|c| c.parse().unwrap()).collect();
+    let (parent, child) = (chains[0], chains[1]);
+    let mut old: LayerRecord = store
+        .meta()
+        .get(Cf::Layers, &parent.to_string())
+        .unwrap()
+        .unwrap();
+    old.stored = 0;
+    store.meta().put(Cf::Layers, &parent.to_string(), &old).unwrap();
+
+    store.gc(&GcOptions::default()).unwrap();
+    assert!(store.layers().is_unpacked(&child) && store.layers().is_unpacked(&parent));
+    let report = store.fsck(false).unwrap();
+    assert!(report.faults.is_empty(), "{:?}", report.faults);
 }
