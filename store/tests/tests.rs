@@ -9,6 +9,7 @@ mod common;
 mod gc_concurrent;
 mod gc_crash;
 mod ingest_processes;
+mod tar_parity;
 mod unpack_hostile;
 mod unpack_layers;
 mod unpack_overlay;
