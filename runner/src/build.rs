@@ -19,7 +19,7 @@
 //! classic builder makes them.
 //!
 //! `ADD` of a local tar (plain or gzip-compressed) extracts it: the archive's modes and
-//! owners, hard links as copies, `..` kept beneath the destination.
+//! owners, hard links kept (within the archive), `..` kept beneath the destination.
 //!
 //! `FROM` an image that is not in the store and whose reference names a registry
 //! (`HOST[:PORT]/…`, `localhost/…`) fetches it through the puller first.
@@ -546,15 +546,23 @@ enum LayerKind {
     Dir,
     /// A file of the context, by its path on the host, and its content's SHA-256.
     File(PathBuf, String),
-    /// A file extracted from an archive: its content and SHA-256.
-    Data(Vec<u8>, String),
+    /// A file extracted from an archive: its content, SHA-256 and, for a hard link, the
+    /// path in the image of the regular entry it links to.
+    Data(Vec<u8>, String, Option<String>),
     Symlink(String),
 }
 
-/// Writes `entries` (sorted by path here) as an uncompressed tar.
-fn layer_tar(entries: &mut [LayerEntry]) -> Result<Vec<u8>, BuildError> {
+/// Writes `entries` (sorted by path here) as an uncompressed tar. With `keep_links`
+/// (sources from the context), files that are hard links of one another stay so (the
+/// later ones as links to the first), as the classic builder copies them; an image's
+/// unpacked layers share inodes of their own (the store's dedup pool) and never keep them.
+fn layer_tar(entries: &mut [LayerEntry], keep_links: bool) -> Result<Vec<u8>, BuildError> {
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     let mut tar = tar::Builder::new(Vec::new());
+    // The first path written of each linked file: context files by device and inode,
+    // archive entries by their regular entry's path and content hash.
+    let mut linked: std::collections::HashMap<(u64, u64, String, String), String> =
+        std::collections::HashMap::new();
     for e in entries.iter() {
         let mut h = tar::Header::new_gnu();
         h.set_mode(e.mode);
@@ -562,6 +570,32 @@ fn layer_tar(entries: &mut [LayerEntry]) -> Result<Vec<u8>, BuildError> {
         h.set_gid(e.gid);
         h.set_mtime(e.mtime);
         let err = io_err(format!("write /{} into the layer", e.path));
+        let link_key = match &e.kind {
+            LayerKind::File(src, _) if keep_links => {
+                let md = std::fs::symlink_metadata(src).map_err(io_err(format!("stat {}", src.display())))?;
+                (md.nlink() > 1).then(|| (md.dev(), md.ino(), String::new(), String::new()))
+            }
+            LayerKind::Data(_, hash, link_of) => Some((
+                0,
+                0,
+                link_of.clone().unwrap_or_else(|| e.path.clone()),
+                hash.clone(),
+            )),
+            _ => None,
+        };
+        if let Some(key) = link_key {
+            match linked.entry(key) {
+                std::collections::hash_map::Entry::Occupied(first) => {
+                    h.set_entry_type(tar::EntryType::Link);
+                    h.set_size(0);
+                    tar.append_link(&mut h, &e.path, first.get()).map_err(err)?;
+                    continue;
+                }
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(e.path.clone());
+                }
+            }
+        }
         match &e.kind {
             LayerKind::Dir => {
                 h.set_entry_type(tar::EntryType::Directory);
@@ -579,7 +613,7 @@ fn layer_tar(entries: &mut [LayerEntry]) -> Result<Vec<u8>, BuildError> {
                 h.set_size(len);
                 tar.append_data(&mut h, &e.path, f.take(len)).map_err(err)?;
             }
-            LayerKind::Data(bytes, _) => {
+            LayerKind::Data(bytes, _, _) => {
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(bytes.len() as u64);
                 tar.append_data(&mut h, &e.path, &bytes[..]).map_err(err)?;
@@ -1233,14 +1267,14 @@ impl Builder<'_> {
                 } else {
                     let mut entries = Vec::new();
                     self.parents(&layers, &dir, true, (0, 0), &mut entries);
-                    Some(layer_tar(&mut entries)?)
+                    Some(layer_tar(&mut entries, false)?)
                 };
                 let by = Self::nop(&s, &format!("WORKDIR {dir}"), false);
                 self.commit(s, by, layer)?
             }
             Command::Copy(_) | Command::Add(_) => {
                 let (mut entries, _, text) = copy.expect("computed above");
-                let tar = layer_tar(&mut entries)?;
+                let tar = layer_tar(&mut entries, from.is_none())?;
                 let by = Self::nop(&s, &text, false);
                 self.commit(s, by, Some(tar))?
             }
@@ -1476,12 +1510,13 @@ impl Builder<'_> {
         for e in &entries {
             let what = match &e.kind {
                 LayerKind::Dir => "dir".to_string(),
-                LayerKind::File(_, h) | LayerKind::Data(_, h) => format!("file {h}"),
+                LayerKind::File(_, h) | LayerKind::Data(_, h, None) => format!("file {h}"),
+                LayerKind::Data(_, h, Some(first)) => format!("file {h} linked to {first}"),
                 LayerKind::Symlink(t) => format!("link {t}"),
             };
             let rec = format!("{}\0{what}\0{:o}\0{}\0{}\n", e.path, e.mode, e.uid, e.gid);
             content.update(rec.as_bytes());
-            if let LayerKind::File(_, h) | LayerKind::Data(_, h) = &e.kind {
+            if let LayerKind::File(_, h) | LayerKind::Data(_, h, _) = &e.kind {
                 hashes.push(h.clone());
             }
         }
@@ -1678,7 +1713,9 @@ fn archive_entries(host: &Path, dest_rel: &str, line: usize) -> Result<Option<Ve
     let bad = |m: String| step_err(line, format!("ADD {}: {m}", host.display()));
     let mut archive = tar::Archive::new(open()?);
     let mut out: Vec<LayerEntry> = Vec::new();
-    let mut data: BTreeMap<String, (Vec<u8>, String)> = BTreeMap::new();
+    // Regular entries by archive path: content, hash and path in the image (hard links
+    // stay links to it).
+    let mut data: BTreeMap<String, (Vec<u8>, String, String)> = BTreeMap::new();
     for entry in archive.entries().map_err(|e| bad(e.to_string()))? {
         let mut entry = entry.map_err(|e| bad(e.to_string()))?;
         let raw = entry
@@ -1713,8 +1750,8 @@ fn archive_entries(host: &Path, dest_rel: &str, line: usize) -> Result<Option<Ve
                 let mut bytes = Vec::new();
                 entry.read_to_end(&mut bytes).map_err(|e| bad(e.to_string()))?;
                 let hash = hex::encode(Sha256::digest(&bytes));
-                data.insert(rel.clone(), (bytes.clone(), hash.clone()));
-                LayerKind::Data(bytes, hash)
+                data.insert(rel.clone(), (bytes.clone(), hash.clone(), path.clone()));
+                LayerKind::Data(bytes, hash, None)
             }
             tar::EntryType::Symlink => {
                 let target = entry
@@ -1730,8 +1767,12 @@ fn archive_entries(host: &Path, dest_rel: &str, line: usize) -> Result<Option<Ve
                     .map_err(|e| bad(e.to_string()))?
                     .map(|t| clean_rel(&t.to_string_lossy()))
                     .unwrap_or_default();
-                match data.get(&target) {
-                    Some((bytes, hash)) => LayerKind::Data(bytes.clone(), hash.clone()),
+                match data.get(&target).cloned() {
+                    Some((bytes, hash, first)) => {
+                        // Later links to this name reach the same regular entry.
+                        data.insert(rel.clone(), (bytes.clone(), hash.clone(), first.clone()));
+                        LayerKind::Data(bytes, hash, Some(first))
+                    }
                     None => {
                         return Err(bad(format!(
                             "{raw}: a hard link to {target}, not in the archive before it"
@@ -1871,8 +1912,8 @@ mod tests {
                 },
             ]
         };
-        let one = layer_tar(&mut mk()).unwrap();
-        let two = layer_tar(&mut mk()).unwrap();
+        let one = layer_tar(&mut mk(), true).unwrap();
+        let two = layer_tar(&mut mk(), true).unwrap();
         assert_eq!(one, two);
         let mut ar = tar::Archive::new(&one[..]);
         let paths: Vec<String> = ar

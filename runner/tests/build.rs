@@ -435,23 +435,27 @@ fn compare_with_docker(root: &Path, d: &peers::Dockerd, tag: &str, dirs: &str) -
         .map(str::to_string)
         .collect();
     assert_eq!(created_by(&ours_h), created_by(&theirs_h));
-    // `store history`'s CREATED BY against `docker history`'s. (Its SIZE is not compared:
-    // strata counts a layer's regular-file bytes, or its blob's size when not unpacked;
-    // docker counts symlinks' lengths too and hard links once.)
-    let ours_rows: serde_json::Value = serde_json::from_str(&peers::run_ok(
-        Command::new(peers::bin("store"))
+    // `store history`'s CREATED BY and SIZE against `docker history`'s, of ours and of
+    // docker's own image after `docker save` and `puller load`.
+    let ours_rows = store_history(root, tag);
+    let theirs_rows = docker_history(d, tag);
+    assert_eq!(
+        created_by(&ours_rows.created_by),
+        created_by(&theirs_rows.created_by)
+    );
+    assert_eq!(ours_rows.sizes, theirs_rows.sizes, "sizes of ours");
+    assert_eq!(ours_rows.human, theirs_rows.human, "displayed sizes of ours");
+    let saved = root.with_file_name(format!("docker-{}.tar", tag.replace(':', "-")));
+    d.docker_ok(["save", "-o", saved.to_str().unwrap(), tag]);
+    let loaded = root.with_file_name(format!("loaded-{}", tag.replace(':', "-")));
+    peers::run_ok(
+        Command::new(peers::bin("puller"))
             .arg("--root")
-            .arg(root)
-            .args(["history", "--json", tag]),
-    ))
-    .unwrap();
-    let ours_by: Vec<String> = ours_rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["created_by"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(created_by(&ours_by), created_by(&theirs_h));
+            .arg(&loaded)
+            .arg("load")
+            .arg(&saved),
+    );
+    assert_eq!(store_history(&loaded, tag), theirs_rows, "docker's image, loaded");
 
     // The files, and what the image prints.
     let listing = |out: Output| {
@@ -503,6 +507,70 @@ fn compare_with_docker(root: &Path, d: &peers::Dockerd, tag: &str, dirs: &str) -
     assert_eq!(ours_run, loaded_run);
     d.docker_ok(["rmi", tag]);
     ours_files
+}
+
+/// A history's CREATED BY texts (in full), sizes in bytes and sizes as displayed, newest
+/// first.
+#[derive(Debug, PartialEq, Eq)]
+struct History {
+    created_by: Vec<String>,
+    sizes: Vec<u64>,
+    human: Vec<String>,
+}
+
+/// `store history` of `image`: `--json` for texts and bytes, the table's SIZE column.
+fn store_history(root: &Path, image: &str) -> History {
+    let store = |args: &[&str]| {
+        peers::run_ok(
+            Command::new(peers::bin("store"))
+                .arg("--root")
+                .arg(root)
+                .arg("history")
+                .args(args)
+                .arg(image),
+        )
+    };
+    let rows: serde_json::Value = serde_json::from_str(&store(&["--json"])).unwrap();
+    let rows = rows.as_array().unwrap();
+    let table = store(&[]);
+    let mut lines = table.lines();
+    let head = lines.next().unwrap();
+    let (at, end) = (head.find("SIZE").unwrap(), head.find("COMMENT").unwrap());
+    History {
+        created_by: rows
+            .iter()
+            .map(|r| r["created_by"].as_str().unwrap().to_string())
+            .collect(),
+        sizes: rows.iter().map(|r| r["size"].as_u64().unwrap()).collect(),
+        human: lines
+            .map(|l| {
+                l.chars()
+                    .skip(at)
+                    .take(end - at)
+                    .collect::<String>()
+                    .trim()
+                    .to_string()
+            })
+            .collect(),
+    }
+}
+
+/// `docker history` of `image`: full texts, bytes (`--human=false`) and displayed sizes.
+fn docker_history(d: &peers::Dockerd, image: &str) -> History {
+    let column = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["history"];
+        all.extend(args);
+        all.push(image);
+        d.docker_ok(all).lines().map(str::to_string).collect()
+    };
+    History {
+        created_by: column(&["--no-trunc", "--format", "{{.CreatedBy}}"]),
+        sizes: column(&["--human=false", "--format", "{{.Size}}"])
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect(),
+        human: column(&["--format", "{{.Size}}"]),
+    }
 }
 
 const MULTI_STAGE: &str = r#"FROM bb:1 AS builder
@@ -795,4 +863,49 @@ fn build_from_a_registry_fetches_the_base() {
         peers::format_output(&again)
     );
     assert_eq!(counts(&again), (3, 2, 0));
+}
+
+/// Layers whose sizes docker counts in its own way: symlinks by their target's length,
+/// hard links once (in the context, and made by a `RUN`), whiteouts and directories as
+/// nothing, a size displayed as `1e+03kB`; `store history` of ours, and of docker's after
+/// `docker save` and `puller load`, shows docker's CREATED BY and SIZE.
+const SIZES: &str = r#"FROM bb:1
+COPY . /ctx/
+RUN ln /ctx/big.bin /ctx/h2 && ln -s /very/long/target/name /s1 && mkdir -p /a/b/c && echo abc > /a/b/c/f && rm /ctx/empty
+RUN head -c 30000 /dev/zero > /z1 && ln /z1 /z2 && cp /z1 /z3
+RUN head -c 999999 /dev/zero > /big && rm /etc/passwd
+RUN rm -rf /ctx/d && echo 1 > /one
+ENV X=1
+CMD ["/bin/sh", "-c", "cat /one; ls /a/b/c /ctx"]
+"#;
+
+#[test]
+fn build_history_sizes_match_docker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    let Some(d) = docker_with_busybox(tmp.path()) else {
+        return;
+    };
+    let ctx = tmp.path().join("sizes");
+    std::fs::create_dir_all(ctx.join("d/e")).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), SIZES).unwrap();
+    let big: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(ctx.join("big.bin"), &big).unwrap();
+    std::fs::write(ctx.join("d/big2.bin"), &big).unwrap();
+    std::fs::hard_link(ctx.join("big.bin"), ctx.join("d/e/hard.bin")).unwrap();
+    std::os::unix::fs::symlink("../big.bin", ctx.join("d/sl")).unwrap();
+    std::fs::write(ctx.join("d/e/x.txt"), "hi\n").unwrap();
+    std::fs::write(ctx.join("empty"), "").unwrap();
+    let c = ctx.to_str().unwrap();
+    build(&root, &["-t", "sizes:1", c]);
+    let out = peers::output(
+        d.command(["build", "-t", "sizes:1", c])
+            .env("DOCKER_BUILDKIT", "0"),
+    );
+    assert!(out.status.success(), "{}", peers::format_output(&out));
+    let h = docker_history(d, "sizes:1");
+    assert!(h.human.contains(&"1e+03kB".to_string()), "{h:?}");
+    compare_with_docker(&root, d, "sizes:1", "ctx a s1 z1 z2 z3 one big");
 }

@@ -2,10 +2,12 @@
 
 use serde::Deserialize;
 
+use crate::blobs::BlobError;
+use crate::diff_size::DiffSize;
 use crate::digest::Digest;
 use crate::layers::chain_id;
-use crate::meta::{BlobRecord, Cf, LayerRecord};
-use crate::store::{Store, StoreError};
+use crate::meta::{Cf, LayerRecord};
+use crate::store::{Store, StoreError, io_err};
 
 /// What `history` reads of an image config at most.
 const MAX_CONFIG: u64 = 16 << 20;
@@ -22,8 +24,8 @@ pub struct HistoryEntry {
     pub created: Option<String>,
     /// The instruction that made the step, e.g. `RUN apk add curl`.
     pub created_by: String,
-    /// Bytes the step's layer adds: the unpacked layer's size when the store has it
-    /// unpacked, else its blob's size; 0 for steps without a layer.
+    /// Bytes the step's layer adds, as `docker history` counts them (regular files and
+    /// symlink targets, each inode once); 0 for steps without a layer.
     pub size: u64,
     pub comment: String,
     /// True for steps that changed only the config (no layer).
@@ -124,16 +126,28 @@ impl Store {
         Ok(out)
     }
 
-    /// A layer's size: unpacked when the store has it, else its blob's, else 0.
+    /// A layer's size as `docker history` shows it ([`DiffSize`]): counted when the layer
+    /// was unpacked, else read from its blob (a layer made by `runner commit` or `runner
+    /// build` and not unpacked yet); 0 when neither is in the store.
     fn layer_size(&self, chain: &Digest, blob: Option<&Digest>) -> Result<u64, StoreError> {
-        if let Some(layer) = self.meta().get::<LayerRecord>(Cf::Layers, &chain.to_string())? {
-            return Ok(layer.size);
+        let record = self.meta().get::<LayerRecord>(Cf::Layers, &chain.to_string())?;
+        if let Some(size) = record.as_ref().and_then(|l| l.diff_size) {
+            return Ok(size);
         }
-        let Some(blob) = blob else { return Ok(0) };
-        if let Some(record) = self.meta().get::<BlobRecord>(Cf::Blobs, &blob.to_string())? {
-            return Ok(record.size);
+        if let Ok(Some(report)) = self.layers().report(chain)
+            && let Some(size) = report.diff_size
+        {
+            return Ok(size);
         }
-        Ok(self.blobs().size(blob)?.unwrap_or(0))
+        let Some(blob) = blob.or(record.as_ref().and_then(|l| l.blob.as_ref())) else {
+            return Ok(0);
+        };
+        let file = match self.blobs().open_blob(blob) {
+            Ok(f) => f,
+            Err(BlobError::NotFound(_)) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        DiffSize::of_layer(file).map_err(io_err(format!("read layer {blob}")))
     }
 }
 

@@ -8,6 +8,7 @@ mod blobs;
 mod config;
 #[cfg(feature = "meta")]
 mod content;
+mod diff_size;
 mod digest;
 #[cfg(feature = "meta")]
 mod fsck;

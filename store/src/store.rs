@@ -929,6 +929,7 @@ impl Store {
             size: report.bytes,
             blob: Some(*blob),
             stored: now(),
+            diff_size: report.diff_size,
         };
         self.meta.put(Cf::Layers, &chain.to_string(), &record)?;
         self.index_insert(chain, IdKind::Layer);

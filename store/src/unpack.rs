@@ -181,6 +181,10 @@ pub struct UnpackReport {
     /// Set by the layer store when the layer was already unpacked and nothing was read.
     #[serde(default)]
     pub already_unpacked: bool,
+    /// The layer's size as docker's overlay2 driver counts it (what `docker history`
+    /// shows): see `DiffSize`. `None` in reports written before it was counted.
+    #[serde(default)]
+    pub diff_size: Option<u64>,
 }
 
 /// Errors from [`unpack_layer`]. A failed unpack leaves a partial destination that the
@@ -461,6 +465,7 @@ pub(crate) fn unpack_layer_tracked(
             skipped_devices: c.skipped_devices,
             skipped_xattrs: c.skipped_xattrs,
             already_unpacked: false,
+            diff_size: Some(c.diff_size.0),
         })
     })
 }
@@ -696,6 +701,7 @@ struct Counters {
     overlay_userxattr: bool,
     skipped_devices: u64,
     skipped_xattrs: u64,
+    diff_size: crate::diff_size::DiffSize,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -1192,6 +1198,7 @@ impl<'a> Writer<'a> {
                         reason: "symlink with an empty or invalid target",
                     });
                 }
+                self.c.diff_size.symlink(&target);
                 self.symlink(parent_rel, name, &target, &meta, &pax.xattrs, display)
             }
             Kind::Hardlink => {
@@ -1383,6 +1390,9 @@ impl<'a> Writer<'a> {
             name,
             display,
         } = leaf;
+        self.c
+            .diff_size
+            .file(sparse.as_ref().map_or(size, |s| s.real_size));
         let parent = self.dir_at(parent_rel, true, display)?;
         let fd = self.create_file(&parent, parent_rel, name, meta.mode & 0o777, display)?;
         let truncated = |e: StreamError| match e {

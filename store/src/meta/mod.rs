@@ -161,6 +161,10 @@ pub struct LayerRecord {
     #[serde(default)]
     pub blob: Option<Digest>,
     pub stored: i64,
+    /// The layer's size as docker counts it (`crate::unpack::DiffSize`); `None` in
+    /// records written before it was counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_size: Option<u64>,
 }
 
 /// A lease protects content from GC while work (a pull, an upload, a load) is under way.

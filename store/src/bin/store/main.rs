@@ -335,8 +335,9 @@ fn print_du(out: &mut impl Write, u: &strata_store::Usage, json: bool) -> Result
     Ok(())
 }
 
+/// A table as docker's CLI prints one (Go's tabwriter: cells padded by 3, at least 10 wide).
 fn print_table<const N: usize>(out: &mut impl Write, head: [&str; N], rows: &[[String; N]]) -> Result<()> {
-    let mut widths = head.map(str::len);
+    let mut widths = head.map(|h| h.len().max(7));
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
@@ -360,23 +361,46 @@ fn print_table<const N: usize>(out: &mut impl Write, head: [&str; N], rows: &[[S
     Ok(())
 }
 
-/// Sizes as docker prints them (SI units, three significant digits).
+/// Sizes as docker prints them: SI units and Go's `%.3g` (go-units'
+/// `HumanSizeWithPrecision(size, 3)`), so `40.3kB`, `1.98MB`, `0B` — and `1e+03kB`.
 fn human_size(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
+    const UNITS: [&str; 9] = ["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"];
     let mut v = n as f64;
     let mut i = 0;
     while v >= 1000.0 && i + 1 < UNITS.len() {
         v /= 1000.0;
         i += 1;
     }
-    if i == 0 {
-        format!("{n}B")
+    format!("{}{}", go_g(v, 3), UNITS[i])
+}
+
+/// Go's `fmt.Sprintf("%.*g", prec, v)` for a finite `v >= 0`: `prec` significant digits,
+/// trailing zeros dropped, exponent form when the exponent is below -4 or at least `prec`.
+fn go_g(v: f64, prec: usize) -> String {
+    if v == 0.0 {
+        return "0".into();
+    }
+    // Rust's `{:e}` rounds correctly, as Go does: `d.ddde±x`.
+    let e = format!("{:.*e}", prec - 1, v);
+    let (mantissa, exp) = e.split_once('e').unwrap_or((&e, "0"));
+    let x: i32 = exp.parse().unwrap_or(0);
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let trim = |s: String| -> String {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
+        }
+    };
+    if x < -4 || x >= prec as i32 {
+        let m = trim(format!("{}.{}", &digits[..1], &digits[1..]));
+        return format!("{m}e{}{:02}", if x < 0 { '-' } else { '+' }, x.abs());
+    }
+    if x >= 0 {
+        let x = x as usize;
+        trim(format!("{}.{}", &digits[..=x], &digits[x + 1..]))
     } else {
-        format!("{:.3}", v)
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_string()
-            + UNITS[i]
+        trim(format!("0.{}{digits}", "0".repeat((-x - 1) as usize)))
     }
 }
 
