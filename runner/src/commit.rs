@@ -405,6 +405,9 @@ fn same(a: &Stat, b: &Stat) -> bool {
         && FileType::from_raw_mode(a.st_mode) == FileType::from_raw_mode(b.st_mode)
 }
 
+/// Files the runner binds into every container (see `network::etc_files`).
+const RUNTIME_FILES: [&str; 3] = ["etc/hosts", "etc/hostname", "etc/resolv.conf"];
+
 struct LayerWriter<W: Write> {
     tar: tar::Builder<W>,
     /// Regular files with more than one link, by device and inode: the first path.
@@ -433,6 +436,11 @@ impl<W: Write> LayerWriter<W> {
                 self.append_marker(&rel.with_file_name(wh), &st)?;
             }
             FileType::Socket => self.skipped.push(shown(rel)),
+            // The mount points of the container's own hosts, hostname and resolv.conf
+            // (made when the image has none): what is bound there is not the image's,
+            // as docker leaves them out of a commit.
+            FileType::RegularFile if st.st_size == 0 && RUNTIME_FILES.iter().any(|f| rel == Path::new(f)) => {
+            }
             FileType::RegularFile => self.file(dir, name, rel, &st)?,
             FileType::Directory => return self.directory(dir, name, rel, &st).map(Some),
             FileType::Symlink => {

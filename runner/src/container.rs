@@ -77,6 +77,15 @@ pub struct Container {
     /// Host directories, volumes and tmpfs mounted into it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<crate::volumes::MountSpec>,
+    /// `--network`.
+    #[serde(default = "crate::network::NetworkMode::legacy")]
+    pub network: crate::network::NetworkMode,
+    /// `-p`: ports published on the host (bridge network only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<crate::network::PortSpec>,
+    /// The bridge's subnet it asks for (`--bridge-subnet`); the default when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
 }
 
 /// A container's confinement, fixed when it is created.
@@ -152,6 +161,9 @@ pub struct ContainerState {
     pub init_start: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// Its address on the bridge while running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 /// Where supervisors mount their container's root (`containers/.rootfs`): one directory
@@ -167,6 +179,7 @@ impl ContainerState {
             init_pid: None,
             init_start: None,
             exit_code: Some(code),
+            address: None,
         }
     }
 }
@@ -223,6 +236,7 @@ impl Container {
                 init_pid: None,
                 init_start: None,
                 exit_code: None,
+                address: None,
             },
         )?;
         Ok(dir)
@@ -326,6 +340,9 @@ mod tests {
             read_only: false,
             tty: false,
             mounts: Vec::new(),
+            network: crate::network::NetworkMode::None,
+            ports: Vec::new(),
+            subnet: None,
         };
         make("b2aaaa", "other").create(dir.path()).unwrap();
         make("ccbbbb", "b2").create(dir.path()).unwrap();

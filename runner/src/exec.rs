@@ -1,14 +1,15 @@
 //! `runner exec`: another process in a running container — its namespaces joined
 //! through a pidfd on its first process (checked to be the process that started), in
 //! its cgroups, as the container's user or another, confined as the container is
-//! (capabilities, seccomp, `no_new_privs`, rlimits, fds), in a session of its own.
+//! (capabilities, seccomp, `no_new_privs`, rlimits, fds), in a session of its own; with
+//! `-t` on a pseudo-terminal of its own, as `runner start -t` runs a container.
 
 use std::path::Path;
 use std::process::Stdio;
 
 use crate::container::{self, Container, ContainerError, Status};
 use crate::start::{
-    StartError, User, command, confinement, io, merge_env, process_env, resolve_user, seccomp_cache,
+    StartError, User, attach, command, confinement, io, merge_env, process_env, resolve_user, seccomp_cache,
 };
 use crate::{cgroup, sys};
 
@@ -24,6 +25,9 @@ pub struct ExecOptions {
     pub workdir: Option<String>,
     /// `-i`: keep standard input open (else it reads /dev/null).
     pub interactive: bool,
+    /// `-t`: run it on a pseudo-terminal of its own, the caller's terminal in raw mode
+    /// meanwhile, its window size passed on.
+    pub tty: bool,
 }
 
 /// Runs `opts.command` in the running container `c` (directory `dir`) and returns its
@@ -53,9 +57,20 @@ pub fn exec(c: &Container, dir: &Path, opts: &ExecOptions) -> Result<i32, StartE
     let steps = sys::Rootfs::for_exec(pidfd, workdir, (ids.uid, ids.gid, &ids.groups), confined)
         .map_err(io("prepare the process"))?;
     let mut cmd = command(&opts.command, &env);
-    if !opts.interactive {
-        cmd.stdin(Stdio::null());
+    if !opts.tty {
+        if !opts.interactive {
+            cmd.stdin(Stdio::null());
+        }
+        let mut child = sys::spawn_init(cmd, steps).map_err(io(format!("start {:?}", opts.command[0])))?;
+        return sys::forward_signals_until_exit(&mut child).map_err(io("wait for the process"));
     }
-    let mut child = sys::spawn_init(cmd, steps).map_err(io(format!("start {:?}", opts.command[0])))?;
-    sys::forward_signals_until_exit(&mut child).map_err(io("wait for the process"))
+    let pty = sys::Pty::open().map_err(io("open a pseudo-terminal"))?;
+    let slave = || pty.slave.try_clone().map_err(io("open a pseudo-terminal"));
+    cmd.stdin(slave()?).stdout(slave()?).stderr(slave()?);
+    if !env.iter().any(|e| e.starts_with("TERM=")) {
+        cmd.env("TERM", "xterm");
+    }
+    let mut child =
+        sys::spawn_init(cmd, steps.with_tty()).map_err(io(format!("start {:?}", opts.command[0])))?;
+    attach(&mut child, pty, opts.interactive)
 }

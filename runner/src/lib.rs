@@ -1,15 +1,19 @@
 //! strata's runner: a container's root filesystem is an overlay of the image's unpacked
 //! layers (read-only, shared) under a per-container upper directory; its process runs
-//! in new mount, PID, UTS, IPC and network namespaces, as PID 1 of its own PID
-//! namespace, after `pivot_root` into that overlay.
+//! in new mount, PID, UTS, IPC and network namespaces (or the host's network, as
+//! `--network` says), as PID 1 of its own PID namespace, after `pivot_root` into that
+//! overlay.
 //!
 //! The process model, in one place: `runner start` prepares the container (resolves the
 //! image, makes sure its layers are unpacked, writes `containers/<id>/config.json`) and
 //! re-executes itself as the container's supervisor, `runner __init DIR`, in fresh
-//! namespaces. The supervisor mounts the overlay, sets the hostname, and spawns the
+//! mount, UTS and IPC namespaces. The supervisor makes the container's network (a new
+//! namespace, on the `strata0` bridge by default: `network`), then a PID namespace for
+//! its child; it mounts the overlay, sets the hostname, and spawns the
 //! image's command as the first process of the new PID namespace; that child mounts
 //! `/proc`, a minimal `/dev` and `/sys`, pivots into the rootfs, sets `no_new_privs` and
-//! execs. The supervisor waits, records the exit status, and exits with it. Every
+//! execs. The supervisor waits, gives back the network's lease, records the exit
+//! status, and exits with it. Every
 //! syscall-level step is in `sys`, the only module with `unsafe`.
 
 mod build;
@@ -22,6 +26,7 @@ mod dockerfile;
 mod dockerignore;
 mod exec;
 mod lifecycle;
+mod network;
 mod seccomp;
 mod start;
 mod sys;
@@ -50,6 +55,10 @@ pub use dockerfile::{
 pub use dockerignore::{DockerIgnore, DockerIgnoreError, Verdict as IgnoreVerdict};
 pub use exec::{ExecOptions, exec};
 pub use lifecycle::{LifecycleError, kill, logs, parse_signal, stop, wait_exit};
+pub use network::{
+    BRIDGE, DEFAULT_SUBNET, NetworkError, NetworkMode, PortSpec, Subnet, TABLE, reclaim_network,
+    state_dir as network_state_dir,
+};
 pub use seccomp::{Profile as SeccompProfile, SeccompError};
 pub use start::{SecurityOptions, StartError, StartOptions, prepare, run_supervisor};
 pub use sys::{

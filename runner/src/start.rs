@@ -137,6 +137,12 @@ pub struct StartOptions {
     /// `-v SOURCE:TARGET[:ro]` and `--tmpfs TARGET`.
     pub volumes: Vec<String>,
     pub tmpfs: Vec<String>,
+    /// `--network` (bridge by default, as docker).
+    pub network: crate::network::NetworkMode,
+    /// `-p`: ports to publish (bridge only).
+    pub ports: Vec<crate::network::PortSpec>,
+    /// The bridge's subnet (`--bridge-subnet`), when not the default.
+    pub subnet: Option<String>,
 }
 
 /// Errors starting a container.
@@ -152,6 +158,8 @@ pub enum StartError {
     Seccomp(#[from] SeccompError),
     #[error(transparent)]
     Volume(#[from] crate::volumes::VolumeError),
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
     #[error("unknown capability {0:?}")]
     BadCapability(String),
     #[error("the image's /etc/{file}: {message}")]
@@ -253,6 +261,12 @@ pub(crate) fn prepare_runnable(
     };
     let security = opts.security.resolve()?;
     let mounts = crate::volumes::parse_mounts(store_root, &opts.volumes, &opts.tmpfs)?;
+    if let Some(s) = &opts.subnet {
+        crate::network::Subnet::parse(s)?;
+    }
+    if !opts.ports.is_empty() && opts.network != crate::network::NetworkMode::Bridge {
+        return Err(crate::network::NetworkError::PortsWithoutBridge(opts.network.name()).into());
+    }
     let id = new_id();
     let c = Container {
         hostname: opts.hostname.clone().unwrap_or_else(|| id[..12].to_string()),
@@ -272,6 +286,9 @@ pub(crate) fn prepare_runnable(
         read_only: opts.read_only,
         tty: opts.tty,
         mounts,
+        network: opts.network,
+        ports: opts.ports.clone(),
+        subnet: opts.subnet.clone(),
     };
     c.create(store_root)?;
     Ok(c)
@@ -336,11 +353,54 @@ pub(crate) fn mount_rootfs(c: &Container, dir: &Path, target: &Path) -> Result<(
 }
 
 fn supervise(c: &Container, dir: &Path) -> Result<i32, StartError> {
+    // The network first: its tools run as children of the supervisor, before the PID
+    // namespace whose first process the container's is.
+    let net = crate::network::attach(c)?;
+    let address = net.address();
+    let own_pid = match sys::unshare_pid() {
+        Ok(fd) => fd,
+        Err(e) => {
+            net.detach();
+            return Err(io("make a PID namespace")(e));
+        }
+    };
+    let mut net = Some(net);
+    let result = crate::network::etc_files(c, dir, address)
+        .map_err(StartError::from)
+        .and_then(|etc| supervise_attached(c, dir, &etc, address, &mut net, &own_pid));
+    give_back(net, &own_pid);
+    result
+}
+
+/// Gives back the network's lease (its tools run in the supervisor's own PID namespace:
+/// the container's is gone with its first process).
+fn give_back(net: Option<crate::network::Attached>, own_pid: &std::os::fd::OwnedFd) {
+    if let Some(net) = net {
+        let _ = sys::children_in_pid_namespace(own_pid);
+        net.detach();
+    }
+}
+
+/// [`supervise`] once the network is there: gives it back (`net`) once the container's
+/// first process has exited, before recording the exit (so that `runner stop` returns
+/// with the address and ports free).
+fn supervise_attached(
+    c: &Container,
+    dir: &Path,
+    etc: &[(String, std::path::PathBuf)],
+    address: Option<std::net::Ipv4Addr>,
+    net: &mut Option<crate::network::Attached>,
+    own_pid: &std::os::fd::OwnedFd,
+) -> Result<i32, StartError> {
     // Every supervisor mounts its container's overlay on the same directory, each in a
     // mount namespace of its own.
     let rootfs = dir.parent().unwrap_or(dir).join(container::ROOTFS_MOUNT_POINT);
     sys::make_mounts_private().map_err(io("make mounts private"))?;
     mount_rootfs(c, dir, &rootfs)?;
+    for (target, file) in etc {
+        sys::mount_in_root(&rootfs, target, sys::MountSource::Bind(file), false)
+            .map_err(io(format!("mount {target}")))?;
+    }
     for m in &c.mounts {
         let source = match &m.source {
             Some(p) => sys::MountSource::Bind(p),
@@ -404,24 +464,27 @@ fn supervise(c: &Container, dir: &Path) -> Result<i32, StartError> {
             init_pid: Some(child.id()),
             init_start: sys::start_time(child.id()),
             exit_code: None,
+            address,
         },
     )?;
     let code = match pty {
         None => sys::forward_signals_until_exit(&mut child).map_err(io("wait for the container"))?,
-        Some(p) => attach(&mut child, p)?,
+        Some(p) => attach(&mut child, p, true)?,
     };
+    give_back(net.take(), own_pid);
     cgroup.remove()?;
     container::write_state(dir, &ContainerState::exited(code))?;
     Ok(code)
 }
 
-/// Runs a container on a pseudo-terminal to its end, the caller's terminal raw
-/// meanwhile (see `sys::attach_pty`).
-fn attach(child: &mut std::process::Child, pty: sys::Pty) -> Result<i32, StartError> {
+/// Runs a container (or an exec'd process) on a pseudo-terminal to its end, the
+/// caller's terminal raw meanwhile, its standard input passed on when `input` (see
+/// `sys::attach_pty`).
+pub(crate) fn attach(child: &mut std::process::Child, pty: sys::Pty, input: bool) -> Result<i32, StartError> {
     drop(pty.slave);
     let raw = sys::RawTerminal::enter();
     sys::copy_window_size(&pty.master);
-    let code = sys::attach_pty(child, &pty.master).map_err(io("run the container on its terminal"));
+    let code = sys::attach_pty(child, &pty.master, input).map_err(io("run the container on its terminal"));
     drop(raw);
     code
 }

@@ -20,15 +20,64 @@ use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
 use rustix::process::{Pid, Resource, Rlimit, Signal};
 use rustix::thread::{CapabilitySet, UnshareFlags};
 
-/// The namespaces every container gets: mount, UTS, IPC and network for the supervisor
-/// and its child, PID for the child (the first process of a new PID namespace). The
-/// child also takes a cgroup namespace of its own once it is in its cgroup.
+/// The namespaces every supervisor starts in: mount, UTS and IPC. The supervisor then
+/// makes the network namespace its `--network` asks for ([`new_net_namespace`]), and a
+/// PID namespace for its child, the container's first process ([`unshare_pid`]), which
+/// also takes a cgroup namespace of its own once it is in its cgroup.
 fn namespaces() -> UnshareFlags {
-    UnshareFlags::NEWNS
-        | UnshareFlags::NEWUTS
-        | UnshareFlags::NEWIPC
-        | UnshareFlags::NEWNET
-        | UnshareFlags::NEWPID
+    UnshareFlags::NEWNS | UnshareFlags::NEWUTS | UnshareFlags::NEWIPC
+}
+
+/// Makes a new network namespace and returns to the caller's: `(host, container)`
+/// descriptors of both (the supervisor configures the host side, then enters the
+/// container's with [`enter_net_namespace`]).
+pub fn new_net_namespace() -> io::Result<(OwnedFd, OwnedFd)> {
+    let open = || {
+        rustix::fs::open(
+            "/proc/thread-self/ns/net",
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    let host = open()?;
+    // SAFETY: CLONE_NEWNET alone changes only this thread's network namespace, which
+    // the next line reads back; no descriptor table or file system state is detached.
+    unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWNET) }?;
+    let container = open()?;
+    enter_net_namespace(&host)?;
+    Ok((host, container))
+}
+
+/// Moves the calling thread into the network namespace `ns`.
+pub fn enter_net_namespace(ns: &OwnedFd) -> io::Result<()> {
+    rustix::thread::move_into_link_name_space(ns.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))?;
+    Ok(())
+}
+
+/// The caller's next child starts a new PID namespace, as its first process (after
+/// this the caller can start no thread). Returns the caller's own PID namespace, for
+/// [`children_in_pid_namespace`] once that first process is gone (no other child can
+/// start in a PID namespace whose first process has exited).
+pub fn unshare_pid() -> io::Result<OwnedFd> {
+    let own = rustix::fs::open(
+        "/proc/self/ns/pid",
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    // SAFETY: CLONE_NEWPID only sets the namespace the caller's future children get; the
+    // caller's own state is unchanged.
+    unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWPID) }?;
+    Ok(own)
+}
+
+/// The caller's next children start in the PID namespace `ns` (its own, from
+/// [`unshare_pid`]).
+pub fn children_in_pid_namespace(ns: &OwnedFd) -> io::Result<()> {
+    rustix::thread::move_into_link_name_space(
+        ns.as_fd(),
+        Some(rustix::thread::LinkNameSpaceType::ProcessID),
+    )?;
+    Ok(())
 }
 
 /// How a re-executed supervisor stands towards the caller's terminal.
@@ -72,9 +121,8 @@ pub fn single_threaded() -> bool {
     }) == Some(1)
 }
 
-/// Moves the calling process into the container's new mount, UTS, IPC and network
-/// namespaces (its next child starts a new PID namespace): the supervisor without a
-/// re-exec. The process must be single-threaded.
+/// Moves the calling process into the container's new mount, UTS and IPC namespaces:
+/// the supervisor without a re-exec. The process must be single-threaded.
 pub fn enter_namespaces() -> io::Result<()> {
     if !single_threaded() {
         return Err(io::Error::other(
@@ -1012,8 +1060,9 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
 /// process that made a PID namespace for its children can make no thread): standard
 /// input is copied to the pty's `master` and the master to standard output, SIGWINCH
 /// copies the caller's window size, the other forwarded signals go to `child`. The
-/// signals must be blocked ([`block_signals`]). Returns the exit code (128 + signal).
-pub fn attach_pty(child: &mut Child, master: &std::fs::File) -> io::Result<i32> {
+/// signals must be blocked ([`block_signals`]). Standard input is not read unless
+/// `input`. Returns the exit code (128 + signal).
+pub fn attach_pty(child: &mut Child, master: &std::fs::File, input: bool) -> io::Result<i32> {
     use rustix::event::{PollFd, PollFlags, poll};
     use std::io::{Read, Write};
     use std::os::fd::FromRawFd;
@@ -1026,7 +1075,7 @@ pub fn attach_pty(child: &mut Child, master: &std::fs::File) -> io::Result<i32> 
     // SAFETY: `raw` is a new descriptor this function owns from here.
     let mut sigfd = unsafe { std::fs::File::from_raw_fd(raw) };
     let stdin = std::io::stdin();
-    let mut stdin_open = true;
+    let mut stdin_open = input;
     let mut out = std::io::stdout();
     let mut buf = vec![0u8; 16 << 10];
     let mut master_r = master;

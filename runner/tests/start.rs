@@ -38,8 +38,8 @@ fn a_container_runs_as_pid_1_in_its_own_namespaces_and_passes_its_exit_code() {
     // docker's default capabilities, no more.
     assert!(stdout.contains("CapBnd:\t00000000a80425fb"), "{stdout}");
     assert!(stdout.contains("CapEff:\t00000000a80425fb"), "{stdout}");
-    // Its own network namespace: loopback only.
-    assert_eq!(lines[7], "lo", "{stdout}");
+    // Its own network namespace: eth0 on the bridge (the default network) and lo.
+    assert_eq!(lines[7..9], ["eth0", "lo"], "{stdout}");
     // The image's root, not the host's: no host directories, no pivot leftovers.
     assert!(
         stdout.contains("\nbin\n") && stdout.contains("\ndata\n"),
@@ -893,4 +893,71 @@ fn an_interactive_shell_on_a_terminal() {
     let out = read.join().unwrap();
     assert!(out.contains("term=xterm") && out.contains("is-a-tty"), "{out}");
     assert_eq!(status.code(), Some(4), "{out}");
+}
+
+/// `exec -it` under tmux (a real terminal): an interactive shell in a running container,
+/// on a terminal of its own with the caller's window size, resized with it (SIGWINCH).
+#[test]
+fn exec_it_runs_an_interactive_shell_on_a_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    let id = peers::run_ok(runner(&root).args([
+        "start",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        "tty",
+        "bb:1",
+        "--",
+        "sleep",
+        "300",
+    ]));
+    let socket = format!("strata-exec-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        let out = peers::output(Command::new("tmux").arg("-L").arg(&socket).args(args));
+        assert!(out.status.success(), "{}", peers::format_output(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let exec = format!(
+        "{} --root {} exec -it tty /bin/sh; echo exec-exited-$?; sleep 30",
+        peers::bin("runner").display(),
+        root.display()
+    );
+    tmux(&["new-session", "-d", "-x", "100", "-y", "30", "-s", "t", &exec]);
+    let screen = |want: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let text = tmux(&["capture-pane", "-p", "-t", "t"]);
+            if text.contains(want) || std::time::Instant::now() > deadline {
+                return text;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    tmux(&[
+        "send-keys",
+        "-t",
+        "t",
+        "[ -t 0 ] && echo tty-$((6*7)); stty size; cat /proc/1/cmdline; echo",
+        "Enter",
+    ]);
+    let text = screen("sleep300");
+    assert!(text.contains("tty-42") && text.contains("30 100"), "{text}");
+    tmux(&["resize-window", "-t", "t", "-x", "120", "-y", "40"]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    tmux(&["send-keys", "-t", "t", "stty size; exit 7", "Enter"]);
+    let text = screen("exec-exited-7");
+    let _ = Command::new("tmux")
+        .arg("-L")
+        .arg(&socket)
+        .arg("kill-server")
+        .status();
+    assert!(
+        text.contains("40 120") && text.contains("exec-exited-7"),
+        "{text}"
+    );
+    peers::run_ok(runner(&root).args(["stop", "-t", "0", id.trim()]));
 }

@@ -5,4 +5,5 @@ mod build;
 mod commit;
 mod common;
 mod confinement;
+mod network;
 mod start;

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use strata_runner::{BuildOptions, CommitOptions, Limits, SecurityOptions, StartOptions};
+use strata_runner::{
+    BuildOptions, CommitOptions, Limits, NetworkMode, PortSpec, SecurityOptions, StartOptions,
+};
 
 /// `--security-opt` values: the seccomp choice (`None`: docker's default profile;
 /// `Some(None)`: unconfined; `Some(Some(json))`: a profile file's contents).
@@ -36,6 +38,14 @@ fn parse_cpus(s: &str) -> Result<u64, String> {
     }
 }
 
+fn parse_network(s: &str) -> Result<NetworkMode, String> {
+    NetworkMode::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_port(s: &str) -> Result<PortSpec, String> {
+    PortSpec::parse(s).map_err(|e| e.to_string())
+}
+
 fn parse_memory(s: &str) -> Result<u64, String> {
     strata_runner::parse_bytes(s).ok_or_else(|| format!("invalid byte count {s:?} (e.g. 64m, 1g)"))
 }
@@ -50,6 +60,10 @@ pub struct Cli {
     /// Store root directory [default: /var/lib/strata as root, else $XDG_DATA_HOME/strata]
     #[arg(long, global = true, env = "STRATA_ROOT", value_name = "DIR")]
     pub root: Option<PathBuf>,
+    /// The subnet of the strata0 bridge, when the first bridged container makes it
+    /// [default: 10.89.0.0/16]
+    #[arg(long, global = true, env = "STRATA_BRIDGE_SUBNET", value_name = "CIDR")]
+    pub bridge_subnet: Option<String>,
     #[command(subcommand)]
     pub command: CliCommand,
 }
@@ -109,6 +123,14 @@ pub enum CliCommand {
         /// Mount a tmpfs at this path, repeatable
         #[arg(long, value_name = "DIR")]
         tmpfs: Vec<String>,
+        /// The container's network: bridge (its own namespace on the strata0 bridge, with
+        /// outbound NAT), host (the host's), none (only lo)
+        #[arg(long, value_name = "MODE", default_value = "bridge", value_parser = parse_network)]
+        network: NetworkMode,
+        /// Publish a container's port on the host: [IP:]HOSTPORT:CONTAINERPORT[/udp],
+        /// repeatable (every local address without IP)
+        #[arg(long = "publish", short = 'p', value_name = "[IP:]HOSTPORT:PORT", value_parser = parse_port)]
+        publish: Vec<PortSpec>,
         /// Give the container every capability, every device, no seccomp filter and no
         /// masked or read-only paths (less confinement, as docker's --privileged)
         #[arg(long)]
@@ -148,7 +170,8 @@ pub enum CliCommand {
         /// Keep standard input open
         #[arg(long, short = 'i')]
         interactive: bool,
-        /// Allocate a terminal (not supported yet)
+        /// Run it on a pseudo-terminal (the caller's terminal in raw mode, its window
+        /// size passed on)
         #[arg(long, short = 't')]
         tty: bool,
         /// Set an environment variable (KEY=VALUE), repeatable
@@ -335,6 +358,8 @@ impl Cli {
                 interactive: _,
                 volumes,
                 tmpfs,
+                network,
+                publish,
                 privileged,
                 cap_add,
                 cap_drop,
@@ -361,6 +386,9 @@ impl Cli {
                     tty,
                     volumes,
                     tmpfs,
+                    network,
+                    ports: publish,
+                    subnet: self.bridge_subnet.clone(),
                     security: SecurityOptions {
                         privileged,
                         cap_add,
@@ -386,21 +414,17 @@ impl Cli {
                 workdir,
                 container,
                 command,
-            } => {
-                if tty {
-                    bail!("runner exec -t: terminals are not supported yet");
-                }
-                Command::Exec {
-                    container,
-                    opts: strata_runner::ExecOptions {
-                        command,
-                        env,
-                        user,
-                        workdir,
-                        interactive,
-                    },
-                }
-            }
+            } => Command::Exec {
+                container,
+                opts: strata_runner::ExecOptions {
+                    command,
+                    env,
+                    user,
+                    workdir,
+                    interactive,
+                    tty,
+                },
+            },
             CliCommand::Stop { time, containers } => Command::Stop {
                 containers,
                 grace: std::time::Duration::from_secs(time),

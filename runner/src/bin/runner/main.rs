@@ -227,6 +227,10 @@ fn run(root: &Path, command: cli::Command) -> anyhow::Result<u8> {
             Ok(0)
         }
         cli::Command::Rm(targets) => {
+            // Addresses and ports of containers whose supervisor was killed go back.
+            if rustix::process::geteuid().is_root() {
+                strata_runner::reclaim_network().context("reclaim the network of stopped containers")?;
+            }
             for t in targets {
                 let (c, s) = find(root, &t)?;
                 if s.status == Status::Running && s.pid.is_some_and(alive) {
