@@ -1,7 +1,7 @@
 //! Fuzz target bodies for the registry's parsers of client input (request heads and
-//! chunked bodies, `Range`, htpasswd files, bearer tokens and token requests): called by
-//! the cargo-fuzz targets in `fixtures/fuzz` and by the corpus-replay test on stable.
-//! Each panics only on a bug.
+//! chunked bodies, `Range` and upload `Content-Range`, htpasswd files, bearer tokens and
+//! token requests): called by the cargo-fuzz targets in `fixtures/fuzz` and by the
+//! corpus-replay test on stable. Each panics only on a bug.
 
 use std::sync::OnceLock;
 
@@ -34,6 +34,21 @@ pub fn range(data: &[u8]) {
             other => panic!("{v:?}: status {other}"),
         }
     }
+}
+
+/// An upload chunk's `Content-Range` against several upload offsets: it names one start,
+/// so at most one offset accepts it.
+pub fn upload_range(data: &[u8]) {
+    let Ok(v) = HeaderValue::from_bytes(data) else {
+        return;
+    };
+    let mut h = HeaderMap::new();
+    h.insert(header::CONTENT_RANGE, v);
+    let accepted = [0, 1, 100, u64::MAX]
+        .into_iter()
+        .filter(|o| crate::api::uploads::check_content_range(&h, *o, "a/b", "id").is_ok())
+        .count();
+    assert!(accepted <= 1, "{data:?} starts at {accepted} offsets");
 }
 
 /// `load_htpasswd` of an arbitrary file: every user it reads has a bcrypt hash.

@@ -18,6 +18,7 @@ const TARGETS: &[&str] = &[
     "unpack",
     "archive_load",
     "range",
+    "upload_range",
     "http_head",
     "chunked",
     "htpasswd",
@@ -44,6 +45,7 @@ fn body(target: &str) -> Body {
             Box::new(move |data| store::archive_load(&st, dir.path(), data))
         }
         "range" => Box::new(registry::range),
+        "upload_range" => Box::new(registry::upload_range),
         "http_head" => Box::new(registry::http_head),
         "chunked" => Box::new(registry::chunked),
         "htpasswd" => Box::new(registry::htpasswd),
@@ -125,6 +127,7 @@ mod replay {
         unpack,
         archive_load,
         range,
+        upload_range,
         http_head,
         chunked,
         htpasswd,

@@ -11,7 +11,7 @@ pub(crate) mod manifests;
 mod referrers;
 pub(crate) mod shared;
 mod tags;
-mod uploads;
+pub(crate) mod uploads;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -138,7 +138,7 @@ pub(super) async fn upload_status(st: &Shared, name: String, id: String) -> ApiR
 
 /// Checks `Content-Range: <start>-<end>` against the current offset (416 when the chunk
 /// is not the next one).
-fn check_content_range(headers: &HeaderMap, offset: u64, name: &str, id: &str) -> ApiResult<()> {
+pub(crate) fn check_content_range(headers: &HeaderMap, offset: u64, name: &str, id: &str) -> ApiResult<()> {
     let Some(v) = headers.get(header::CONTENT_RANGE).and_then(|v| v.to_str().ok()) else {
         return Ok(());
     };
