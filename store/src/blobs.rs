@@ -4,7 +4,9 @@
 //! on `ingest/<key>.lock` so that one process (or thread) at a time writes a given key,
 //! checks size and digest, fsyncs, renames into place and fsyncs the directory. A blob is
 //! therefore either absent or complete; a killed ingest leaves a partial file that the
-//! next ingest of the same key resumes from its length.
+//! next ingest of the same key resumes from its length. Staged content (digest learnt
+//! while reading) goes to `ingest/stage-<random>.partial`, `flock`ed by its writer; the
+//! next `BlobStore::open` removes the ones a killed process left.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
@@ -88,6 +90,9 @@ pub fn valid_upload_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// File names of staged content in the ingest directory (`stage-<random>.partial`).
+const STAGE_PREFIX: &str = "stage-";
+
 /// A blob store rooted at a store directory.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
@@ -112,7 +117,38 @@ impl BlobStore {
         for dir in [&blobs, &ingest] {
             fs_err::create_dir_all(dir).map_err(BlobError::io("create blob directories"))?;
         }
-        Ok(BlobStore { blobs, ingest })
+        let store = BlobStore { blobs, ingest };
+        if let Err(e) = store.remove_dead_stages() {
+            tracing::warn!("cleaning staging files: {e}");
+        }
+        Ok(store)
+    }
+
+    /// Removes the staging files of processes that died (a killed `puller load` or
+    /// `runner commit`): each live one is `flock`ed by its writer, from before the ingest
+    /// directory's shared lock is released (see [`BlobStore::stage`]), so a file this
+    /// takes the lock of under the directory's exclusive lock has no writer.
+    fn remove_dead_stages(&self) -> Result<u64> {
+        let dir = lock_dir(&self.ingest, rustix::fs::FlockOperation::LockExclusive)?;
+        let mut removed = 0;
+        for entry in fs_err::read_dir(&self.ingest).map_err(BlobError::io("list ingests"))? {
+            let entry = entry.map_err(BlobError::io("list ingests"))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if !(name.starts_with(STAGE_PREFIX) && name.ends_with(".partial")) {
+                continue;
+            }
+            let Ok(file) = File::open(entry.path()) else {
+                continue;
+            };
+            if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
+                && std::fs::remove_file(entry.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+        drop(dir);
+        Ok(removed)
     }
 
     /// The blob store of an existing root, creating nothing (read-only views).
@@ -409,11 +445,20 @@ impl BlobStore {
     /// Streams `reader` into the ingest area while hashing it; nothing becomes visible.
     /// Used when the digest is only known (or trusted) after reading, e.g. archive entries.
     pub fn stage(&self, reader: impl Read, limit: Option<u64>) -> Result<Staged> {
+        let dir = lock_dir(&self.ingest, rustix::fs::FlockOperation::LockShared)?;
         let mut file = tempfile::Builder::new()
-            .prefix("stage-")
+            .prefix(STAGE_PREFIX)
             .suffix(".partial")
             .tempfile_in(&self.ingest)
             .map_err(BlobError::io("create staging file"))?;
+        // Held while the file is: a process that dies leaves a file nobody holds, which
+        // the next `BlobStore::open` removes.
+        rustix::fs::flock(
+            file.as_file(),
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        )
+        .map_err(|e| BlobError::io("lock staging file")(e.into()))?;
+        drop(dir);
         let (hasher, result) = copy_hashing(reader, file.as_file_mut(), Hasher::new(), limit);
         result?;
         let size = hasher.len();
@@ -829,6 +874,13 @@ pub(crate) fn lock_file(path: &Path) -> Result<LockedFile> {
             return Ok(LockedFile { _file: file });
         }
     }
+}
+
+/// `flock`s a directory (`op`: shared or exclusive), released when the result drops.
+fn lock_dir(dir: &Path, op: rustix::fs::FlockOperation) -> Result<File> {
+    let file = File::open(dir).map_err(BlobError::io(format!("open {}", dir.display())))?;
+    rustix::fs::flock(&file, op).map_err(|e| BlobError::io(format!("lock {}", dir.display()))(e.into()))?;
+    Ok(file)
 }
 
 /// Like `lock_file` but returns `None` instead of waiting.

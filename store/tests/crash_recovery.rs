@@ -1,4 +1,4 @@
-//! GC killed half-way: the state each crash point leaves on disk, reopened, checked and
+//! Crash points of GC and staging: the state each leaves on disk, reopened, checked and
 //! collected again (the crash campaign, `benches/scripts/crash-campaign.py`, found these).
 
 use std::path::Path;
@@ -135,4 +135,29 @@ fn a_layer_kept_for_its_youth_keeps_its_parent() {
     assert!(store.layers().is_unpacked(&child) && store.layers().is_unpacked(&parent));
     let report = store.fsck(false).unwrap();
     assert!(report.faults.is_empty(), "{:?}", report.faults);
+}
+
+#[test]
+fn staging_files_of_a_killed_process_go_at_the_next_open_and_live_ones_stay() {
+    // A killed `puller load` or `runner commit` left its `stage-*.partial` files in
+    // ingest/ until a GC a day later.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("s");
+    let store = Store::open(&root).unwrap();
+    let live = store.blobs().stage(&b"still being written"[..], None).unwrap();
+    drop(store);
+    let dead = root.join("ingest").join("stage-Killed.partial");
+    std::fs::write(&dead, b"half of a layer").unwrap();
+
+    let store = Store::open(&root).unwrap();
+    assert!(!dead.exists(), "a dead process's staging file stayed");
+    let mut live = live;
+    let c = store.blobs().commit_staged(&mut live).unwrap();
+    assert!(c.written && store.blobs().contains(&c.digest));
+    let names: Vec<_> = std::fs::read_dir(root.join("ingest"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("stage-"))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
 }
