@@ -24,8 +24,12 @@
 //! `FROM` an image that is not in the store and whose reference names a registry
 //! (`HOST[:PORT]/…`, `localhost/…`) fetches it through the puller first.
 //!
+//! `--platform` and `FROM --platform=` take this host's platform only, with BuildKit's
+//! automatic platform ARGs (`BUILDPLATFORM`, `TARGETARCH`, …) predefined.
+//!
 //! Not supported yet (clear errors): `ADD` of URLs and of bzip2 or xz archives, `FROM` an
-//! image that is not in the store and names no registry, `--network host`.
+//! image that is not in the store and names no registry, `--network host`, another
+//! platform than the host's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
@@ -66,6 +70,9 @@ pub struct BuildOptions {
     pub target: Option<String>,
     /// `--no-cache`: run every step, record nothing.
     pub no_cache: bool,
+    /// `--platform`: the platform to build for; only this host's is accepted (there is no
+    /// emulation). `None` is this host's.
+    pub platform: Option<String>,
     /// The runner program, run as `PROGRAM --root ROOT __init DIR` to supervise a `RUN`
     /// step's container.
     pub supervisor: PathBuf,
@@ -110,6 +117,8 @@ pub enum BuildError {
     Run { line: usize, command: String, code: i32 },
     #[error("bad image metadata: {0}")]
     Metadata(String),
+    #[error("--platform={0}")]
+    Platform(String),
     #[error("line {line}: fetch {reference}: {source}")]
     Fetch {
         line: usize,
@@ -195,6 +204,50 @@ fn fetch_missing_bases(
         .map_err(io_err("write progress"))?;
     }
     Ok(())
+}
+
+/// The platform ARGs BuildKit predefines in the global scope (`BUILDPLATFORM`, `BUILDOS`,
+/// `BUILDARCH`, `BUILDVARIANT` and the same for `TARGET`): this host's on both sides, the
+/// only platform built here.
+fn automatic_args() -> Vec<(String, String)> {
+    let host = strata_store::Platform::host();
+    let variant = host.variant.clone().unwrap_or_default();
+    let mut args = Vec::new();
+    for side in ["BUILD", "TARGET"] {
+        args.push((format!("{side}PLATFORM"), host.to_string()));
+        args.push((format!("{side}OS"), host.os.clone()));
+        args.push((format!("{side}ARCH"), host.architecture.clone()));
+        args.push((format!("{side}VARIANT"), variant.clone()));
+    }
+    args
+}
+
+/// Accepts this host's platform (`OS[/ARCH[/VARIANT]]`, docker's architecture aliases
+/// such as `x86_64` taken), refuses any other: nothing here emulates another CPU.
+fn check_platform(p: &str) -> Result<(), String> {
+    let host = strata_store::Platform::host();
+    let lower = p.to_ascii_lowercase();
+    let mut parts = lower.split('/');
+    let os = parts.next().unwrap_or_default();
+    let arch = match parts.next() {
+        None => host.architecture.as_str(),
+        Some("x86_64" | "x86-64") => "amd64",
+        Some("aarch64") => "arm64",
+        Some(a) => a,
+    };
+    let variant = parts.next();
+    if os.is_empty() || arch.is_empty() || parts.next().is_some() {
+        return Err("not OS[/ARCH[/VARIANT]]".into());
+    }
+    let same_variant =
+        variant.is_none_or(|v| Some(v) == host.variant.as_deref() || (arch == "amd64" && v == "v1"));
+    if os == host.os && arch == host.architecture && same_variant {
+        Ok(())
+    } else {
+        Err(format!(
+            "only this host's platform ({host}) can be built here: there is no emulation"
+        ))
+    }
 }
 
 /// Whether a reference's first component names a registry, as docker decides it.
@@ -765,12 +818,22 @@ pub fn build(store_root: &Path, opts: &BuildOptions, out: &mut dyn Write) -> Res
     let df = crate::dockerfile::parse(&text)?;
     // Every stage resolved once without base environments: a malformed Dockerfile is
     // refused here, before anything is stored.
-    let dry = crate::dockerfile::resolve(&df, &opts.build_args)?;
+    if let Some(p) = &opts.platform {
+        check_platform(p).map_err(|m| BuildError::Platform(format!("{p}: {m}")))?;
+    }
+    let automatic = automatic_args();
+    let dry = crate::dockerfile::resolve_with(&df, &opts.build_args, &automatic)?;
     let target = match &opts.target {
         Some(t) => df.stage_index(t)?,
         None => df.stages.len() - 1,
     };
     let needed = crate::dockerfile::needed_stages(&dry, target);
+    for &i in &needed {
+        if let Some(p) = &dry[i].platform {
+            check_platform(p)
+                .map_err(|m| step_err(df.stages[i].line, format!("FROM --platform={p}: {m}")))?;
+        }
+    }
     let tags = opts
         .tags
         .iter()
@@ -803,7 +866,7 @@ pub fn build(store_root: &Path, opts: &BuildOptions, out: &mut dyn Write) -> Res
         cached: 0,
         runs: 0,
     };
-    let mut resolver = Resolver::new(&df, &opts.build_args, &[])?;
+    let mut resolver = Resolver::new(&df, &opts.build_args, &automatic)?;
     let mut results: Vec<Option<State>> = Vec::new();
     for i in 0..=target {
         let (base, _) = resolver.base(i)?;
@@ -1877,6 +1940,45 @@ mod tests {
         }
         assert!(lookup(&layers, "/missing/x").is_none());
         std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn only_the_hosts_platform_is_built() {
+        let host = strata_store::Platform::host().to_string();
+        for ok in [
+            host.as_str(),
+            "linux",
+            "LINUX/AMD64",
+            "linux/x86_64",
+            "linux/amd64/v1",
+        ] {
+            if host == "linux/amd64" || ok == host || ok == "linux" {
+                assert_eq!(check_platform(ok), Ok(()), "{ok}");
+            }
+        }
+        for bad in [
+            "linux/arm64",
+            "windows/amd64",
+            "linux/s390x",
+            "linux/amd64/v3/x",
+            "/amd64",
+        ] {
+            if bad != host {
+                assert!(check_platform(bad).is_err(), "{bad}");
+            }
+        }
+        assert!(
+            check_platform("linux/arm64")
+                .unwrap_err()
+                .contains("no emulation")
+        );
+        let args = automatic_args();
+        let get = |k: &str| args.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("TARGETPLATFORM"), Some(host.as_str()));
+        assert_eq!(get("BUILDPLATFORM"), Some(host.as_str()));
+        assert_eq!(get("TARGETOS"), Some("linux"));
+        assert!(get("BUILDARCH").is_some_and(|a| host.ends_with(a)));
+        assert_eq!(args.len(), 8);
     }
 
     #[test]

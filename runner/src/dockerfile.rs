@@ -2084,7 +2084,16 @@ pub fn resolve(
     df: &Dockerfile,
     build_args: &BTreeMap<String, String>,
 ) -> Result<Vec<ResolvedStage>, DockerfileError> {
-    let mut resolver = Resolver::new(df, build_args, &[])?;
+    resolve_with(df, build_args, &[])
+}
+
+/// [`resolve`] with the automatic platform ARGs `automatic` (see [`Resolver::new`]).
+pub fn resolve_with(
+    df: &Dockerfile,
+    build_args: &BTreeMap<String, String>,
+    automatic: &[(String, String)],
+) -> Result<Vec<ResolvedStage>, DockerfileError> {
+    let mut resolver = Resolver::new(df, build_args, automatic)?;
     (0..df.stages.len()).map(|i| resolver.stage(i, &[])).collect()
 }
 

@@ -909,3 +909,46 @@ fn build_history_sizes_match_docker() {
     assert!(h.human.contains(&"1e+03kB".to_string()), "{h:?}");
     compare_with_docker(&root, d, "sizes:1", "ctx a s1 z1 z2 z3 one big");
 }
+
+/// `--platform` and `FROM --platform=` take this host's platform (with BuildKit's automatic
+/// platform ARGs, `$BUILDPLATFORM` in `FROM` and `ARG TARGETARCH` in a stage) and refuse any
+/// other, with the line, storing nothing.
+#[test]
+fn build_takes_the_hosts_platform_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    let ctx = tmp.path().join("platform");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM --platform=$BUILDPLATFORM bb:1\nARG TARGETARCH\nARG TARGETPLATFORM\n\
+         RUN echo \"$TARGETPLATFORM $TARGETARCH\" > /platform.txt\nCMD [\"cat\", \"/platform.txt\"]\n",
+    )
+    .unwrap();
+    let c = ctx.to_str().unwrap();
+    build(&root, &["--platform", "linux/amd64", "-t", "plat:1", c]);
+    let out = peers::output(runner(&root).args(["start", "--rm", "plat:1"]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "linux/amd64 amd64\n",
+        "{}",
+        peers::format_output(&out)
+    );
+    let refused = |args: &[&str], expect: &str| {
+        let before = blobs(&root);
+        let out = peers::output(runner(&root).arg("build").args(args).arg(c));
+        assert!(!out.status.success(), "{}", peers::format_output(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect) && err.contains("no emulation"), "{err}");
+        assert_eq!(blobs(&root), before);
+    };
+    refused(&["--platform", "linux/arm64"], "--platform=linux/arm64");
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM bb:1\nRUN echo one\nFROM --platform=linux/arm64 bb:1\nRUN echo two\n",
+    )
+    .unwrap();
+    refused(&[], "line 3: FROM --platform=linux/arm64");
+}

@@ -259,6 +259,9 @@ pub enum CliCommand {
         /// Run every step, neither using nor recording the cache
         #[arg(long = "no-cache")]
         no_cache: bool,
+        /// Build for this platform (OS/ARCH[/VARIANT]); only this host's is accepted
+        #[arg(long, value_name = "PLATFORM")]
+        platform: Option<String>,
         /// The context directory
         #[arg(value_name = "CONTEXT")]
         context: PathBuf,
@@ -455,6 +458,7 @@ impl Cli {
                 build_args,
                 target,
                 no_cache,
+                platform,
                 context,
             } => {
                 let mut args = std::collections::BTreeMap::new();
@@ -475,6 +479,7 @@ impl Cli {
                     build_args: args,
                     target,
                     no_cache,
+                    platform,
                     supervisor: std::env::current_exe().context("find the runner binary")?,
                 }))
             }
