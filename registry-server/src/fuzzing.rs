@@ -19,18 +19,28 @@ pub use crate::direct::fuzz::{chunked, http_head};
 pub fn range(data: &[u8]) {
     let Ok(v) = std::str::from_utf8(data) else { return };
     for len in [0, 1, 2, 100, 1 << 20, u64::MAX] {
-        let Ok((status, start, count)) = crate::api::blobs::plan_range(Some(v), len) else {
+        let Ok((status, parts)) = crate::api::blobs::plan_range(Some(v), len) else {
             continue;
         };
         match status {
             StatusCode::PARTIAL_CONTENT => {
-                assert!(count >= 1, "{v:?} of {len}: empty range");
                 assert!(
-                    start.checked_add(count).is_some_and(|e| e <= len),
-                    "{v:?} of {len}: {start}+{count}"
+                    (1..=crate::api::blobs::MAX_RANGES).contains(&parts.len()),
+                    "{v:?} of {len}: {} parts",
+                    parts.len()
                 );
+                let mut sent = 0u64;
+                for (start, count) in &parts {
+                    assert!(*count >= 1, "{v:?} of {len}: empty range");
+                    assert!(
+                        start.checked_add(*count).is_some_and(|e| e <= len),
+                        "{v:?} of {len}: {start}+{count}"
+                    );
+                    sent += count;
+                }
+                assert!(sent <= len, "{v:?} of {len}: {sent} bytes sent");
             }
-            StatusCode::OK => assert_eq!((start, count), (0, len)),
+            StatusCode::OK => assert_eq!(parts, [(0, len)]),
             other => panic!("{v:?}: status {other}"),
         }
     }

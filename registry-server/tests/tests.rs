@@ -11,6 +11,7 @@ mod direct_upload;
 mod durability;
 mod fuzz_corpus;
 mod oci_workflows;
+mod partial_pulls;
 mod proxy;
 mod scaleout;
 mod security;
