@@ -208,9 +208,16 @@ pub struct Limits {
     /// A request body that sends nothing for this long is abandoned.
     #[serde(with = "secs")]
     pub body_idle_timeout: Duration,
+    /// A request body slower than this (bytes per second, averaged over each
+    /// `body_idle_timeout`) is abandoned; 0 for no minimum.
+    pub min_body_rate: u64,
     /// A client must send its request headers within this.
     #[serde(with = "secs")]
     pub header_timeout: Duration,
+    /// A response the client reads nothing of for this long (a stalled reader) is
+    /// abandoned and its connection closed.
+    #[serde(with = "secs")]
+    pub send_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -222,7 +229,19 @@ impl Default for Limits {
             max_upload_sessions: 1024,
             max_page: 10_000,
             body_idle_timeout: Duration::from_secs(60),
+            min_body_rate: 1024,
             header_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Limits {
+    /// The pace request bodies must keep.
+    pub fn body_pace(&self) -> crate::pace::BodyPace {
+        crate::pace::BodyPace {
+            idle: self.body_idle_timeout,
+            min_rate: self.min_body_rate,
         }
     }
 }

@@ -13,6 +13,7 @@ mod error;
 pub mod fuzzing;
 mod metrics;
 mod names;
+mod pace;
 mod proxy;
 mod sendfile;
 mod serve;
@@ -22,8 +23,8 @@ mod uploads;
 pub use api::{AppState, StateError, app};
 pub use auth::{Action, AuthError};
 pub use config::{
-    AccessRule, AuthConfig, Config, ConfigError, GcConfig, Globs, Limits, LogConfig, MetadataSection, ProxyConfig,
-    SHARED_REGISTRY_NAME, StorageSection, TlsConfig, UploadConfig,
+    AccessRule, AuthConfig, Config, ConfigError, GcConfig, Globs, Limits, LogConfig, MetadataSection,
+    ProxyConfig, SHARED_REGISTRY_NAME, StorageSection, TlsConfig, UploadConfig,
 };
 pub use error::{ApiError, ErrorCode};
 pub use metrics::Metrics;

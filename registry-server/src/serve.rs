@@ -1,5 +1,5 @@
 //! Serving the app on a socket: plain HTTP or TLS (rustls), HTTP/1.1 and h2, a header
-//! timeout against slow clients, a TLS ClientHello on a plain port answered with a TLS
+//! timeout and a send timeout against slow clients (slowloris heads, stalled readers), a TLS ClientHello on a plain port answered with a TLS
 //! alert (skopeo and podman try HTTPS first, then fall back), background upkeep (expired
 //! uploads, optional periodic GC), and graceful shutdown: stop accepting, let in-flight
 //! requests finish.
@@ -100,6 +100,7 @@ pub async fn serve(
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let header_timeout = config.limits.header_timeout;
+    let send_timeout = config.limits.send_timeout;
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -127,7 +128,8 @@ pub async fn serve(
                     match accepted {
                         Ok(Ok(s)) => {
                             let svc = TowerToHyperService::new(router);
-                            let io = TokioIo::new(FirstByteDeadline::new(s, header_timeout));
+                            let io = FirstByteDeadline::new(s, header_timeout);
+                            let io = TokioIo::new(SendDeadline::new(io, send_timeout));
                             let conn = builder.serve_connection_with_upgrades(io, svc);
                             let _ = watcher.watch(conn.into_owned()).await;
                         }
@@ -153,7 +155,8 @@ pub async fn serve(
                             req
                         },
                     ));
-                    let io = TokioIo::new(PlainIo::new(stream, slot, direct, header_timeout));
+                    let io = PlainIo::new(stream, slot, direct, header_timeout);
+                    let io = TokioIo::new(SendDeadline::new(io, send_timeout));
                     let conn = builder.serve_connection_with_upgrades(io, svc);
                     if let Err(e) = watcher.watch(conn.into_owned()).await {
                         tracing::debug!("connection from {peer}: {e}");
@@ -235,6 +238,89 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FirstByteDeadline<S> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A stream whose writes must make progress: a write that stays blocked (the client reads
+/// nothing: its receive window and our send buffer are full) for `wait` fails, and the
+/// connection with it. Forwards vectored writes unchanged (`PlainIo` recognises its
+/// placeholder slices by address).
+struct SendDeadline<S> {
+    inner: S,
+    wait: Duration,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> SendDeadline<S> {
+    fn new(inner: S, wait: Duration) -> Self {
+        SendDeadline {
+            inner,
+            wait,
+            deadline: None,
+        }
+    }
+
+    /// Clears the deadline on progress; on a blocked write, starts it (if not started)
+    /// and fails once it has passed.
+    fn watch<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Ready(r) => {
+                self.deadline = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let wait = self.wait;
+                let deadline = self
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client read nothing of the response in time",
+                    )));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for SendDeadline<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for SendDeadline<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -15,6 +15,7 @@ use futures::StreamExt;
 use strata_store::{BlobBackend, Committed, ContentError, Digest, Store, UploadRecord, UploadState};
 
 use crate::error::{ApiError, ApiResult};
+use crate::pace::{BodyPace, TooSlow};
 use crate::uploads::{UploadBody, new_id, now};
 
 /// How long a request holds a session without renewing its lease (a replica killed
@@ -167,10 +168,10 @@ impl SharedUploads {
         &self,
         slot: &mut SharedSlot,
         body: UploadBody,
-        idle: Duration,
+        pace: BodyPace,
         limit: Option<u64>,
     ) -> ApiResult<u64> {
-        let result = self.copy_body(slot, body, idle, limit).await;
+        let result = self.copy_body(slot, body, pace, limit).await;
         let suspended = self.content().upload_suspend(&mut slot.state).await;
         self.save(slot, now() + LEASE.as_secs() as i64).await?;
         result?;
@@ -182,32 +183,37 @@ impl SharedUploads {
         &self,
         slot: &mut SharedSlot,
         body: UploadBody,
-        idle: Duration,
+        pace: BodyPace,
         limit: Option<u64>,
     ) -> ApiResult<()> {
+        let mut meter = pace.meter();
+        let too_slow = |e: TooSlow| ApiError::upload_invalid(e.to_string());
         match body {
             UploadBody::Stream(body) => {
                 let mut stream = Body::into_data_stream(body);
                 loop {
-                    let next = tokio::time::timeout(idle, stream.next())
-                        .await
-                        .map_err(|_| ApiError::upload_invalid("request body stalled"))?;
+                    let next = meter.next(stream.next()).await.map_err(too_slow)?;
                     match next {
                         None => return Ok(()),
                         Some(Err(e)) => return Err(ApiError::upload_invalid(format!("request body: {e}"))),
-                        Some(Ok(chunk)) => self.push(slot, chunk, limit).await?,
+                        Some(Ok(chunk)) => {
+                            meter.received(chunk.len()).map_err(too_slow)?;
+                            self.push(slot, chunk, limit).await?
+                        }
                     }
                 }
             }
             UploadBody::Direct(mut body) => loop {
                 let mut buf = vec![0u8; READ_CHUNK];
-                let n = tokio::time::timeout(idle, body.read(&mut buf))
+                let n = meter
+                    .next(body.read(&mut buf))
                     .await
-                    .map_err(|_| ApiError::upload_invalid("request body stalled"))?
+                    .map_err(too_slow)?
                     .map_err(|e| ApiError::upload_invalid(format!("request body: {e}")))?;
                 if n == 0 {
                     return Ok(());
                 }
+                meter.received(n).map_err(too_slow)?;
                 buf.truncate(n);
                 self.push(slot, Bytes::from(buf), limit).await?;
             },

@@ -17,6 +17,7 @@ use tokio::sync::OwnedMutexGuard;
 use crate::direct::{DRAIN_LIMIT, DirectBody};
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
+use crate::pace::BodyPace;
 
 const WRITE_BATCH: usize = 1 << 20;
 /// Size of the aligned buffers a direct body is read into (a multiple of `DIRECT_ALIGN`).
@@ -188,14 +189,14 @@ impl Uploads {
         &self,
         slot: &mut Locked,
         body: UploadBody,
-        idle: Duration,
+        pace: BodyPace,
         limit: Option<u64>,
     ) -> ApiResult<u64> {
         let ingest = self.ingest(slot).await?;
         let metrics = self.metrics.clone();
         let (ingest, result) = match body {
-            UploadBody::Stream(body) => write_body(ingest, body, idle, limit, metrics).await,
-            UploadBody::Direct(body) => write_direct(ingest, body, idle, limit, metrics).await,
+            UploadBody::Stream(body) => write_body(ingest, body, pace, limit, metrics).await,
+            UploadBody::Direct(body) => write_direct(ingest, body, pace, limit, metrics).await,
         };
         let off = ingest.as_ref().map(Ingest::offset);
         slot.ingest = ingest;
@@ -308,10 +309,12 @@ impl Uploads {
 async fn write_body(
     ingest: Ingest,
     body: Body,
-    idle: Duration,
+    pace: BodyPace,
     limit: Option<u64>,
     metrics: Arc<Metrics>,
 ) -> (Option<Ingest>, ApiResult<()>) {
+    let idle = pace.idle;
+    let mut meter = pace.meter();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(4);
     let writer = tokio::task::spawn_blocking(move || {
         let mut ingest = ingest;
@@ -337,10 +340,10 @@ async fn write_body(
     let mut read_result: ApiResult<()> = Ok(());
     let mut batch = Batch::default();
     loop {
-        let next = match tokio::time::timeout(idle, futures::StreamExt::next(&mut body)).await {
+        let next = match meter.next(futures::StreamExt::next(&mut body)).await {
             Ok(n) => n,
-            Err(_) => {
-                read_result = Err(ApiError::upload_invalid("client sent no data for too long"));
+            Err(e) => {
+                read_result = Err(ApiError::upload_invalid(e.to_string()));
                 break;
             }
         };
@@ -348,6 +351,10 @@ async fn write_body(
             None => break,
             Some(Ok(chunk)) => {
                 metrics.add_bytes_in(chunk.len() as u64);
+                if let Err(e) = meter.received(chunk.len()) {
+                    read_result = Err(ApiError::upload_invalid(e.to_string()));
+                    break;
+                }
                 if let Some(full) = batch.push(chunk)
                     && tx.send(full).await.is_err()
                 {
@@ -405,10 +412,12 @@ impl AlignedBuf {
 async fn write_direct(
     ingest: Ingest,
     mut body: DirectBody,
-    idle: Duration,
+    pace: BodyPace,
     limit: Option<u64>,
     metrics: Arc<Metrics>,
 ) -> (Option<Ingest>, ApiResult<()>) {
+    let idle = pace.idle;
+    let mut meter = pace.meter();
     let too_large = |limit: u64| ApiError::size_invalid(format!("blob exceeds the limit of {limit} bytes"));
     let start = ingest.offset();
     if let (Some(limit), Some(len)) = (limit, body.content_length())
@@ -440,7 +449,7 @@ async fn write_direct(
         let mut buf = recycled.try_recv().unwrap_or_else(|_| AlignedBuf::new());
         let mut fill = lead;
         while fill < DIRECT_CHUNK {
-            match tokio::time::timeout(idle, body.read(&mut buf.bytes_mut()[fill..])).await {
+            match meter.next(body.read(&mut buf.bytes_mut()[fill..])).await {
                 Ok(Ok(0)) => {
                     done = true;
                     break;
@@ -449,6 +458,11 @@ async fn write_direct(
                     metrics.add_bytes_in(n as u64);
                     metrics.add_direct_bytes_in(n as u64);
                     received += n as u64;
+                    if let Err(e) = meter.received(n) {
+                        read_result = Err(ApiError::upload_invalid(e.to_string()));
+                        done = true;
+                        break;
+                    }
                     if let Some(limit) = limit
                         && start + received > limit
                     {
@@ -464,8 +478,8 @@ async fn write_direct(
                     done = true;
                     break;
                 }
-                Err(_) => {
-                    read_result = Err(ApiError::upload_invalid("client sent no data for too long"));
+                Err(e) => {
+                    read_result = Err(ApiError::upload_invalid(e.to_string()));
                     done = true;
                     break;
                 }

@@ -15,3 +15,4 @@ mod partial_pulls;
 mod proxy;
 mod scaleout;
 mod security;
+mod slow_clients;

@@ -155,16 +155,20 @@ pub(crate) async fn get_manifest(
 }
 
 /// Reads a small body (a manifest) into memory, refusing more than `limit` bytes.
-async fn read_limited(body: Body, limit: u64, idle: std::time::Duration) -> ApiResult<Vec<u8>> {
+async fn read_limited(body: Body, limit: u64, pace: crate::pace::BodyPace) -> ApiResult<Vec<u8>> {
     let mut out = Vec::new();
     let mut stream = body.into_data_stream();
+    let mut meter = pace.meter();
+    let too_slow = |e: crate::pace::TooSlow| ApiError::manifest_invalid(e.to_string());
     loop {
-        let next = tokio::time::timeout(idle, futures::StreamExt::next(&mut stream))
+        let next = meter
+            .next(futures::StreamExt::next(&mut stream))
             .await
-            .map_err(|_| ApiError::manifest_invalid("client sent no data for too long"))?;
+            .map_err(too_slow)?;
         match next {
             None => return Ok(out),
             Some(Ok(chunk)) => {
+                meter.received(chunk.len()).map_err(too_slow)?;
                 if out.len() as u64 + chunk.len() as u64 > limit {
                     return Err(ApiError::new(
                         StatusCode::PAYLOAD_TOO_LARGE,
@@ -204,7 +208,7 @@ pub(super) async fn put_manifest(
         .and_then(|v| v.to_str().ok())
         .map(|s| s.split(';').next().unwrap_or("").trim().to_string())
         .filter(|s| !s.is_empty());
-    let bytes = read_limited(body, limit, st.inner.config.limits.body_idle_timeout).await?;
+    let bytes = read_limited(body, limit, st.inner.config.limits.body_pace()).await?;
     let st2 = st.clone();
     let n2 = name.clone();
     let (digest, subject) = blocking(move || {

@@ -78,7 +78,7 @@ pub(super) async fn start_upload(
             let d = parse_digest(digest)?;
             check_length(headers, limits.max_blob_bytes)?;
             if let Err(e) = su
-                .append(&mut slot, body, limits.body_idle_timeout, limits.max_blob_bytes)
+                .append(&mut slot, body, limits.body_pace(), limits.max_blob_bytes)
                 .await
             {
                 let _ = su.cancel(slot).await;
@@ -98,7 +98,7 @@ pub(super) async fn start_upload(
         if let Err(e) = st
             .inner
             .uploads
-            .append(&mut slot, body, limits.body_idle_timeout, limits.max_blob_bytes)
+            .append(&mut slot, body, limits.body_pace(), limits.max_blob_bytes)
             .await
         {
             let _ = st.inner.uploads.cancel(slot).await;
@@ -178,7 +178,7 @@ pub(super) async fn patch_upload(
             return Err(e);
         }
         let result = su
-            .append(&mut slot, body, limits.body_idle_timeout, limits.max_blob_bytes)
+            .append(&mut slot, body, limits.body_pace(), limits.max_blob_bytes)
             .await;
         su.release(slot).await;
         let offset = result?;
@@ -190,7 +190,7 @@ pub(super) async fn patch_upload(
     let offset = st
         .inner
         .uploads
-        .append(&mut slot, body, limits.body_idle_timeout, limits.max_blob_bytes)
+        .append(&mut slot, body, limits.body_pace(), limits.max_blob_bytes)
         .await?;
     Ok(upload_response(StatusCode::ACCEPTED, &name, &id, offset))
 }
@@ -215,7 +215,7 @@ pub(super) async fn put_upload(
             return Err(e);
         }
         if let Err(e) = su
-            .append(&mut slot, body, limits.body_idle_timeout, limits.max_blob_bytes)
+            .append(&mut slot, body, limits.body_pace(), limits.max_blob_bytes)
             .await
         {
             su.release(slot).await;
@@ -229,7 +229,7 @@ pub(super) async fn put_upload(
     check_content_range(headers, offset, &name, &id)?;
     st.inner
         .uploads
-        .append(&mut slot, body, limits.body_idle_timeout, limits.max_blob_bytes)
+        .append(&mut slot, body, limits.body_pace(), limits.max_blob_bytes)
         .await?;
     st.inner.uploads.finish(slot, d).await?;
     Ok(blob_created(&name, &d))

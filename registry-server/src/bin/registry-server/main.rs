@@ -31,9 +31,27 @@ fn init_logging(config: &Config) {
     }
 }
 
+/// Raises the open-file limit to its hard maximum: every connection, blob being served,
+/// upload and RocksDB table holds a descriptor, and the usual soft limit (1024) is far
+/// below what hundreds of clients need (Go's runtime does the same for Distribution).
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    // No maximum (infinity) is not a number the kernel takes for NOFILE: cap at nr_open's default.
+    let want = limit.maximum.unwrap_or(1 << 20);
+    if let Some(current) = limit.current.filter(|c| *c < want) {
+        limit.current = Some(want);
+        match setrlimit(Resource::Nofile, limit) {
+            Ok(()) => tracing::debug!(before = current, now = want, "raised the open-file limit"),
+            Err(e) => tracing::warn!("cannot raise the open-file limit from {current}: {e}"),
+        }
+    }
+}
+
 fn run(cli: cli::Cli) -> anyhow::Result<()> {
     let config = cli.into_config()?;
     init_logging(&config);
+    raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(256)
