@@ -58,9 +58,6 @@ impl ImageRef {
         if name.is_empty() {
             return Err(invalid("empty name"));
         }
-        if name.len() > 255 {
-            return Err(invalid("name longer than 255 characters"));
-        }
         let (domain, path) = match name.split_once('/') {
             Some((first, path))
                 if first.contains('.')
@@ -88,6 +85,10 @@ impl ImageRef {
             "index.docker.io" => ("docker.io".to_string(), path.to_string()),
             d => (d.to_string(), path.to_string()),
         };
+        // Distribution's limit is on the normalised name (`docker.io/library/…` counts).
+        if registry.len() + 1 + repository.len() > 255 {
+            return Err(invalid("name longer than 255 characters"));
+        }
         Ok(ImageRef {
             registry,
             repository,
@@ -334,6 +335,9 @@ mod tests {
         }
         assert!(ImageRef::parse(&format!("a:{}", "t".repeat(129))).is_err());
         assert!(ImageRef::parse(&"a".repeat(256)).is_err());
+        // The limit is on the normalised name, as Distribution's (found by fuzzing).
+        assert!(ImageRef::parse(&"a".repeat(237)).is_ok());
+        assert!(ImageRef::parse(&"a".repeat(238)).is_err());
         assert_eq!(
             split_tag_key("127.0.0.1:5000/a:b"),
             Some(("127.0.0.1:5000/a", "b"))
