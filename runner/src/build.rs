@@ -151,6 +151,10 @@ fn fetch_missing_bases(
     out: &mut dyn Write,
 ) -> Result<(), BuildError> {
     let mut missing = Vec::new();
+    // The store is opened only when a stage names a registry.
+    if needed
+        .iter()
+        .any(|&i| matches!(&dry[i].base, Base::Image(r) if names_registry(r)))
     {
         let store = Store::open(store_root)?;
         for &i in needed {
@@ -688,6 +692,129 @@ fn sha256_file(path: &Path) -> Result<String, BuildError> {
     Ok(hex::encode(h.finalize()))
 }
 
+/// What identifies a file's content without reading it: size, mtime and ctime (ns),
+/// device and inode. Any write changes the ctime; `touch` changes both times (the file is
+/// then hashed again, and its hash — the cache key — is the same).
+type StatKey = (u64, i64, i64, u64, u64);
+
+fn stat_key(md: &std::fs::Metadata) -> StatKey {
+    (
+        md.len(),
+        md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+        md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+        md.dev(),
+        md.ino(),
+    )
+}
+
+/// SHA-256 of the context's files, remembered across builds in
+/// `<root>/cache/build/files-<hash of the context's path>` by their [`StatKey`]: a file whose
+/// stat is unchanged is not read again. Entries whose ctime is within a second of when the
+/// record was written are not trusted (a write in the same clock tick as the hashing
+/// would leave the ctime as it was), so a stale hash is never used.
+struct FileHashes {
+    path: PathBuf,
+    /// When the record was written (ns since the epoch).
+    written: i64,
+    old: std::collections::HashMap<PathBuf, (StatKey, String)>,
+    used: std::cell::RefCell<std::collections::HashMap<PathBuf, (StatKey, String)>>,
+    hits: std::cell::Cell<usize>,
+}
+
+impl FileHashes {
+    fn open(store_root: &Path, context: &Path) -> FileHashes {
+        let id = hex::encode(Sha256::digest(context.as_os_str().as_encoded_bytes()));
+        let path = store_root
+            .join("cache")
+            .join("build")
+            .join(format!("files-{}", &id[..32]));
+        let mut old = std::collections::HashMap::new();
+        let mut written = 0;
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let mut lines = text.lines();
+            written = lines.next().and_then(|l| l.parse().ok()).unwrap_or(0);
+            for l in lines {
+                let mut f = l.splitn(7, ' ');
+                let mut num = || f.next().and_then(|x| x.parse::<i64>().ok());
+                let (Some(size), Some(mtime), Some(ctime), Some(dev), Some(ino)) =
+                    (num(), num(), num(), num(), num())
+                else {
+                    continue;
+                };
+                let (Some(hash), Some(p)) = (f.next(), f.next()) else {
+                    continue;
+                };
+                let key = (size as u64, mtime, ctime, dev as u64, ino as u64);
+                old.insert(PathBuf::from(p), (key, hash.to_string()));
+            }
+        }
+        FileHashes {
+            path,
+            written,
+            old,
+            used: Default::default(),
+            hits: Default::default(),
+        }
+    }
+
+    /// The SHA-256 of the regular file at `path`.
+    fn hash(&self, path: &Path) -> Result<String, BuildError> {
+        let md = std::fs::symlink_metadata(path).map_err(io_err(format!("stat {}", path.display())))?;
+        let key = stat_key(&md);
+        if let Some((k, h)) = self.old.get(path)
+            && *k == key
+            && key.2 < self.written - 1_000_000_000
+        {
+            self.hits.set(self.hits.get() + 1);
+            self.used
+                .borrow_mut()
+                .insert(path.to_path_buf(), (key, h.clone()));
+            return Ok(h.clone());
+        }
+        let h = sha256_file(path)?;
+        // What was hashed must be what was stat'ed, or the entry is not kept.
+        let after = std::fs::symlink_metadata(path).map_err(io_err(format!("stat {}", path.display())))?;
+        if stat_key(&after) == key {
+            self.used
+                .borrow_mut()
+                .insert(path.to_path_buf(), (key, h.clone()));
+        }
+        Ok(h)
+    }
+
+    /// Records the hashes this build used (nothing when every one came from the record).
+    fn save(&self) {
+        if self.used.borrow().is_empty() {
+            return;
+        }
+        let used = self.used.borrow();
+        if self.hits.get() == used.len() && used.len() == self.old.len() {
+            return;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        let mut text = format!("{now}\n");
+        for (p, ((size, mtime, ctime, dev, ino), h)) in used.iter() {
+            let Some(p) = p.to_str().filter(|p| !p.contains('\n')) else {
+                continue;
+            };
+            text.push_str(&format!("{size} {mtime} {ctime} {dev} {ino} {h} {p}\n"));
+        }
+        let tmp = self.path.with_extension(format!("tmp{}", std::process::id()));
+        let _ = std::fs::create_dir_all(self.path.parent().unwrap_or(Path::new(".")));
+        if std::fs::write(&tmp, text).is_ok() && std::fs::rename(&tmp, &self.path).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+}
+
+impl Drop for FileHashes {
+    fn drop(&mut self) {
+        self.save();
+    }
+}
+
 /// What a path is in an image whose unpacked layers (overlay form) are `layers`, bottom
 /// first: its metadata, or `None` when it is absent or whited out. A path through a
 /// symlink of the image counts as absent: it is never resolved on the host.
@@ -860,6 +987,7 @@ pub fn build(store_root: &Path, opts: &BuildOptions, out: &mut dyn Write) -> Res
         opts,
         cache,
         context,
+        hashes: FileHashes::open(store_root, &opts.context),
         out,
         step: 0,
         total,
@@ -958,6 +1086,7 @@ struct Builder<'a> {
     opts: &'a BuildOptions,
     cache: Cache,
     context: BTreeMap<String, ContextEntry>,
+    hashes: FileHashes,
     out: &'a mut dyn Write,
     step: usize,
     total: usize,
@@ -1519,7 +1648,7 @@ impl Builder<'_> {
                 if let Some(e) = sources.get(src)
                     && e.kind == Kind::File
                 {
-                    file_hash = Some(sha256_file(&e.host)?);
+                    file_hash = Some(self.hashes.hash(&e.host)?);
                 }
                 // ADD of a local archive: its entries, in the destination directory.
                 if is_add
@@ -1549,7 +1678,7 @@ impl Builder<'_> {
                 let host = e.host.clone();
                 let kind = match &e.kind {
                     Kind::Dir => LayerKind::Dir,
-                    Kind::File => LayerKind::File(host.clone(), sha256_file(&host)?),
+                    Kind::File => LayerKind::File(host.clone(), self.hashes.hash(&host)?),
                     Kind::Symlink(t) => LayerKind::Symlink(t.clone()),
                 };
                 let mode = match (&kind, chmod) {
@@ -1940,6 +2069,39 @@ mod tests {
         }
         assert!(lookup(&layers, "/missing/x").is_none());
         std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn file_hashes_are_remembered_by_stat_and_never_stale() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (root, ctx) = (tmp.path().join("store"), tmp.path().join("ctx"));
+        std::fs::create_dir_all(&ctx).unwrap();
+        let f = ctx.join("a.txt");
+        std::fs::write(&f, "one").unwrap();
+        let one = sha256_file(&f).unwrap();
+        // Written over a second ago: its record is trusted.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let hashes = FileHashes::open(&root, &ctx);
+        assert_eq!(hashes.hash(&f).unwrap(), one);
+        assert_eq!(hashes.hits.get(), 0);
+        drop(hashes);
+        let hashes = FileHashes::open(&root, &ctx);
+        assert_eq!(hashes.hash(&f).unwrap(), one);
+        assert_eq!(hashes.hits.get(), 1);
+        drop(hashes);
+        // Same size, the mtime put back: the ctime tells, and the new content is hashed.
+        let mtime = std::fs::metadata(&f).unwrap().modified().unwrap();
+        std::fs::write(&f, "two").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let hashes = FileHashes::open(&root, &ctx);
+        assert_eq!(hashes.hash(&f).unwrap(), sha256_file(&f).unwrap());
+        assert_ne!(hashes.hash(&f).unwrap(), one);
+        assert_eq!(hashes.hits.get(), 0);
     }
 
     #[test]
