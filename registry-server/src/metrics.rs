@@ -26,6 +26,8 @@ pub struct Metrics {
     /// Of `bytes_in`, upload bodies read beside hyper into aligned buffers (`direct`).
     direct_bytes_in: AtomicU64,
     uploads: AtomicU64,
+    /// Parts sent in `multipart/byteranges` answers (partial pulls).
+    range_parts: AtomicU64,
     /// The online GC's progress (shared backends).
     pub gc: strata_store::GcProgress,
 }
@@ -59,6 +61,11 @@ impl Metrics {
 
     pub fn add_bytes_out(&self, n: u64) {
         self.bytes_out.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A `multipart/byteranges` answer of `parts` ranges went out.
+    pub fn add_range_parts(&self, parts: usize) {
+        self.range_parts.fetch_add(parts as u64, Ordering::Relaxed);
     }
 
     /// The counter plain connections add their `sendfile` bytes to.
@@ -122,6 +129,12 @@ impl Metrics {
                 "counter",
                 "Upload body bytes read beside hyper into aligned buffers and written with O_DIRECT, part of the bytes received.",
                 &self.direct_bytes_in,
+            ),
+            (
+                "strata_registry_multipart_range_parts_total",
+                "counter",
+                "Ranges sent as parts of multipart/byteranges blob answers (partial pulls).",
+                &self.range_parts,
             ),
             (
                 "strata_registry_uploads_in_flight",

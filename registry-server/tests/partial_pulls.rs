@@ -217,3 +217,96 @@ async fn curl_multi_range_gets_are_byte_exact() {
     check_parts(&header("content-type"), &body, &data, &ranges);
     served.stop().await;
 }
+
+/// Ranges the registry has sent as multipart parts, from `/metrics`.
+fn range_parts_sent(addr: &str) -> u64 {
+    let out = std::process::Command::new("curl")
+        .args(["-sSf", &format!("http://{addr}/metrics")])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("strata_registry_multipart_range_parts_total "))
+        .expect("range parts counter in /metrics")
+        .parse()
+        .unwrap()
+}
+
+/// podman (containers/image and containers/storage) pulls a `zstd:chunked` image partially
+/// when partial images are enabled: it asks for the chunks with multi-range GETs, and
+/// the image it assembles from the parts is the one pushed.
+#[test]
+fn podman_partial_pull_of_a_zstd_chunked_image() {
+    use rand::{RngCore, SeedableRng};
+    let Some(podman) = strata_fixtures::peers::Podman::new() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = crate::common::Proc::start(&tmp.path().join("store"), &[]);
+    let addr = reg.addr();
+    let rootfs = tmp.path().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("data")).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    for i in 0..24 {
+        let mut v = vec![0u8; 50_000 + i * 1000];
+        rng.fill_bytes(&mut v);
+        std::fs::write(rootfs.join(format!("data/f{i}")), v).unwrap();
+    }
+    let tar = tmp.path().join("rootfs.tar");
+    let out = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // containers/storage only pulls partially with `enable_partial_images`.
+    let storage_conf = tmp.path().join("storage.conf");
+    std::fs::write(
+        &storage_conf,
+        format!(
+            "[storage]\ndriver = \"overlay\"\nrunroot = \"{run}\"\ngraphroot = \"{root}\"\n\
+             [storage.options]\npull_options = {{enable_partial_images = \"true\", use_hard_links = \"false\"}}\n",
+            run = podman.dir().join("run").display(),
+            root = podman.dir().join("root").display(),
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let mut c = podman.command(args);
+        c.env("CONTAINERS_STORAGE_CONF", &storage_conf);
+        let out = strata_fixtures::peers::output(&mut c);
+        strata_fixtures::peers::assert_ok(&out, &format!("podman {args:?}"))
+    };
+    let remote = format!("{addr}/pp:1");
+    run(&["import", tar.to_str().unwrap(), "localhost/pp:1"]);
+    run(&[
+        "push",
+        "--tls-verify=false",
+        "--compression-format",
+        "zstd:chunked",
+        "localhost/pp:1",
+        &remote,
+    ]);
+    run(&["rmi", "localhost/pp:1"]);
+    let before = range_parts_sent(&addr);
+    run(&["pull", "--tls-verify=false", &remote]);
+    let parts = range_parts_sent(&addr) - before;
+    assert!(parts >= 2, "podman sent no multi-range GET ({parts} parts)");
+    let mount = run(&["image", "mount", &remote]);
+    let out = std::process::Command::new("diff")
+        .arg("-r")
+        .arg(&rootfs)
+        .arg(mount.trim())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the partially pulled image differs: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    run(&["image", "umount", &remote]);
+}

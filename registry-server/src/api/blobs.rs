@@ -193,6 +193,7 @@ fn multipart_response(
         Body::empty()
     } else {
         st.inner.metrics.add_bytes_out(data);
+        st.inner.metrics.add_range_parts(parts.len());
         let mut pieces: Vec<ByteStream> = Vec::with_capacity(2 * parts.len() + 1);
         for (i, (start, count)) in parts.iter().enumerate() {
             pieces.push(futures::stream::iter([Ok(part_head(*start, *count, i == 0))]).boxed());
