@@ -1609,6 +1609,8 @@ impl Builder<'_> {
         let dest = crate::commit::clean_path(&dest_raw);
         let dest_rel = dest.trim_start_matches('/').to_string();
         let mut entries: Vec<LayerEntry> = Vec::new();
+        // Positions in `entries` by path (see `upsert`).
+        let mut positions = std::collections::HashMap::new();
         let mut hashes: Vec<String> = Vec::new();
         let mut kinds = BTreeSet::new();
         // The one file source's own hash (an archive's, not its entries').
@@ -1658,8 +1660,7 @@ impl Builder<'_> {
                 {
                     self.parents(&layers, &dest, true, (0, 0), &mut entries);
                     for x in extracted {
-                        entries.retain(|y| y.path != x.path);
-                        entries.push(x);
+                        upsert(&mut entries, &mut positions, x);
                     }
                     continue;
                 }
@@ -1686,15 +1687,15 @@ impl Builder<'_> {
                     (_, Some(m)) => m,
                     _ => e.mode,
                 };
-                entries.retain(|x| x.path != to);
-                entries.push(LayerEntry {
+                let entry = LayerEntry {
                     path: to,
                     kind,
                     mode,
                     uid: ids.0,
                     gid: ids.1,
                     mtime: clamp(e.mtime),
-                });
+                };
+                upsert(&mut entries, &mut positions, entry);
             }
         }
         entries.sort_by(|a, b| a.path.cmp(&b.path));
@@ -1905,6 +1906,7 @@ fn archive_entries(host: &Path, dest_rel: &str, line: usize) -> Result<Option<Ve
     let bad = |m: String| step_err(line, format!("ADD {}: {m}", host.display()));
     let mut archive = tar::Archive::new(open()?);
     let mut out: Vec<LayerEntry> = Vec::new();
+    let mut positions = std::collections::HashMap::new();
     // Regular entries by archive path: content, hash and path in the image (hard links
     // stay links to it).
     let mut data: BTreeMap<String, (Vec<u8>, String, String)> = BTreeMap::new();
@@ -1974,17 +1976,37 @@ fn archive_entries(host: &Path, dest_rel: &str, line: usize) -> Result<Option<Ve
             }
             _ => continue,
         };
-        out.retain(|e| e.path != path);
-        out.push(LayerEntry {
+        let entry = LayerEntry {
             path,
             kind,
             mode,
             uid,
             gid,
             mtime,
-        });
+        };
+        upsert(&mut out, &mut positions, entry);
     }
     Ok(Some(out))
+}
+
+/// Adds `e` to `entries`, replacing the entry of the same path. `positions` indexes the
+/// first `positions.len()` entries by path (paths are unique; entries are only ever
+/// appended or replaced, so the rest are indexed here first).
+fn upsert(
+    entries: &mut Vec<LayerEntry>,
+    positions: &mut std::collections::HashMap<String, usize>,
+    e: LayerEntry,
+) {
+    for (i, x) in entries.iter().enumerate().skip(positions.len()) {
+        positions.insert(x.path.clone(), i);
+    }
+    match positions.get(&e.path) {
+        Some(&i) => entries[i] = e,
+        None => {
+            positions.insert(e.path.clone(), entries.len());
+            entries.push(e);
+        }
+    }
 }
 
 /// A path inside an archive, relative, cleaned, never above its root.
