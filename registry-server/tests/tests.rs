@@ -3,6 +3,7 @@
 
 mod common;
 
+mod artifacts;
 mod auth_matrix;
 mod blob_serving;
 mod clients;

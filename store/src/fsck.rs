@@ -49,6 +49,17 @@ impl FsckReport {
 }
 
 impl Store {
+    /// Whether a stored manifest's config is an image config (an artifact's — BuildKit's
+    /// cache config, the OCI empty config, a Helm chart's — makes no image record). A
+    /// manifest that cannot be read counts as an image's: the other checks report it.
+    fn has_image_config(&self, digest: &Digest, media_type: &str) -> bool {
+        self.blobs()
+            .read_small(digest, crate::manifest::MAX_MANIFEST_BYTES)
+            .ok()
+            .and_then(|b| crate::manifest::Manifest::parse(&b, Some(media_type)).ok())
+            .is_none_or(|m| crate::store::image_config(&m).is_some())
+    }
+
     /// Checks the store. With `repair`, fixes what can be fixed without losing data.
     pub fn fsck(&self, repair: bool) -> Result<FsckReport, StoreError> {
         let mut r = FsckReport::default();
@@ -199,6 +210,7 @@ impl Store {
                 && present.contains(&config)
                 && (m.media_type == crate::manifest::OCI_MANIFEST
                     || m.media_type == crate::manifest::DOCKER_MANIFEST)
+                && self.has_image_config(&digest, &m.media_type)
             {
                 let ikey = config.to_string();
                 match meta.get::<ImageRecord>(Cf::Images, &ikey)? {

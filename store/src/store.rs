@@ -116,6 +116,13 @@ pub fn image_config(manifest: &Manifest) -> Option<Digest> {
     }
 }
 
+/// Whether an index entry of this media type is a blob rather than a manifest (BuildKit's
+/// cache export lists layers and its cache config in an index); an entry without a media
+/// type is taken for a manifest.
+fn is_blob_entry(media_type: &str) -> bool {
+    !media_type.is_empty() && !crate::manifest::is_manifest_media_type(media_type)
+}
+
 /// The default store root: `/var/lib/strata` for root, else `$XDG_DATA_HOME/strata`
 /// (`~/.local/share/strata`).
 pub fn default_root() -> PathBuf {
@@ -461,7 +468,8 @@ impl Store {
     }
 
     /// Checks that everything `manifest` references is stored: blobs (asked of
-    /// `blob_present`) for an image manifest, manifests for an index.
+    /// `blob_present`) for an image manifest, manifests for an index — or blobs, for the
+    /// entries of an index that are not manifests.
     pub fn check_references(
         &self,
         manifest: &Manifest,
@@ -471,6 +479,7 @@ impl Store {
         for r in manifest.references() {
             let present = match manifest {
                 Manifest::Image { .. } => blob_present(&r.digest)?,
+                Manifest::Index { .. } if is_blob_entry(&r.media_type) => blob_present(&r.digest)?,
                 Manifest::Index { .. } => self.meta.contains(Cf::Manifests, &r.digest.to_string())?,
             };
             if !present {
@@ -558,7 +567,13 @@ impl Store {
                 artifact_type,
                 ..
             } => {
-                record.children = manifests.iter().map(|m| m.digest).collect();
+                let (blobs, children): (Vec<_>, Vec<_>) =
+                    manifests.iter().partition(|m| is_blob_entry(&m.media_type));
+                record.children = children.iter().map(|m| m.digest).collect();
+                record.layers = blobs.iter().map(|b| b.digest).collect();
+                for b in blobs {
+                    batch.put(Cf::Blobs, &b.digest.to_string(), &blob_record(b.size));
+                }
                 record.artifact_type = artifact_type.clone();
             }
         }

@@ -108,7 +108,8 @@ pub struct ManifestRecord {
     /// Image config (image manifests only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<Digest>,
-    /// Layer blobs (image manifests only).
+    /// Layer blobs of an image manifest; for an index, its entries that are blobs, not
+    /// manifests (BuildKit's cache export lists its layers and cache config so).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<Digest>,
     /// Child manifests (indexes only).
