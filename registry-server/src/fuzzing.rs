@@ -108,12 +108,33 @@ fn bearer(token: &[u8]) -> Option<HeaderMap> {
     Some(h)
 }
 
+/// A token alice (who may push) was issued for `repository:a/b:pull,push`, once per
+/// process; the first time, checked to grant the push.
+fn alice_token(auth: &Auth) -> &'static [u8] {
+    static TOKEN: OnceLock<Vec<u8>> = OnceLock::new();
+    TOKEN.get_or_init(|| {
+        let mut h = HeaderMap::new();
+        let basic = base64::engine::general_purpose::STANDARD.encode("alice:password");
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {basic}")).expect("header"),
+        );
+        let answer = auth
+            .issue(&h, "service=strata-registry&scope=repository:a/b:pull,push")
+            .expect("issue");
+        let token = answer["token"].as_str().expect("a token").as_bytes().to_vec();
+        let h = bearer(&token).expect("a bearer header");
+        assert!(auth.authorize(&h, false, &need("a/b", Action::Push)).is_ok());
+        token
+    })
+}
+
 /// Bearer tokens and token requests; the first byte picks the case:
 /// 0. the rest as a bearer token: never grants a push;
 /// 1. the rest as the `/token` query of an anonymous client: every scope it is given is
 ///    at most `pull`, and its token grants no push;
-/// 2. a token for `repository:a/b:pull,push` with one byte replaced (at the second
-///    byte, by the third): refused unless unchanged.
+/// 2. alice's push token for `a/b` with one byte replaced (at the second byte, by the
+///    third): no longer grants the push, unless unchanged.
 pub fn token(data: &[u8]) {
     let auth = token_auth();
     let Some((mode, rest)) = data.split_first() else {
@@ -137,7 +158,8 @@ pub fn token(data: &[u8]) {
             let (payload, _) = token.split_once('.').expect("payload.signature");
             let claims: serde_json::Value =
                 serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64")).expect("json");
-            for scope in claims["access"].as_array().into_iter().flatten() {
+            let scopes = claims["access"].as_array().into_iter().flatten();
+            for scope in scopes.filter(|s| s["type"] == "repository") {
                 for a in scope["actions"].as_array().into_iter().flatten() {
                     assert_eq!(a, "pull", "anonymous was granted {scope}");
                 }
@@ -154,19 +176,13 @@ pub fn token(data: &[u8]) {
                 return;
             };
             let Some(&with) = rest.first() else { return };
-            let answer = auth
-                .issue(
-                    &HeaderMap::new(),
-                    "service=strata-registry&scope=repository:a/b:pull,push",
-                )
-                .expect("issue");
-            let token = answer["token"].as_str().expect("a token").as_bytes().to_vec();
-            let mut tampered = token.clone();
+            let token = alice_token(auth);
+            let mut tampered = token.to_vec();
             let i = usize::from(at) % tampered.len();
             tampered[i] = with;
             let Some(h) = bearer(&tampered) else { return };
-            let got = auth.authorize(&h, false, &need("a/b", Action::Pull));
-            if tampered.trim_ascii() != token.as_slice() {
+            let got = auth.authorize(&h, false, &need("a/b", Action::Push));
+            if tampered.trim_ascii() != token {
                 assert!(got.is_err(), "a tampered token was accepted");
             }
         }
