@@ -70,6 +70,9 @@ pub struct BuildOptions {
     pub target: Option<String>,
     /// `--no-cache`: run every step, record nothing.
     pub no_cache: bool,
+    /// `--network`: the network of `RUN` steps' containers (the bridge by default, as
+    /// docker's classic builder).
+    pub network: crate::network::NetworkMode,
     /// `--platform`: the platform to build for; only this host's is accepted (there is no
     /// emulation). `None` is this host's.
     pub platform: Option<String>,
@@ -1780,6 +1783,7 @@ impl Builder<'_> {
             command: argv.clone(),
             entrypoint: Some(String::new()),
             env: args.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            network: self.opts.network,
             ..StartOptions::default()
         };
         let c = crate::start::prepare_runnable(self.store_root, &start, image)?;

@@ -118,6 +118,13 @@ fn write_config(c: &Container, rootfs: &Path, bundle: &Path) -> Result<(), Start
     if let Some(seccomp) = seccomp {
         config["linux"]["seccomp"] = seccomp;
     }
+    if c.network == crate::network::NetworkMode::Host {
+        // The host's network namespace: none of its own (a bridged container's network
+        // is the runner's to make; the bundle gets an empty namespace, as `none`).
+        if let Some(ns) = config["linux"]["namespaces"].as_array_mut() {
+            ns.retain(|n| n["type"] != "network");
+        }
+    }
     let path = bundle.join("config.json");
     let bytes = serde_json::to_vec_pretty(&config).map_err(|e| StartError::Config {
         image: c.image.clone(),

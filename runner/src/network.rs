@@ -290,8 +290,10 @@ impl Locked {
     }
 
     /// Takes back what `lease` holds on the host (its published ports, its veth if it
-    /// is still there) and the lease itself.
-    fn release(&self, ip: Ipv4Addr, lease: &Lease) {
+    /// is still there and `veth`) and the lease itself. The veth goes with the
+    /// container's network namespace anyway, once its last process has left it (the
+    /// kernel's cleanup runs in the background; deleting it here would wait for it).
+    fn release(&self, ip: Ipv4Addr, lease: &Lease, veth: bool) {
         let mut script = String::new();
         for p in &lease.ports {
             let (map, key) = p.key();
@@ -300,7 +302,7 @@ impl Locked {
         if !script.is_empty() {
             let _ = run("nft", &["-f", "-"], Some(&script));
         }
-        if Path::new("/sys/class/net").join(&lease.veth).exists() {
+        if veth && Path::new("/sys/class/net").join(&lease.veth).exists() {
             let _ = run("ip", &["link", "del", &lease.veth], None);
         }
         let _ = std::fs::remove_file(self.dir.join("leases").join(ip.to_string()));
@@ -314,7 +316,7 @@ impl Locked {
             if lease.live() {
                 live.push((ip, lease));
             } else {
-                self.release(ip, &lease);
+                self.release(ip, &lease, true);
             }
         }
         if live.is_empty() {
@@ -618,7 +620,7 @@ impl Attached {
             .and_then(|b| serde_json::from_slice::<Lease>(&b).ok())
             .filter(|l| l.supervisor == std::process::id())
         {
-            locked.release(ip, &lease);
+            locked.release(ip, &lease, false);
         }
         let _ = locked.reclaim();
     }

@@ -134,7 +134,13 @@ fn a_published_port_and_containers_on_the_bridge() {
     let net_dev = &net_dev[net_dev.find("Inter").unwrap_or(0)..];
     assert_eq!(interfaces(net_dev), ["eth0", "lo"], "{text}");
     peers::run_ok(runner(&root).args(["stop", "-t", "1", "web"]));
-    assert!(!Path::new("/sys/class/net").join(&veth).exists());
+    // The veth goes with the container's network namespace (the kernel's cleanup runs
+    // in the background).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new("/sys/class/net").join(&veth).exists() {
+        assert!(Instant::now() < deadline, "{veth} is still there");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let out = peers::output(std::process::Command::new("curl").args([
         "-sS",
         "--max-time",

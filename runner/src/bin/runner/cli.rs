@@ -259,6 +259,9 @@ pub enum CliCommand {
         /// Run every step, neither using nor recording the cache
         #[arg(long = "no-cache")]
         no_cache: bool,
+        /// The network of RUN steps: bridge (the strata0 bridge, as docker's), host, none
+        #[arg(long, value_name = "MODE", default_value = "bridge", value_parser = parse_network)]
+        network: NetworkMode,
         /// Build for this platform (OS/ARCH[/VARIANT]); only this host's is accepted
         #[arg(long, value_name = "PLATFORM")]
         platform: Option<String>,
@@ -459,6 +462,7 @@ impl Cli {
                 target,
                 no_cache,
                 platform,
+                network,
                 context,
             } => {
                 let mut args = std::collections::BTreeMap::new();
@@ -480,6 +484,7 @@ impl Cli {
                     target,
                     no_cache,
                     platform,
+                    network,
                     supervisor: std::env::current_exe().context("find the runner binary")?,
                 }))
             }
