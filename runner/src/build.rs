@@ -978,14 +978,14 @@ pub fn build(store_root: &Path, opts: &BuildOptions, out: &mut dyn Write) -> Res
 
     fetch_missing_bases(store_root, &df, &dry, &needed, out)?;
 
-    let store = Store::open(store_root)?;
+    let stores = Stores::open(store_root, opts.no_cache)?;
     let cache = Cache {
         dir: store_root.join("cache").join("build"),
         enabled: !opts.no_cache,
     };
     let total: usize = needed.iter().map(|i| dry[*i].instructions.len() + 1).sum();
     let mut b = Builder {
-        store: &store,
+        stores: &stores,
         store_root,
         opts,
         cache,
@@ -1066,8 +1066,11 @@ pub fn build(store_root: &Path, opts: &BuildOptions, out: &mut dyn Write) -> Res
         last.id.expect("stored above"),
         last.manifest_digest.expect("stored above"),
     );
-    for t in &tags {
-        store.tag(t, &manifest)?;
+    for (t, name) in tags.iter().zip(&opts.tags) {
+        // A rebuild that changed nothing tags nothing: the store stays read-only.
+        if stores.read().resolve(name).ok().and_then(|r| r.manifest) != Some(manifest) {
+            stores.write()?.tag(t, &manifest)?;
+        }
     }
     let w = |out: &mut dyn Write, s: String| writeln!(out, "{s}").map_err(io_err("write the progress"));
     w(b.out, format!("Successfully built {}", &image_id.hex()[..12]))?;
@@ -1083,8 +1086,51 @@ pub fn build(store_root: &Path, opts: &BuildOptions, out: &mut dyn Write) -> Res
     })
 }
 
+/// The store, open read-only (a RocksDB secondary: no lock taken, nothing written) until a
+/// step has to write, then read-write: a rebuild that changes nothing never opens the
+/// database for writing (which costs several fsyncs).
+struct Stores<'r> {
+    root: &'r Path,
+    current: std::cell::RefCell<std::rc::Rc<Store>>,
+    writable: std::cell::Cell<bool>,
+}
+
+impl<'r> Stores<'r> {
+    /// Read-only when the store exists and `writing` is false, else read-write.
+    fn open(root: &'r Path, writing: bool) -> Result<Stores<'r>, BuildError> {
+        let ro = if writing {
+            None
+        } else {
+            Store::open_read_only(root).ok()
+        };
+        let writable = ro.is_none();
+        let store = match ro {
+            Some(s) => s,
+            None => Store::open(root)?,
+        };
+        Ok(Stores {
+            root,
+            current: std::cell::RefCell::new(std::rc::Rc::new(store)),
+            writable: std::cell::Cell::new(writable),
+        })
+    }
+
+    fn read(&self) -> std::rc::Rc<Store> {
+        self.current.borrow().clone()
+    }
+
+    /// The store, read-write (reopened so the first time).
+    fn write(&self) -> Result<std::rc::Rc<Store>, BuildError> {
+        if !self.writable.get() {
+            *self.current.borrow_mut() = std::rc::Rc::new(Store::open(self.root)?);
+            self.writable.set(true);
+        }
+        Ok(self.read())
+    }
+}
+
 struct Builder<'a> {
-    store: &'a Store,
+    stores: &'a Stores<'a>,
     store_root: &'a Path,
     opts: &'a BuildOptions,
     cache: Cache,
@@ -1120,7 +1166,8 @@ impl Builder<'_> {
 
     fn json(&self, d: &Digest) -> Result<Value, BuildError> {
         let bytes = self
-            .store
+            .stores
+            .read()
             .blobs()
             .read_small(d, MAX_METADATA)
             .map_err(StoreError::from)?;
@@ -1130,7 +1177,8 @@ impl Builder<'_> {
     /// The stored image `id` as a state.
     fn load(&self, id: &Digest) -> Result<State, BuildError> {
         let image = self
-            .store
+            .stores
+            .read()
             .get_image(id)?
             .ok_or_else(|| StoreError::NoSuchImage(id.to_string()))?;
         let manifest_digest = *image
@@ -1152,7 +1200,7 @@ impl Builder<'_> {
     }
 
     fn load_reference(&self, r: &str, line: usize) -> Result<State, BuildError> {
-        let id = match self.store.resolve(r) {
+        let id = match self.stores.read().resolve(r) {
             Ok(res) => res.image,
             Err(StoreError::NoSuchImage(_)) => None,
             Err(e) => return Err(e.into()),
@@ -1168,9 +1216,10 @@ impl Builder<'_> {
 
     /// Stores `state`'s config (and `layer`, a tar, on top of its layers) as an image.
     fn store_image(&self, mut state: State, layer: Option<Vec<u8>>) -> Result<State, BuildError> {
+        let store = self.stores.write()?;
         if let Some(tar) = layer {
-            let blob = self.store.blobs().put_bytes(&tar).map_err(StoreError::from)?;
-            self.store.record_blob(&blob.digest, blob.size)?;
+            let blob = store.blobs().put_bytes(&tar).map_err(StoreError::from)?;
+            store.record_blob(&blob.digest, blob.size)?;
             state.config["rootfs"]["diff_ids"]
                 .as_array_mut()
                 .ok_or_else(|| BuildError::Metadata("config without rootfs.diff_ids".into()))?
@@ -1187,8 +1236,8 @@ impl Builder<'_> {
                 .push(json!({"mediaType": layer_type, "digest": blob.digest.to_string(), "size": blob.size}));
         }
         let config = serde_json::to_vec(&state.config).map_err(|e| BuildError::Metadata(e.to_string()))?;
-        let blob = self.store.blobs().put_bytes(&config).map_err(StoreError::from)?;
-        self.store.record_blob(&blob.digest, blob.size)?;
+        let blob = store.blobs().put_bytes(&config).map_err(StoreError::from)?;
+        store.record_blob(&blob.digest, blob.size)?;
         state.manifest["config"]["digest"] = blob.digest.to_string().into();
         state.manifest["config"]["size"] = blob.size.into();
         if let Some(m) = state.manifest.as_object_mut() {
@@ -1200,7 +1249,7 @@ impl Builder<'_> {
             .to_string();
         let bytes =
             serde_json::to_vec_pretty(&state.manifest).map_err(|e| BuildError::Metadata(e.to_string()))?;
-        let (digest, _) = self.store.add_manifest(&bytes, Some(&media_type), None)?;
+        let (digest, _) = store.add_manifest(&bytes, Some(&media_type), None)?;
         state.id = Some(blob.digest);
         state.manifest_digest = Some(digest);
         Ok(state)
@@ -1260,7 +1309,7 @@ impl Builder<'_> {
             &format!("{:?}", ins.args),
             &content,
         ]);
-        if let Some(id) = self.cache.get(self.store, &key) {
+        if let Some(id) = self.cache.get(&self.stores.read(), &key) {
             self.cached += 1;
             self.say(" ---> Using cache")?;
             let mut s = self.load(&id)?;
@@ -1487,7 +1536,11 @@ impl Builder<'_> {
     fn layers(&self, s: &State) -> Result<Vec<PathBuf>, BuildError> {
         match &s.id {
             None => Ok(Vec::new()),
-            Some(id) => Ok(self.store.runnable_image(&id.to_string())?.layers),
+            // Read-only when every layer is unpacked and recorded; else unpacked now.
+            Some(id) => match self.stores.read().runnable_image(&id.to_string()) {
+                Ok(image) => Ok(image.layers),
+                Err(_) => Ok(self.stores.write()?.runnable_image(&id.to_string())?.layers),
+            },
         }
     }
 
@@ -1777,7 +1830,7 @@ impl Builder<'_> {
             let kv: Vec<String> = sorted.iter().map(|(k, v)| format!("{k}={v}")).collect();
             created_by = format!("|{} {} {created_by}", sorted.len(), kv.join(" "));
         }
-        let image = self.store.runnable_image(&id.to_string())?;
+        let image = self.stores.write()?.runnable_image(&id.to_string())?;
         let start = StartOptions {
             image: id.to_string(),
             command: argv.clone(),
@@ -1820,7 +1873,7 @@ impl Builder<'_> {
             clamp_tree(&dir.join("upper"), e).map_err(io_err("clamp the RUN's mtimes"))?;
         }
         let report = crate::commit::commit_untagged(
-            self.store,
+            self.stores.write()?.as_ref(),
             &c,
             &dir,
             &CommitOptions::default(),

@@ -239,6 +239,28 @@ fn build_steps_are_cached_by_content_not_mtime() {
     assert_eq!(stdout.matches(" ---> Using cache").count(), 11, "{stdout}");
     assert_eq!(inspect(&root, "c:2")["id"], id);
 
+    // The same tag again: the metadata is only read (no database file changes).
+    let meta = |root: &Path| -> Vec<(String, u64, std::time::SystemTime)> {
+        let mut v: Vec<_> = std::fs::read_dir(root.join("meta"))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let m = e.metadata().unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    m.len(),
+                    m.modified().unwrap(),
+                )
+            })
+            .filter(|(n, _, _)| !n.starts_with("LOG") && n != "LOCK")
+            .collect();
+        v.sort();
+        v
+    };
+    let before = meta(&root);
+    assert_eq!(counts(&build(&root, &["-t", "c:1", c])), (12, 11, 0));
+    assert_eq!(meta(&root), before);
+
     // touch alone changes nothing.
     let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
     for f in ["hello.txt", "secret.txt", "sub/inner.txt"] {

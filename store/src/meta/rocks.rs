@@ -32,6 +32,10 @@ fn db_options() -> Options {
     opts.set_keep_log_file_num(4);
     opts.set_max_log_file_size(1 << 20);
     opts.set_max_open_files(256);
+    // Opening loads every column family's table handles with up to 16 threads each (some
+    // 180 threads for one open); the tables are few and small, and short-lived CLI runs
+    // (`runner build`, `store ls`) pay for each thread.
+    opts.set_max_file_opening_threads(1);
     opts
 }
 
