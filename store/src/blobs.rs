@@ -204,7 +204,8 @@ impl BlobStore {
     }
 
     /// Begins (or resumes) an ingest. Blocks while another process or thread holds the
-    /// same key. For a digest key, returns `None` when the blob is already stored.
+    /// same key. For a digest key, returns `None` when the blob is already stored (or
+    /// an interrupted ingest had written all of it: it is committed now).
     pub fn begin(&self, key: IngestKey) -> Result<Option<Ingest>> {
         let stem = key.file_stem()?;
         let lock_path = self.ingest.join(format!("{stem}.lock"));
@@ -238,7 +239,11 @@ impl BlobStore {
         }
         file.seek(SeekFrom::End(0))
             .map_err(BlobError::io("seek partial ingest"))?;
-        Ok(Some(Ingest {
+        let complete = match &key {
+            IngestKey::Digest(d) => hasher.clone().finish() == *d,
+            IngestKey::Upload(_) => false,
+        };
+        let ingest = Ingest {
             store: self.clone(),
             key,
             partial_path,
@@ -247,7 +252,14 @@ impl BlobStore {
             hasher,
             direct: None,
             _lock: lock,
-        }))
+        };
+        if complete && let IngestKey::Digest(d) = ingest.key.clone() {
+            // A process killed after the last byte and before its commit: the partial is
+            // the blob (a resumed download would ask for the bytes past its end).
+            ingest.commit(&d, None)?;
+            return Ok(None);
+        }
+        Ok(Some(ingest))
     }
 
     /// Ingests a blob of known digest from `reader` (which starts at byte 0). Resumes an
@@ -721,6 +733,9 @@ impl Ingest {
                 written: false,
             });
         }
+        // The blob's age (what GC's grace period counts) starts now, not at the partial's
+        // last write: a resumed upload's last chunk may be older than the grace period.
+        let _ = self.file.set_modified(SystemTime::now());
         let renamed = self
             .file
             .sync_all()

@@ -1,10 +1,10 @@
-//! Crash points of GC and staging: the state each leaves on disk, reopened, checked and
-//! collected again (the crash campaign, `benches/scripts/crash-campaign.py`, found these).
+//! Crash points of GC, staging and ingests: the state each leaves on disk, reopened, checked
+//! and taken up again (the crash campaign, `benches/scripts/crash-campaign.py`, found these).
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use strata_store::{Cf, Digest, GcOptions, LayerRecord, LoadOptions, Store, load};
+use strata_store::{Cf, Digest, GcOptions, IngestKey, LayerRecord, LoadOptions, Store, load};
 
 const REPO: &str = "crash/repo";
 
@@ -160,4 +160,59 @@ fn staging_files_of_a_killed_process_go_at_the_next_open_and_live_ones_stay() {
         .filter(|n| n.starts_with("stage-"))
         .collect();
     assert!(names.is_empty(), "{names:?}");
+}
+
+#[test]
+fn a_partial_ingest_holding_the_whole_blob_is_committed_when_taken_up() {
+    // `puller fetch` killed after a blob's last byte but before its commit left a partial
+    // as long as the blob: every later fetch asked for the bytes past its end (416) and
+    // failed, until a GC a day later.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("s");
+    let store = Store::open(&root).unwrap();
+    let bytes = b"every byte arrived".repeat(1000);
+    let d = Digest::of(&bytes);
+    let partial = root.join("ingest").join(format!("sha256-{}.partial", d.hex()));
+    std::fs::write(&partial, &bytes).unwrap();
+    assert!(store.blobs().begin(IngestKey::Digest(d)).unwrap().is_none());
+    assert!(store.blobs().contains(&d) && !partial.exists());
+    assert_eq!(std::fs::read(blob_path(&root, &d)).unwrap(), bytes);
+
+    // A partial that is not (yet) the blob is resumed as before.
+    let other = Digest::of(b"something longer");
+    let half = root
+        .join("ingest")
+        .join(format!("sha256-{}.partial", other.hex()));
+    std::fs::write(&half, b"something").unwrap();
+    let ingest = store.blobs().begin(IngestKey::Digest(other)).unwrap().unwrap();
+    assert_eq!(ingest.offset(), 9);
+}
+
+#[test]
+fn a_blob_committed_from_an_old_partial_is_young() {
+    // An upload resumed after a restart committed a blob whose file kept the time of its
+    // last chunk: older than the grace period, the next GC took it before the manifest.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("s");
+    let store = Store::open(&root).unwrap();
+    let bytes = b"a slow upload".repeat(100);
+    let d = Digest::of(&bytes);
+    let mut ingest = store
+        .blobs()
+        .begin(IngestKey::Upload("slow".into()))
+        .unwrap()
+        .unwrap();
+    ingest.write_all(&bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(root.join("ingest").join("upload-slow.partial"))
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(7200))
+        .unwrap();
+    ingest.commit(&d, None).unwrap();
+    store.gc(&GcOptions::default()).unwrap();
+    assert!(
+        store.blobs().contains(&d),
+        "GC took a blob committed a moment ago"
+    );
 }
