@@ -238,6 +238,25 @@ fn host_devices_cannot_be_read() {
         &min,
     ]));
     assert!(privileged.contains("read: ok"), "{privileged}");
+    // Nor from a process `runner exec` starts in a running container (its cgroup's
+    // device rules).
+    let id = peers::run_ok(runner(&root).args([
+        "start",
+        "-d",
+        "--network",
+        "none",
+        "probe:1",
+        "--",
+        "/bin/sleep",
+        "300",
+    ]));
+    let id = id.trim();
+    let execd = peers::run_ok(runner(&root).args(["exec", id, PROBE, "disk", &maj, &min]));
+    peers::run_ok(runner(&root).args(["stop", "-t", "0", id]));
+    assert!(
+        execd.contains("mknod: ok") && (execd.contains("open: EPERM") || execd.contains("open: EACCES")),
+        "{execd}"
+    );
 
     let Some(d) = docker_with_probe(tmp.path()) else {
         return;
@@ -281,6 +300,38 @@ fn a_container_cannot_type_into_the_callers_terminal() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("tiocsti: EPERM"),
+        "{}",
+        peers::format_output(&out)
+    );
+    // Nor a process `runner exec` (without -t) starts in a running container.
+    let id = peers::run_ok(runner(&root).args([
+        "start",
+        "-d",
+        "--network",
+        "none",
+        "probe:1",
+        "--",
+        "/bin/sleep",
+        "300",
+    ]));
+    let out = peers::output(
+        Command::new("setsid")
+            .args(["--ctty", "--wait"])
+            .arg(peers::bin("runner"))
+            .arg("--root")
+            .arg(&root)
+            .args(["exec", "-i", id.trim(), PROBE, "tiocsti"])
+            .stdin(Stdio::from(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(name.to_str().unwrap())
+                    .unwrap(),
+            )),
+    );
+    peers::run_ok(runner(&root).args(["stop", "-t", "0", id.trim()]));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("tiocsti: EPERM"),
         "{}",
         peers::format_output(&out)
     );
