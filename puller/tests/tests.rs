@@ -9,4 +9,5 @@ mod fetch_retry;
 mod full_disk;
 mod gc_during_load;
 mod kill_load;
+mod messages;
 mod push;

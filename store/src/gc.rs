@@ -54,6 +54,10 @@ pub struct GcReport {
     pub leases_expired: u64,
     pub partials_removed: u64,
     pub blobs_kept: u64,
+    /// Of the blobs kept, those no manifest, image or lease references, kept only for
+    /// being younger than the grace period (a later GC, or one with `grace` 0, takes them).
+    pub young_blobs_kept: u64,
+    pub young_bytes_kept: u64,
 }
 
 /// Disk usage of a store.
@@ -152,8 +156,13 @@ impl Store {
             .list()?
             .into_iter()
             .filter(|entry| {
-                let keep = blobs.contains(&entry.digest) || entry.modified > cutoff;
+                let referenced = blobs.contains(&entry.digest);
+                let keep = referenced || entry.modified > cutoff;
                 report.blobs_kept += u64::from(keep);
+                if keep && !referenced {
+                    report.young_blobs_kept += 1;
+                    report.young_bytes_kept += entry.size;
+                }
                 !keep
             })
             .collect();

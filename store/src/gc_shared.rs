@@ -124,8 +124,12 @@ impl Store {
         let cutoff = started - opts.gc.grace.as_secs() as i64;
         let mut candidates = Vec::new();
         for b in content.list().await? {
-            if live.contains(&b.digest) || (b.stored > cutoff && !b.condemned) {
+            if live.contains(&b.digest) {
                 report.blobs_kept += 1;
+            } else if b.stored > cutoff && !b.condemned {
+                report.blobs_kept += 1;
+                report.young_blobs_kept += 1;
+                report.young_bytes_kept += b.size;
             } else {
                 candidates.push(b.digest);
             }

@@ -30,6 +30,7 @@ mod pool;
 mod reference;
 #[cfg(feature = "meta")]
 mod registry;
+mod report;
 mod runnable;
 #[cfg(feature = "meta")]
 mod store;
@@ -76,6 +77,7 @@ pub use reference::{
 };
 #[cfg(feature = "meta")]
 pub use registry::{Referrer, UploadRecord, repo_tag_key};
+pub use report::error_chain;
 pub use runnable::{RunnableImage, cached_runnable};
 #[cfg(feature = "meta")]
 pub use store::{

@@ -174,7 +174,7 @@ impl Client {
         drop(tx);
         let written = writer.await.map_err(|e| ClientError::Writer(e.to_string()))?;
         if let Some(source) = failed {
-            return Err(ClientError::Http { url, source });
+            return Err(ClientError::Http { url, error: source });
         }
         written
     }

@@ -93,7 +93,7 @@ impl Client {
             .build()
             .map_err(|source| ClientError::Http {
                 url: base.clone(),
-                source,
+                error: source,
             })?;
         Ok(Client {
             http,
@@ -156,7 +156,7 @@ impl Client {
         };
         let http_err = |source| ClientError::Http {
             url: url.to_string(),
-            source,
+            error: source,
         };
         let known = self.scheme_for(scope);
         let resp = build(known.as_ref()).send().await.map_err(http_err)?;
@@ -313,7 +313,7 @@ impl Client {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|source| ClientError::Http {
                 url: url.clone(),
-                source,
+                error: source,
             })?;
             if (body.len() + chunk.len()) as u64 > MAX_MANIFEST_BYTES {
                 return Err(too_large());
@@ -377,7 +377,7 @@ impl Client {
                 .map(|l| l.trim().trim_start_matches('<').trim_end_matches('>').to_string());
             let body: serde_json::Value = resp.json().await.map_err(|source| ClientError::Http {
                 url: url.clone(),
-                source,
+                error: source,
             })?;
             if let Some(list) = body.get("tags").and_then(|t| t.as_array()) {
                 tags.extend(list.iter().filter_map(|t| t.as_str().map(str::to_string)));
@@ -440,7 +440,7 @@ impl Client {
         let rb = self.authorize(rb, self.scheme_for(&scope).as_ref());
         let resp = rb.send().await.map_err(|source| ClientError::Http {
             url: put.clone(),
-            source,
+            error: source,
         })?;
         self.check(resp, &put).await?;
         Ok(true)

@@ -8,12 +8,11 @@ use strata_store::{BlobError, Digest};
 pub enum ClientError {
     #[error("invalid registry url {0:?}")]
     InvalidUrl(String),
-    #[error("request {url}: {source}")]
-    Http {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
+    /// The request failed before an answer came, or its body broke off. Its message says
+    /// the cause once (reqwest's own message repeats the url, and its chain wraps the
+    /// cause in layers of "client error", "tcp connect error", ...).
+    #[error("request {url}: {}", describe(error))]
+    Http { url: String, error: reqwest::Error },
     #[error("{url}: not found")]
     NotFound { url: String },
     #[error("{url}: unauthorized{}", if *.with_credentials { " (credentials refused)" } else { " (no credentials)" })]
@@ -63,6 +62,33 @@ impl ClientError {
     /// unreachable or failing).
     pub fn is_not_found(&self) -> bool {
         matches!(self, ClientError::NotFound { .. })
+    }
+}
+
+/// What went wrong with a request, said once: "cannot connect: Connection refused (os
+/// error 111)" rather than reqwest's chain of the same cause.
+fn describe(e: &reqwest::Error) -> String {
+    let mut causes: Vec<String> = Vec::new();
+    let mut next = std::error::Error::source(e);
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        // hyper-util's "client error (Connect)" and the like only name the layer.
+        if !causes.last().is_some_and(|last| last.contains(&text)) {
+            causes.push(text);
+        }
+        next = cause.source();
+    }
+    let root = causes.last().cloned();
+    if e.is_timeout() {
+        return "timed out".into();
+    }
+    if e.is_connect() {
+        return format!("cannot connect: {}", root.unwrap_or_else(|| e.to_string()));
+    }
+    match root {
+        Some(root) if e.is_body() || e.is_decode() => format!("reading the answer: {root}"),
+        Some(root) => root,
+        None => e.to_string(),
     }
 }
 

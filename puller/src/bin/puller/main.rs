@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            eprintln!("error: {}", strata_store::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -13,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 fn main() {
     let cli = cli::Cli::parse();
     if let Err(e) = run(cli) {
-        eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+        eprintln!("error: {}", strata_store::error_chain(e.as_ref()));
         std::process::exit(1);
     }
 }

@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     match parsed.and_then(|(root, command)| run(&root, command)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            eprintln!("error: {}", strata_store::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

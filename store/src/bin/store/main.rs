@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
+            let msg = strata_store::error_chain(e.as_ref());
             eprintln!("error: {msg}");
             ExitCode::FAILURE
         }
@@ -166,6 +166,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 report.leases_expired,
                 report.blobs_kept,
             )?;
+            write_grace_note(&mut out, &report, grace)?;
         }
         Command::Fsck { repair, json } => {
             let store = if repair { open_rw()? } else { open_ro()? };
@@ -179,6 +180,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// After a GC: what the grace period kept, and how to collect it now.
+fn write_grace_note(
+    out: &mut impl Write,
+    report: &strata_store::GcReport,
+    grace: std::time::Duration,
+) -> Result<()> {
+    if report.young_blobs_kept > 0 && grace.is_zero() {
+        // The collector allows a second of slack for the file system's coarse clock.
+        writeln!(
+            out,
+            "kept {} unreferenced blobs ({}) written less than a second ago; \
+             `store gc --grace 0` collects them in a moment",
+            report.young_blobs_kept,
+            human_size(report.young_bytes_kept),
+        )?;
+    } else if report.young_blobs_kept > 0 {
+        let secs = grace.as_secs();
+        let period = match secs {
+            s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+            s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+            s => format!("{s}s"),
+        };
+        writeln!(
+            out,
+            "kept {} unreferenced blobs ({}) younger than the grace period of {period}; \
+             `store gc --grace 0` collects them now",
+            report.young_blobs_kept,
+            human_size(report.young_bytes_kept),
+        )?;
+    }
+    Ok(())
 }
 
 /// The commands on shared backends (PostgreSQL metadata, S3 blobs): no write lock (the
@@ -211,14 +245,17 @@ fn run_shared(command: Command, config: &StoreConfig) -> Result<ExitCode> {
             let holder = format!("store gc pid {}", std::process::id());
             let progress = strata_store::GcProgress::default();
             match runtime.block_on(store.gc_shared(&opts, &holder, &progress))? {
-                Some(report) => writeln!(
-                    out,
-                    "{}removed {} blobs ({}); kept {} blobs",
-                    if dry_run { "would have " } else { "" },
-                    report.blobs_removed,
-                    human_size(report.bytes_removed),
-                    report.blobs_kept,
-                )?,
+                Some(report) => {
+                    writeln!(
+                        out,
+                        "{}removed {} blobs ({}); kept {} blobs",
+                        if dry_run { "would have " } else { "" },
+                        report.blobs_removed,
+                        human_size(report.bytes_removed),
+                        report.blobs_kept,
+                    )?;
+                    write_grace_note(&mut out, &report, grace)?;
+                }
                 None => bail!(
                     "a registry replica is collecting garbage now (it holds the GC lease); try again later"
                 ),
