@@ -81,3 +81,27 @@ fn store_gc_says_what_the_grace_period_kept_and_how_to_collect_it() {
     assert!(!out.contains("grace period"), "{out}");
     let _ = store(&root, &["fsck"]);
 }
+
+#[test]
+fn load_of_an_8_gib_gnu_long_name_is_refused_within_1_gib_of_address_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let bomb = dir.path().join("bomb.tar.gz");
+    std::fs::write(&bomb, fx::hostile::gzip_long_name_bomb(8 << 30)).unwrap();
+    // RLIMIT_AS of 1 GiB: a reader that buffered the declared name would abort on its
+    // allocation instead of answering.
+    let out = std::process::Command::new("prlimit")
+        .arg("--as=1073741824")
+        .arg(env!("CARGO_BIN_EXE_puller"))
+        .arg("--root")
+        .arg(&root)
+        .args(["load", bomb.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("GNU long name header") && err.contains("longer than the limit of 4096 bytes"),
+        "{err}"
+    );
+}
