@@ -69,8 +69,9 @@ pub fn reference(data: &[u8]) {
 /// Limits for fuzzed layers: small, so that one input cannot run for minutes.
 fn unpack_options(pool: &Path) -> UnpackOptions {
     UnpackOptions {
-        max_entries: 10_000,
-        max_bytes: 64 << 20,
+        max_entries: 1_000,
+        // Past this a compression bomb is refused; larger spends the run hashing zeros.
+        max_bytes: 1 << 20,
         dedup_pool: Some(pool.to_path_buf()),
         dedup_min_size: 0,
         ..UnpackOptions::default()
@@ -119,11 +120,17 @@ fn make_removable(dir: &Path) {
     }
 }
 
-/// `load` (what `puller load` runs) of an arbitrary archive file into `store`, with the
-/// default limits; `scratch` is a directory for the archive file.
+/// `load` (what `puller load` runs) of an arbitrary archive file into `store`, with
+/// small entry limits (the tar header caps are the defaults); `scratch` is a directory
+/// for the archive file.
 #[cfg(feature = "meta")]
 pub fn archive_load(store: &crate::store::Store, scratch: &Path, data: &[u8]) {
     let file = scratch.join("archive");
     std::fs::write(&file, data).expect("write the archive");
-    let _ = crate::archive::load(store, &file, &crate::archive::LoadOptions::default());
+    let opts = crate::archive::LoadOptions {
+        max_entry_bytes: 1 << 20,
+        max_entries: 1_000,
+        ..crate::archive::LoadOptions::default()
+    };
+    let _ = crate::archive::load(store, &file, &opts);
 }
