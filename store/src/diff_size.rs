@@ -3,6 +3,8 @@
 
 use std::io::{self, BufRead, BufReader, Read};
 
+use crate::tar_headers::{BLOCK, BlockSource, HeaderLimits, HeaderReader, ReadSource, padding};
+
 /// What is read of a layer blob at a time.
 const INPUT_BUFFER: usize = 256 << 10;
 /// Whiteout entries' name prefix (they add nothing).
@@ -38,43 +40,48 @@ impl DiffSize {
             crate::unpack::Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
             crate::unpack::Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(reader)?),
         };
+        // The unpacker's capped header reader: a layer's long name or PAX header is held
+        // under the same caps, and its names resolve the same way.
+        let mut src = ReadSource::new(decoder);
+        let defaults = crate::unpack::UnpackOptions::default();
+        let mut headers = HeaderReader::new(HeaderLimits {
+            max_headers: defaults.max_entries,
+            max_path_len: defaults.max_path_len,
+            max_pax_len: defaults.max_pax_len,
+        });
         let mut size = DiffSize::default();
-        let mut archive = tar::Archive::new(decoder);
-        for entry in archive.entries()? {
-            let mut entry = entry?;
-            let path = entry.path_bytes();
-            let name = path.rsplit(|b| *b == b'/').find(|c| !c.is_empty()).unwrap_or(&[]);
-            if name.starts_with(WHITEOUT_PREFIX) {
-                continue;
-            }
-            match entry.header().entry_type() {
-                tar::EntryType::Regular | tar::EntryType::Continuous => size.file(entry.size()),
-                tar::EntryType::GNUSparse => {
-                    let real = entry
-                        .header()
-                        .as_gnu()
-                        .and_then(|g| g.real_size().ok())
-                        .unwrap_or(entry.size());
-                    size.file(real);
-                }
-                tar::EntryType::Symlink => {
-                    if let Some(target) = entry.link_name_bytes() {
-                        size.symlink(&target);
+        while let Some(entry) = headers.next(&mut src).map_err(io::Error::other)? {
+            let name = entry
+                .path
+                .rsplit(|b| *b == b'/')
+                .find(|c| !c.is_empty())
+                .unwrap_or(&[]);
+            let whiteout = name.starts_with(WHITEOUT_PREFIX);
+            match entry.kind {
+                b'0' | b'\0' | b'7' if !whiteout => match entry.pax.sparse_version() {
+                    // PAX sparse files name their apparent size in the extensions.
+                    Some(_) => size.file(entry.pax.sparse_realsize.unwrap_or(entry.size)),
+                    None => size.file(entry.size),
+                },
+                b'S' => {
+                    let gnu = entry.header.as_gnu();
+                    if !whiteout {
+                        size.file(gnu.and_then(|g| g.real_size().ok()).unwrap_or(entry.size));
+                    }
+                    // Old GNU sparse maps continue in extension blocks before the data.
+                    let mut extended = gnu.is_some_and(|g| g.is_extended());
+                    while extended {
+                        let mut block = [0u8; BLOCK as usize];
+                        if !src.next_block(&mut block)? {
+                            return Err(io::ErrorKind::UnexpectedEof.into());
+                        }
+                        extended = block[504] != 0;
                     }
                 }
+                b'2' if !whiteout => size.symlink(&entry.link),
                 _ => {}
             }
-            // PAX sparse files (GNU 1.0) name their apparent size in the extensions.
-            let stored = entry.size();
-            if let Some(ext) = entry.pax_extensions()? {
-                for e in ext.flatten() {
-                    if matches!(e.key(), Ok("GNU.sparse.realsize" | "GNU.sparse.size"))
-                        && let Some(real) = e.value().ok().and_then(|v| v.parse::<u64>().ok())
-                    {
-                        size.0 = size.0.saturating_sub(stored).saturating_add(real);
-                    }
-                }
-            }
+            src.skip_bytes(entry.size + padding(entry.size))?;
         }
         Ok(size.0)
     }
@@ -122,5 +129,12 @@ mod tests {
         let report =
             crate::unpack::unpack_layer(&plain[..], &dir.path().join("l"), &Default::default()).unwrap();
         assert_eq!(report.diff_size, Some(1012));
+    }
+
+    #[test]
+    fn a_long_name_bomb_is_refused_at_its_header() {
+        let bomb = strata_fixtures::hostile::gzip_long_name_bomb(8 << 30);
+        let err = DiffSize::of_layer(&bomb[..]).unwrap_err();
+        assert!(err.to_string().contains("longer than the limit"), "{err}");
     }
 }
