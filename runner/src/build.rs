@@ -1208,7 +1208,10 @@ impl Builder<'_> {
         let id = id.ok_or_else(|| {
             step_err(
                 line,
-                format!("FROM {r}: no such image in the store (fetch it first: puller fetch {r})"),
+                format!(
+                    "FROM {r}: no such image in the store, and runner build does not go to Docker Hub: \
+                     fetch it first (puller fetch REGISTRY/{r}) or name its registry in FROM (HOST[:PORT]/NAME)"
+                ),
             )
         })?;
         self.load(&id)
@@ -1623,7 +1626,13 @@ impl Builder<'_> {
             if is_add
                 && (src.starts_with("http://") || src.starts_with("https://") || src.starts_with("git@"))
             {
-                return Err(step_err(line, "ADD of a URL is not supported yet"));
+                return Err(step_err(
+                    line,
+                    format!(
+                        "ADD {src}: URLs are not supported (nothing is downloaded during a build): \
+                         download it into the context and ADD or COPY the file"
+                    ),
+                ));
             }
             let rel = context_path(src, line)?;
             if rel.contains(['*', '?', '[']) {

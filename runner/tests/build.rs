@@ -324,6 +324,14 @@ fn build_of_a_malformed_dockerfile_fails_with_its_line_and_stores_nothing() {
         ("FROM bb:1\nRUN echo ok\nENV A=${B\n", "line 3"),
         ("FROM bb:1\nRUN echo ok\nRUN exit 3\n", "line 3"),
         ("FROM bb:1\nCOPY missing.txt /x\n", "line 2"),
+        (
+            "FROM nosuch:1\nRUN echo x\n",
+            "line 1: FROM nosuch:1: no such image in the store",
+        ),
+        (
+            "FROM bb:1\nADD https://example.com/x.tgz /x\n",
+            "line 2: ADD https://example.com/x.tgz: URLs",
+        ),
     ] {
         std::fs::write(ctx.join("Dockerfile"), text).unwrap();
         let before = blobs(&root);
