@@ -386,7 +386,9 @@ async fn collect(state: &AppState) {
                 blobs_removed = r.blobs_removed,
                 bytes_removed = r.bytes_removed,
                 blobs_kept = r.blobs_kept,
-                "gc done"
+                young_blobs_kept = r.young_blobs_kept,
+                young_bytes_kept = r.young_bytes_kept,
+                "gc done (young_* were kept only for being younger than [gc] grace)"
             ),
             Ok(None) => tracing::info!("gc: another replica is collecting; skipped"),
             Err(e) => tracing::warn!("gc: {e}"),
@@ -403,7 +405,10 @@ async fn collect(state: &AppState) {
         Ok(Ok(r)) => tracing::info!(
             blobs_removed = r.blobs_removed,
             bytes_removed = r.bytes_removed,
-            "gc done"
+            blobs_kept = r.blobs_kept,
+            young_blobs_kept = r.young_blobs_kept,
+            young_bytes_kept = r.young_bytes_kept,
+            "gc done (young_* were kept only for being younger than [gc] grace)"
         ),
         Ok(Err(e)) => tracing::warn!("gc: {e}"),
         Err(e) => tracing::warn!("gc task: {e}"),
