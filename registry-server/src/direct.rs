@@ -88,6 +88,9 @@ pub struct DirectBody {
     expect_continue: bool,
     /// Bytes read past the end of a chunked body.
     leftover: Bytes,
+    /// Given up on (a client too slow): the connection closes after the response
+    /// instead of draining the rest.
+    abandoned: bool,
 }
 
 enum Framing {
@@ -154,6 +157,12 @@ impl DirectBody {
         }
     }
 
+    /// Gives up on the rest of the body: once the response is sent, the connection
+    /// closes rather than wait for a slow client's remaining bytes.
+    pub fn abandon(&mut self) {
+        self.abandoned = true;
+    }
+
     /// Bytes as they arrive: the prefix first, then the socket.
     async fn read_raw(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if !self.prefix.is_empty() {
@@ -197,6 +206,9 @@ impl Drop for DirectBody {
                     s.unfinished = Some(std::mem::take(d));
                 }
             }
+        }
+        if self.abandoned {
+            s.unread = u64::MAX;
         }
         if let Some(w) = s.waker.take() {
             w.wake();
@@ -490,6 +502,7 @@ impl Inbound {
                 prefix,
                 framing,
                 leftover: Bytes::new(),
+                abandoned: false,
             };
             self.slot.offer(seq, body);
             self.mode = Mode::Direct(job);

@@ -205,15 +205,20 @@ impl SharedUploads {
             }
             UploadBody::Direct(mut body) => loop {
                 let mut buf = vec![0u8; READ_CHUNK];
-                let n = meter
-                    .next(body.read(&mut buf))
-                    .await
-                    .map_err(too_slow)?
-                    .map_err(|e| ApiError::upload_invalid(format!("request body: {e}")))?;
+                let n = match meter.next(body.read(&mut buf)).await {
+                    Ok(read) => read.map_err(|e| ApiError::upload_invalid(format!("request body: {e}")))?,
+                    Err(e) => {
+                        body.abandon();
+                        return Err(too_slow(e));
+                    }
+                };
                 if n == 0 {
                     return Ok(());
                 }
-                meter.received(n).map_err(too_slow)?;
+                meter.received(n).map_err(|e| {
+                    body.abandon();
+                    too_slow(e)
+                })?;
                 buf.truncate(n);
                 self.push(slot, Bytes::from(buf), limit).await?;
             },

@@ -460,6 +460,7 @@ async fn write_direct(
                     received += n as u64;
                     if let Err(e) = meter.received(n) {
                         read_result = Err(ApiError::upload_invalid(e.to_string()));
+                        body.abandon();
                         done = true;
                         break;
                     }
@@ -480,6 +481,7 @@ async fn write_direct(
                 }
                 Err(e) => {
                     read_result = Err(ApiError::upload_invalid(e.to_string()));
+                    body.abandon();
                     done = true;
                     break;
                 }
