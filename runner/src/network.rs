@@ -308,9 +308,9 @@ impl Locked {
         let _ = std::fs::remove_file(self.dir.join("leases").join(ip.to_string()));
     }
 
-    /// Releases the leases of supervisors that are gone; removes the bridge, the table
-    /// and what was set on the host when no lease is left.
-    fn reclaim(&self) -> Result<Vec<(Ipv4Addr, Lease)>> {
+    /// Releases the leases of supervisors that are gone; with `teardown`, removes the
+    /// bridge, the table and what was set on the host when no lease is left.
+    fn reclaim(&self, teardown: bool) -> Result<Vec<(Ipv4Addr, Lease)>> {
         let mut live = Vec::new();
         for (ip, lease) in self.leases()? {
             if lease.live() {
@@ -319,7 +319,7 @@ impl Locked {
                 self.release(ip, &lease, true);
             }
         }
-        if live.is_empty() {
+        if live.is_empty() && teardown {
             self.teardown();
         }
         Ok(live)
@@ -517,7 +517,8 @@ fn attach_bridge(c: &Container) -> Result<Attached> {
     let subnet = Subnet::parse(c.subnet.as_deref().unwrap_or(DEFAULT_SUBNET))?;
     let (host, container) = sys::new_net_namespace().map_err(io("make a network namespace"))?;
     let locked = lock()?;
-    let live = locked.reclaim()?;
+    // No teardown here: this start is about to use the bridge.
+    let live = locked.reclaim(false)?;
     for p in &c.ports {
         if let Some((_, l)) = live.iter().find(|(_, l)| l.ports.iter().any(|q| q.overlaps(p))) {
             return Err(NetworkError::PortInUse(
@@ -603,9 +604,12 @@ impl Attached {
         self.address.map(|(ip, _)| ip)
     }
 
-    /// Gives back the lease and what it holds on the host; the last container's detach
-    /// removes the bridge and the table. Best effort: what it cannot remove now, the
-    /// next start or `runner rm` reclaims.
+    /// Gives back the lease and what it holds on the host. The last container's detach
+    /// has the bridge and the table removed by a process of its own
+    /// ([`RECLAIM_COMMAND`], not waited for: deleting them takes the kernel ~50 ms, which
+    /// a container's exit need not wait for); it takes the lock and removes them only if
+    /// no lease was taken meanwhile. Best effort: what is not removed now, the next start
+    /// or `runner rm` reclaims.
     pub(crate) fn detach(self) {
         let (Some(host), Some((ip, _))) = (self.host, self.address) else {
             return;
@@ -622,9 +626,29 @@ impl Attached {
         {
             locked.release(ip, &lease, false);
         }
-        let _ = locked.reclaim();
+        if let Ok(live) = locked.reclaim(false)
+            && live.is_empty()
+        {
+            let spawned = std::env::current_exe().and_then(|exe| {
+                use std::os::unix::process::CommandExt;
+                Command::new(exe)
+                    .arg(RECLAIM_COMMAND)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .process_group(0)
+                    .spawn()
+            });
+            if spawned.is_err() {
+                locked.teardown();
+            }
+        }
     }
 }
+
+/// The runner's hidden subcommand that runs [`reclaim_network`] (spawned by the last
+/// container's supervisor).
+pub const RECLAIM_COMMAND: &str = "__reclaim-network";
 
 /// Releases the leases of killed supervisors (and the bridge with the last): what
 /// `runner rm` does before removing containers.
@@ -632,7 +656,7 @@ pub fn reclaim_network() -> Result<()> {
     if !state_dir().join("leases").exists() {
         return Ok(());
     }
-    lock()?.reclaim().map(drop)
+    lock()?.reclaim(true).map(drop)
 }
 
 /// Writes the container's `hosts`, `resolv.conf` and `hostname` in its directory `dir`,

@@ -285,6 +285,10 @@ pub enum CliCommand {
     /// The container supervisor (internal: run by `runner start` in new namespaces)
     #[command(name = "__init", hide = true)]
     Init { dir: PathBuf },
+    /// Give back killed containers' leases and remove the bridge when none is left
+    /// (internal: run by the last bridged container's supervisor)
+    #[command(name = strata_runner::RECLAIM_COMMAND, hide = true)]
+    ReclaimNetwork,
 }
 
 #[derive(Debug, Subcommand)]
@@ -340,6 +344,7 @@ pub enum Command {
     },
     Build(Box<BuildOptions>),
     Init(PathBuf),
+    ReclaimNetwork,
 }
 
 impl Cli {
@@ -489,6 +494,7 @@ impl Cli {
                 }))
             }
             CliCommand::Init { dir } => Command::Init(dir),
+            CliCommand::ReclaimNetwork => Command::ReclaimNetwork,
         };
         Ok((root, command))
     }

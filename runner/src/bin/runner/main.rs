@@ -226,6 +226,10 @@ fn run(root: &Path, command: cli::Command) -> anyhow::Result<u8> {
             println!("{}", dir.display());
             Ok(0)
         }
+        cli::Command::ReclaimNetwork => {
+            strata_runner::reclaim_network().context("reclaim the network")?;
+            Ok(0)
+        }
         cli::Command::Rm(targets) => {
             // Addresses and ports of containers whose supervisor was killed go back.
             if rustix::process::geteuid().is_root() {
