@@ -390,6 +390,7 @@ class RegistryCampaign:
             blob_links_deleted=0,
             uploads_abandoned=0,
             uploads_resumed=0,
+            closing_puts_lost=0,
             pulls_verified=0,
             heads_verified=0,
             usr1=0,
@@ -511,8 +512,14 @@ class RegistryCampaign:
         d = sha(data)
         s, hd, body = h.req("GET", st["loc"])
         if s == 404 and st["put_sent"]:
-            # The closing PUT went out and its answer was lost: the session may be done.
+            # The closing PUT went out and its answer was lost: the session may be done, or
+            # gone with the blob unlinked (killed between the commit and the link: nothing
+            # was acknowledged, the client starts again).
             s, _, _ = h.req("HEAD", f"/v2/crash/resume/blobs/{d}")
+            if s == 404:
+                self.bump("closing_puts_lost")
+                st.update(self.resumer_state(rng))
+                return
         if s not in (200, 204):
             self.fail(f"upload session {st['loc']} with {st['acked']} bytes acknowledged: status GET {s} {body[:200]!r}")
             st.update(self.resumer_state(rng))
@@ -632,7 +639,8 @@ class RegistryCampaign:
             f"{time.time() - t0:.0f} s, {s['kills']} kills survived, {s['pushes_acked']} pushes acknowledged "
             f"({len(self.acked)} still tagged, {s['pulls_verified']} pulls digest-checked, {s['heads_verified']} HEADs), "
             f"{s['pushes_cut']} pushes cut, {s['manifests_deleted']} manifest + {s['blob_links_deleted']} blob deletes, "
-            f"{s['uploads_abandoned']} uploads abandoned, {s['uploads_resumed']} uploads resumed across kills, "
+            f"{s['uploads_abandoned']} uploads abandoned, {s['uploads_resumed']} uploads resumed across kills "
+            f"({s['closing_puts_lost']} unanswered closing PUTs lost), "
             f"{s['usr1']} SIGUSR1 GCs, {s['conn_errors']} cut connections, {s['failures']} failures"
         )
 
