@@ -311,25 +311,30 @@ pub fn join_existing(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// The file in a container's directory held (`flock`ed) while `runner commit -p` keeps
+/// it frozen.
+pub const FROZEN_MARKER: &str = "frozen.lock";
+
 /// A frozen container: its processes are thawed when this is dropped.
 #[derive(Debug)]
 pub struct Frozen {
     file: PathBuf,
     thaw: &'static str,
+    marker: PathBuf,
+    _held: std::fs::File,
 }
 
 impl Drop for Frozen {
     fn drop(&mut self) {
         let _ = std::fs::write(&self.file, self.thaw);
+        let _ = std::fs::remove_file(&self.marker);
     }
 }
 
-/// Freezes every process of container `id` (the v1 freezer, or v2's `cgroup.freeze`)
-/// and waits until they are all stopped.
-pub fn freeze(id: &str) -> Result<Frozen> {
-    let root = Path::new(ROOT);
-    let v2 = v2_root();
-    let (file, on, thaw, check, want) = match v2 {
+/// Container `id`'s freezer: the file that freezes and thaws it, the values for each, and
+/// the file and line that say it is frozen.
+fn freezer(id: &str) -> (PathBuf, &'static str, &'static str, PathBuf, &'static str) {
+    match v2_root() {
         Some(v2) => {
             let group = v2.join("strata").join(id);
             (
@@ -341,12 +346,35 @@ pub fn freeze(id: &str) -> Result<Frozen> {
             )
         }
         None => {
-            let state = root.join("freezer").join("strata").join(id).join("freezer.state");
+            let state = Path::new(ROOT)
+                .join("freezer")
+                .join("strata")
+                .join(id)
+                .join("freezer.state");
             (state.clone(), "FROZEN", "THAWED", state, "FROZEN")
         }
+    }
+}
+
+/// Freezes every process of container `id` (the v1 freezer, or v2's `cgroup.freeze`)
+/// and waits until they are all stopped. `marker` (a file in the container's directory)
+/// is created and `flock`ed first and held while frozen: a process killed meanwhile
+/// leaves it unlocked, and [`thaw_orphaned`] thaws the container.
+pub fn freeze(id: &str, marker: &Path) -> Result<Frozen> {
+    let (file, on, thaw, check, want) = freezer(id);
+    let io = |source| CgroupError::Io {
+        path: marker.to_path_buf(),
+        source,
     };
+    let held = std::fs::File::create(marker).map_err(io)?;
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive).map_err(|e| io(e.into()))?;
     write(&file, on)?;
-    let frozen = Frozen { file, thaw };
+    let frozen = Frozen {
+        file,
+        thaw,
+        marker: marker.to_path_buf(),
+        _held: held,
+    };
     for _ in 0..2000 {
         if std::fs::read_to_string(&check).is_ok_and(|s| s.lines().any(|l| l.trim() == want)) {
             return Ok(frozen);
@@ -357,6 +385,21 @@ pub fn freeze(id: &str) -> Result<Frozen> {
         path: frozen.file.clone(),
         source: std::io::Error::other("the container did not freeze within 10 s"),
     })
+}
+
+/// Thaws container `id` if a process that froze it (see [`freeze`]) died holding it
+/// frozen (`runner commit -p` killed). True when it did.
+pub fn thaw_orphaned(id: &str, marker: &Path) -> bool {
+    let Ok(held) = std::fs::File::open(marker) else {
+        return false;
+    };
+    if rustix::fs::flock(&held, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        return false; // its freezer is alive
+    }
+    let (file, _, thaw, _, _) = freezer(id);
+    let thawed = std::fs::write(&file, thaw).is_ok();
+    let _ = std::fs::remove_file(marker);
+    thawed
 }
 
 /// Parses a byte count: digits with an optional `b`, `k`, `m` or `g` suffix (powers of

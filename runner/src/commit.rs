@@ -152,13 +152,15 @@ pub(crate) fn commit_untagged(
     // Every change is checked (applied to the config) before anything is stored.
     apply_changes(&mut config, &opts.changes)?;
 
+    let marker = dir.join(crate::cgroup::FROZEN_MARKER);
+    crate::cgroup::thaw_orphaned(&c.id, &marker);
     let state = crate::container::read_state(dir)?;
     let running = state.status == Status::Running && state.pid.is_some_and(crate::sys::alive);
     let frozen = if running {
         if !opts.pause {
             return Err(CommitError::Running(c.id[..12].to_string()));
         }
-        Some(crate::cgroup::freeze(&c.id)?)
+        Some(crate::cgroup::freeze(&c.id, &marker)?)
     } else {
         None
     };

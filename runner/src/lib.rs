@@ -35,7 +35,8 @@ mod volumes;
 pub use build::{BuildError, BuildOptions, BuildReport, build};
 pub use bundle::export;
 pub use cgroup::{
-    CgroupError, DEVICE_ALLOW, Frozen, Limits, V2_ROOT_ENV, confine_devices, freeze, parse_bytes,
+    CgroupError, DEVICE_ALLOW, FROZEN_MARKER, Frozen, Limits, V2_ROOT_ENV, confine_devices, freeze,
+    parse_bytes, thaw_orphaned,
 };
 pub use commit::{CommitError, CommitOptions, CommitReport, commit};
 pub use container::{

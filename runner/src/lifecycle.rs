@@ -88,9 +88,18 @@ fn running(state: &ContainerState) -> bool {
     state.status == Status::Running && state.pid.is_some_and(sys::alive)
 }
 
+/// Thaws the container in `dir` if a `runner commit -p` died holding it frozen (signals
+/// would wait for a thaw that never comes).
+fn thaw_orphaned(dir: &Path) {
+    if let Some(id) = dir.file_name().and_then(|n| n.to_str()) {
+        crate::cgroup::thaw_orphaned(id, &dir.join(crate::cgroup::FROZEN_MARKER));
+    }
+}
+
 /// Sends `sig` to the first process of the container in `dir`; an error when it is not
 /// running.
 pub fn kill(dir: &Path, sig: i32) -> Result<()> {
+    thaw_orphaned(dir);
     let state = container::read_state(dir)?;
     let delivered = match (running(&state), state.init_pid) {
         (true, Some(init)) => {
@@ -134,6 +143,7 @@ pub fn wait_exit(dir: &Path, deadline: Option<Instant>) -> Result<Option<Option<
 /// SIGTERM to the container's first process, SIGKILL after `grace`, then waits for its
 /// supervisor to record the exit. A container that is not running is left as it is.
 pub fn stop(dir: &Path, grace: Duration) -> Result<()> {
+    thaw_orphaned(dir);
     let state = container::read_state(dir)?;
     let (Status::Running, Some(init)) = (state.status, state.init_pid) else {
         return Ok(());

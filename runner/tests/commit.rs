@@ -195,3 +195,50 @@ fn a_running_container_is_committed_only_paused() {
         peers::format_output(&out)
     );
 }
+
+#[test]
+fn a_container_a_killed_commit_left_frozen_is_thawed_by_stop() {
+    // `runner commit -p` SIGKILLed while the container was frozen left it frozen for good:
+    // signals wait for a thaw, so `runner stop` gave up. The crash point, set up directly:
+    // the freezer on, and the committer's marker there but unlocked (its holder died).
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    let id = peers::run_ok(runner(&root).args([
+        "start",
+        "-d",
+        "--name",
+        "frozen",
+        "bb:1",
+        "--",
+        "/bin/sleep",
+        "300",
+    ]));
+    let id = id.trim();
+    let _stop = Stop(&root, "frozen");
+    let v1 = Path::new("/sys/fs/cgroup/freezer/strata")
+        .join(id)
+        .join("freezer.state");
+    let (file, on) = if v1.exists() {
+        (v1, "FROZEN")
+    } else {
+        (
+            Path::new("/sys/fs/cgroup/strata").join(id).join("cgroup.freeze"),
+            "1",
+        )
+    };
+    std::fs::write(
+        root.join("containers")
+            .join(id)
+            .join(strata_runner::FROZEN_MARKER),
+        b"",
+    )
+    .unwrap();
+    std::fs::write(&file, on).unwrap();
+
+    peers::run_ok(runner(&root).args(["stop", "-t", "0", "frozen"]));
+    let ps = peers::run_ok(runner(&root).args(["ps", "--json"]));
+    let rows: serde_json::Value = serde_json::from_str(&ps).unwrap();
+    assert_eq!(rows[0]["status"], "exited", "{ps}");
+}
