@@ -26,6 +26,8 @@ R="$TARGET/release/runner --root $W/store"
 "$TARGET/release/puller" --root "$W/store" load "$W/bb.tar" >/dev/null
 $R start --name b bb:1 -- /bin/true
 $R export b "$W/bundle" >/dev/null
+# `--network none`: a network namespace with only lo, as the exported bundle's (the bridge
+# network, the default since issue 12, is measured by runner-network.sh).
 # The first start of an image fills the store's caches (the image's answer, the compiled
 # seccomp program); hyperfine's warm-up runs do that here.
 DOCKER=()
@@ -40,7 +42,7 @@ if command -v dockerd >/dev/null 2>&1; then
   DOCKER=(-n 'docker run --rm' "docker run --rm --network none bb:1 /bin/true")
 fi
 hyperfine -N --warmup 3 --runs "$RUNS" --export-markdown "$W/result.md" \
-  -n 'runner start --rm' "$R start --rm bb:1 -- /bin/true" \
+  -n 'runner start --rm' "$R start --rm --network none bb:1 -- /bin/true" \
   -n 'runc run' "runc --root $W/runc run --bundle $W/bundle bench" \
   -n 'crun run (in unshare -m)' "unshare -m sh -c 'umount /sys/fs/cgroup/unified 2>/dev/null; crun --root $W/crun run --bundle $W/bundle bench'" \
   -n 'the unshare -m wrapper alone' "unshare -m sh -c 'umount /sys/fs/cgroup/unified 2>/dev/null; true'" \
