@@ -41,6 +41,12 @@ pub enum NetworkError {
     PortsWithoutBridge(&'static str),
     #[error("port {0} is already published by container {1}")]
     PortInUse(String, String),
+    #[error("cannot publish {port}: {source} (a host process has it, or the address is not the host's)")]
+    PortUnavailable {
+        port: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("no free address left in {0}")]
     Exhausted(String),
     #[error("the {BRIDGE} bridge has subnet {have}, not {want}: stop its containers to change it")]
@@ -151,6 +157,20 @@ impl PortSpec {
             ),
             None => ("published_any", format!("{} . {}", self.proto(), self.host_port)),
         }
+    }
+
+    /// Fails when the host cannot bind the port (in the host's network namespace).
+    fn check_free(&self) -> Result<()> {
+        let addr = (self.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED), self.host_port);
+        let bound = if self.udp {
+            std::net::UdpSocket::bind(addr).map(drop)
+        } else {
+            std::net::TcpListener::bind(addr).map(drop)
+        };
+        bound.map_err(|source| NetworkError::PortUnavailable {
+            port: self.to_string(),
+            source,
+        })
     }
 
     /// Whether both take the same traffic.
@@ -526,6 +546,11 @@ fn attach_bridge(c: &Container) -> Result<Attached> {
                 l.container[..12].to_string(),
             ));
         }
+    }
+    // As docker's proxy, which binds the port: a port a host process has, or an address
+    // that is not the host's, is refused (DNAT would take its traffic silently).
+    for p in &c.ports {
+        p.check_free()?;
     }
     locked.ensure_host(subnet)?;
     let ip = subnet

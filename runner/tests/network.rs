@@ -109,6 +109,16 @@ fn a_published_port_and_containers_on_the_bridge() {
         "{}",
         peers::format_output(&out)
     );
+    // A port a host process has is refused, as docker's proxy cannot bind it.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = format!("127.0.0.1:{}:80", held.local_addr().unwrap().port());
+    let out = peers::output(runner(&root).args(["start", "--rm", "-p", &taken, "bb:1", "--", "true"]));
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("cannot publish"),
+        "{}",
+        peers::format_output(&out)
+    );
+    drop(held);
     let script = format!(
         "wget -qO- http://{address}/ && hostname && grep -c \"$(hostname)\" /etc/hosts \
          && grep -c '^nameserver 127' /etc/resolv.conf; cat /proc/net/dev"
