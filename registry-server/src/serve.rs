@@ -339,6 +339,7 @@ async fn upkeep(state: AppState) {
     let config = state.config().clone();
     let upload_every = (config.uploads.expiry / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
     let mut upload_tick = tokio::time::interval(upload_every);
+    let mut release_tick = tokio::time::interval(Duration::from_secs(15));
     let gc_every = config.gc.interval.unwrap_or(Duration::from_secs(365 * 24 * 3600));
     let mut gc_tick = tokio::time::interval(gc_every);
     gc_tick.tick().await; // the first tick is immediate: skip it
@@ -358,6 +359,10 @@ async fn upkeep(state: AppState) {
                     Ok(Err(e)) => tracing::warn!("expiring uploads: {e}"),
                     _ => {}
                 }
+            }
+            _ = release_tick.tick() => {
+                let st = state.clone();
+                let _ = tokio::task::spawn_blocking(move || st.release_idle_uploads()).await;
             }
             _ = gc_tick.tick(), if config.gc.interval.is_some() => collect(&state).await,
             _ = gc_requested(&mut gc_signal) => {

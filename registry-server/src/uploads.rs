@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
@@ -50,7 +50,16 @@ pub struct Slot {
     /// Set once the session is finished or cancelled; a waiter that then gets the lock
     /// must treat the session as unknown.
     closed: bool,
+    /// Set when an idle session was let go of (see `release_idle`): a waiter that then
+    /// gets the lock looks the session up again.
+    released: bool,
+    /// When a request last worked on the session.
+    last_used: Instant,
 }
+
+/// Sessions no request touched for this long close their files (the next request
+/// reopens them), so abandoned uploads hold no descriptors.
+pub const RELEASE_IDLE: Duration = Duration::from_secs(60);
 
 /// The open upload sessions.
 pub struct Uploads {
@@ -101,9 +110,12 @@ impl Uploads {
         self.slots().len()
     }
 
-    /// Starts a session for `repository`, locked for the caller.
+    /// Starts a session for `repository`, locked for the caller. At the limit of open
+    /// sessions, the least recently used idle one is let go of first (its upload goes
+    /// on, reopened by its next request): only sessions requests are working on at this
+    /// moment count against the limit, so abandoned uploads cannot lock pushes out.
     pub async fn create(&self, repository: &str) -> ApiResult<Locked> {
-        if self.open() >= self.max_sessions {
+        if self.open() >= self.max_sessions && self.release_least_recent() == 0 {
             return Err(ApiError::too_many("too many upload sessions in progress"));
         }
         let id = new_id();
@@ -122,6 +134,8 @@ impl Uploads {
             repository: repository.to_string(),
             ingest: None,
             closed: false,
+            released: false,
+            last_used: Instant::now(),
         }));
         let guard = slot.clone().lock_owned().await;
         self.slots().insert(id, slot);
@@ -132,6 +146,20 @@ impl Uploads {
     /// Locks an existing session of `repository` (recovering it from the store after a
     /// restart).
     pub async fn lock(&self, repository: &str, id: &str) -> ApiResult<Locked> {
+        loop {
+            let mut guard = self.lock_once(id).await?;
+            if guard.released {
+                continue;
+            }
+            if guard.closed || guard.repository != repository {
+                return Err(ApiError::upload_unknown());
+            }
+            guard.last_used = Instant::now();
+            return Ok(guard);
+        }
+    }
+
+    async fn lock_once(&self, id: &str) -> ApiResult<Locked> {
         let existing = self.slots().get(id).cloned();
         let slot = match existing {
             Some(s) => s,
@@ -150,6 +178,8 @@ impl Uploads {
                     repository: record.repository,
                     ingest: None,
                     closed: false,
+                    released: false,
+                    last_used: Instant::now(),
                 }));
                 let mut slots = self.slots();
                 let s = slots.entry(id.to_string()).or_insert(slot).clone();
@@ -158,11 +188,46 @@ impl Uploads {
                 s
             }
         };
-        let guard = slot.lock_owned().await;
-        if guard.closed || guard.repository != repository {
-            return Err(ApiError::upload_unknown());
+        Ok(slot.lock_owned().await)
+    }
+
+    /// Lets go of sessions no request has worked on for `idle`: their ingest files close
+    /// (the data and the record stay; the next request reopens them). Returns how many.
+    pub fn release_idle(&self, idle: Duration) -> usize {
+        let idle_slots: Vec<(String, Locked)> = self
+            .slots()
+            .iter()
+            .filter_map(|(id, s)| Some((id.clone(), s.clone().try_lock_owned().ok()?)))
+            .filter(|(_, g)| g.last_used.elapsed() >= idle)
+            .collect();
+        let n = idle_slots.len();
+        for (id, guard) in idle_slots {
+            self.release(&id, guard);
         }
-        Ok(guard)
+        n
+    }
+
+    /// Lets go of the idle session used least recently; 0 when every one is busy.
+    fn release_least_recent(&self) -> usize {
+        let oldest = self
+            .slots()
+            .iter()
+            .filter_map(|(id, s)| Some((id.clone(), s.clone().try_lock_owned().ok()?)))
+            .min_by_key(|(_, g)| g.last_used);
+        match oldest {
+            Some((id, guard)) => {
+                self.release(&id, guard);
+                1
+            }
+            None => 0,
+        }
+    }
+
+    fn release(&self, id: &str, mut guard: Locked) {
+        guard.released = true;
+        drop(guard.ingest.take());
+        self.slots().remove(id);
+        self.metrics.set_uploads(self.open());
     }
 
     /// Opens (or resumes) the session's ingest if needed.
@@ -200,6 +265,7 @@ impl Uploads {
         };
         let off = ingest.as_ref().map(Ingest::offset);
         slot.ingest = ingest;
+        slot.last_used = Instant::now();
         result.and_then(|_| off.ok_or_else(|| ApiError::internal("upload writer lost its ingest")))
     }
 

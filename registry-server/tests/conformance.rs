@@ -820,25 +820,75 @@ async fn deletes_can_be_disabled_on() {
     assert_eq!(r.code(), "UNSUPPORTED");
 }
 
-#[tokio::test]
+/// The session limit counts sessions requests are working on: at the limit, an idle
+/// session is let go of (its upload goes on, reopened by its next request), and only
+/// when every session is busy does a new one get `TOOMANYREQUESTS`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_session_limit_is_toomanyrequests() {
+    use tower::ServiceExt;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = crate::common::config(dir.path());
     cfg.limits.max_upload_sessions = 2;
     let reg = Reg::with_config(dir, cfg);
+    let post = async || {
+        let r = reg
+            .req(Method::POST, "/v2/x/blobs/uploads/", &[], Body::empty())
+            .await;
+        (r.status, r.header("location").map(str::to_string))
+    };
+    // Two abandoned sessions do not lock pushes out.
+    let (_, a) = post().await;
+    let a = a.unwrap();
+    let r = reg
+        .req(Method::PATCH, &a, &[("content-range", "0-5")], b"hello ".to_vec())
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let (_, b) = post().await;
+    assert!(b.is_some());
+    assert_eq!(
+        post().await.0,
+        StatusCode::ACCEPTED,
+        "idle sessions counted against the limit"
+    );
+    // The session let go of goes on where it was.
+    let r = reg
+        .req(Method::PATCH, &a, &[("content-range", "6-10")], b"world".to_vec())
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
+    let digest = strata_store::Digest::of(b"hello world");
+    let r = reg
+        .req(Method::PUT, &format!("{a}?digest={digest}"), &[], Body::empty())
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    // Two sessions with a PATCH in flight: a third session waits its turn.
+    let mut senders = Vec::new();
+    let mut patches = Vec::new();
     for _ in 0..2 {
-        assert_eq!(
-            reg.req(Method::POST, "/v2/x/blobs/uploads/", &[], Body::empty())
-                .await
-                .status,
-            StatusCode::ACCEPTED
-        );
+        let (status, loc) = post().await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+        let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }));
+        let req = http::Request::patch(loc.unwrap()).body(body).unwrap();
+        let app = strata_registry::app(reg.state.clone());
+        patches.push(tokio::spawn(
+            async move { app.oneshot(req).await.unwrap().status() },
+        ));
+        tx.send(Ok(b"busy".to_vec())).await.unwrap();
+        senders.push(tx);
     }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let r = reg
         .req(Method::POST, "/v2/x/blobs/uploads/", &[], Body::empty())
         .await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(r.code(), "TOOMANYREQUESTS");
+    drop(senders);
+    for p in patches {
+        assert_eq!(p.await.unwrap(), StatusCode::ACCEPTED);
+    }
+    assert_eq!(post().await.0, StatusCode::ACCEPTED);
 }
 
 #[tokio::test]

@@ -99,6 +99,16 @@ impl AppState {
         self.inner.shared.registry_name()
     }
 
+    /// Closes the files of upload sessions idle for a minute (blocking); they reopen on
+    /// their next request.
+    pub fn release_idle_uploads(&self) -> usize {
+        let shared = &self.inner.shared.inner;
+        match &shared.shared_uploads {
+            Some(_) => 0,
+            None => shared.uploads.release_idle(crate::uploads::RELEASE_IDLE),
+        }
+    }
+
     /// Drops abandoned upload sessions (blocking).
     pub fn expire_uploads(&self) -> Result<usize, strata_store::StoreError> {
         let shared = &self.inner.shared.inner;
