@@ -22,6 +22,8 @@ CAMPAIGN is one of
             mid-collection.
   commit    `runner commit` of a stopped container with many files (as root), killed
             mid-commit.
+  commit-paused  `runner commit -p` of a running container with many files, killed while
+            the container is frozen: `runner kill` must reach (thaw) it afterwards.
   all       every campaign above in turn.
 For fetch, load, gc and commit (--kills N, default 20): after each kill `store fsck` finds
 no fault, the next run of the same command succeeds, and after it the store holds no
@@ -729,6 +731,7 @@ class CommandCampaign:
             self.kills += 1
             for f in fsck(self.b, self.root):
                 self.fail(f"after kill {self.kills}: fsck: {f}")
+            self.after_kill()
             # Up to `streak` killed runs in a row, each taking up what the last one left.
             streak = (streak + 1) % self.streak
             if streak:
@@ -741,6 +744,9 @@ class CommandCampaign:
         line = self.report(t0, full)
         log(f"{self.name} SUMMARY: {line}")
         return line, not self.failures
+
+    def after_kill(self):
+        """Checks right after a kill (besides fsck)."""
 
     def after_success(self, i):
         """Checks after a run that completed following a kill."""
@@ -892,11 +898,14 @@ class CommitCampaign(CommandCampaign):
         layout = os.path.join(self.work, "layout")
         write_oci_layout(layout, [(img, "crash/base:latest")])
         run([self.b["puller"], "--root", self.root, "load", layout])
-        # A stopped container whose upper directory holds many files.
-        script = (
+        # A container whose upper directory holds many files.
+        self.start_container(
             f"for d in $(seq 1 {self.args.commit_dirs}); do mkdir /data/$d; for f in $(seq 1 100); do echo $d-$f > /data/$d/$f; done; done;"
             f" dd if=/dev/urandom of=/data/big bs=1M count={self.args.size_mib // 4} 2>/dev/null"
         )
+
+    def start_container(self, script):
+        """Runs `script` in a container that is then stopped."""
         run([self.b["runner"], "--root", self.root, "start", "--name", "crashc", "crash/base:latest", "--", "/bin/sh", "-c", script], timeout=900)
 
     def command(self, i):
@@ -912,7 +921,65 @@ class CommitCampaign(CommandCampaign):
         self.store("inspect", f"crash/committed:{i}")
 
 
-CAMPAIGNS = {"fetch": FetchCampaign, "load": LoadCampaign, "gc": GcCampaign, "commit": CommitCampaign}
+class PausedCommitCampaign(CommitCampaign):
+    """`runner commit -p` of a running container, killed while the container is frozen."""
+
+    name = "commit-paused"
+
+    def start_container(self, script):
+        out = run([self.b["runner"], "--root", self.root, "start", "-d", "--name", "crashc", "crash/base:latest", "--", "/bin/sh", "-c", f"{script}; : > /data/done; exec sleep 100000"])
+        self.id = out.stdout.strip()
+        done = os.path.join(self.root, "containers", self.id, "upper", "data", "done")
+        t0 = time.time()
+        while not os.path.exists(done):
+            if time.time() - t0 > 600:
+                raise Unexpected("the container did not finish writing its files")
+            time.sleep(0.2)
+
+    frozen_after_kill = 0
+
+    def command(self, i):
+        return [self.b["runner"], "--root", self.root, "commit", "-p", "crashc", f"crash/committed:{i}"]
+
+    def frozen(self):
+        for f, on in ((f"/sys/fs/cgroup/freezer/strata/{self.id}/freezer.state", "FROZEN"), (f"/sys/fs/cgroup/strata/{self.id}/cgroup.events", "frozen 1")):
+            if os.path.exists(f):
+                with open(f) as fh:
+                    return on in fh.read()
+        return False
+
+    def after_kill(self):
+        # A signal must reach the container a killed commit may have left frozen: `runner
+        # kill` (of a harmless signal) thaws it.
+        self.frozen_after_kill += self.frozen()
+        p = run([self.b["runner"], "--root", self.root, "kill", "-s", "CHLD", "crashc"], check=False, timeout=60)
+        if p.returncode != 0:
+            self.fail(f"after kill {self.kills}: runner kill -s CHLD: {p.stderr.strip()[-300:]}")
+        if self.frozen():
+            self.fail(f"after kill {self.kills}: the container stays frozen after runner kill")
+
+    def check(self, i):
+        super().check(i)
+        if self.frozen():
+            self.fail(f"run {i}: the container is still frozen after a successful commit -p")
+
+    def report(self, t0, full):
+        return super().report(t0, full) + f", {self.frozen_after_kill} kills left the container frozen (all thawed by runner kill)"
+
+    def campaign(self):
+        try:
+            return super().campaign()
+        finally:
+            run([self.b["runner"], "--root", self.root, "stop", "-t", "0", "crashc"], check=False, timeout=120)
+
+
+CAMPAIGNS = {
+    "fetch": FetchCampaign,
+    "load": LoadCampaign,
+    "gc": GcCampaign,
+    "commit": CommitCampaign,
+    "commit-paused": PausedCommitCampaign,
+}
 
 
 def main():

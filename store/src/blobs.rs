@@ -127,7 +127,8 @@ impl BlobStore {
     /// Removes the staging files of processes that died (a killed `puller load` or
     /// `runner commit`): each live one is `flock`ed by its writer, from before the ingest
     /// directory's shared lock is released (see [`BlobStore::stage`]), so a file this
-    /// takes the lock of under the directory's exclusive lock has no writer.
+    /// takes the lock of under the directory's exclusive lock has no writer. Also removes
+    /// lock files nobody holds whose partial is gone.
     fn remove_dead_stages(&self) -> Result<u64> {
         let dir = lock_dir(&self.ingest, rustix::fs::FlockOperation::LockExclusive)?;
         let mut removed = 0;
@@ -135,7 +136,14 @@ impl BlobStore {
             let entry = entry.map_err(BlobError::io("list ingests"))?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if !(name.starts_with(STAGE_PREFIX) && name.ends_with(".partial")) {
+            let stage = name.starts_with(STAGE_PREFIX) && name.ends_with(".partial");
+            // A lock file without its partial: left by a process killed between taking
+            // the lock and unlinking it (unlinking it under the lock is safe, see
+            // `lock_file`).
+            let lock = name
+                .strip_suffix(".lock")
+                .is_some_and(|stem| !self.ingest.join(format!("{stem}.partial")).exists());
+            if !(stage || lock) {
                 continue;
             }
             let Ok(file) = File::open(entry.path()) else {
@@ -299,8 +307,10 @@ impl BlobStore {
     /// Ingests bytes whose digest is computed here (generated content such as a manifest
     /// written by `save` or `commit`).
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<Committed> {
-        let digest = Digest::of(bytes);
-        self.put_verified(&digest, Some(bytes.len() as u64), bytes)
+        // Staged rather than ingested by digest: a process killed half-way leaves a staging
+        // file the next open removes, not a partial no one will ask to resume.
+        let mut staged = self.stage(bytes, None)?;
+        self.commit_staged(&mut staged)
     }
 
     /// Sets a stored blob's modification time to now, so GC's grace period counts from

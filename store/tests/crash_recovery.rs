@@ -216,3 +216,40 @@ fn a_blob_committed_from_an_old_partial_is_young() {
         "GC took a blob committed a moment ago"
     );
 }
+
+#[test]
+fn generated_content_and_lock_files_leave_nothing_to_resume() {
+    // `runner commit -p` killed while writing its config left a digest-keyed partial of
+    // content no one would ask for again (the next commit's config has another time), and
+    // killed processes left lock files.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("s");
+    let store = Store::open(&root).unwrap();
+    let c = store.blobs().put_bytes(b"{\"generated\":true}").unwrap();
+    assert!(c.written && !store.blobs().put_bytes(b"{\"generated\":true}").unwrap().written);
+    let ingest = root.join("ingest");
+    let names = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect()
+    };
+    assert!(names(&ingest).is_empty(), "{:?}", names(&ingest));
+    drop(store);
+
+    let held = Digest::of(b"held");
+    std::fs::write(ingest.join("sha256-deadbeef.lock"), b"").unwrap();
+    std::fs::write(ingest.join(format!("sha256-{}.partial", held.hex())), b"he").unwrap();
+    std::fs::write(ingest.join(format!("sha256-{}.lock", held.hex())), b"").unwrap();
+    let _store = Store::open(&root).unwrap();
+    let mut left = names(&ingest);
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            format!("sha256-{}.lock", held.hex()),
+            format!("sha256-{}.partial", held.hex())
+        ],
+        "a lock file with no partial stayed, or a resumable partial's went"
+    );
+}
