@@ -21,6 +21,9 @@
 //! `ADD` of a local tar (plain or gzip-compressed) extracts it: the archive's modes and
 //! owners, hard links kept (within the archive), `..` kept beneath the destination.
 //!
+//! A base image's `ONBUILD` triggers run right after its `FROM`, each parsed and resolved
+//! as an instruction of the new stage; the new image does not keep them.
+//!
 //! `FROM` an image that is not in the store and whose reference names a registry
 //! (`HOST[:PORT]/…`, `localhost/…`) fetches it through the puller first.
 //!
@@ -1026,6 +1029,21 @@ pub fn build(store_root: &Path, opts: &BuildOptions, out: &mut dyn Write) -> Res
                 s
             }
         };
+        // The base's ONBUILD triggers run first, as the classic builder runs them, and the
+        // new image does not keep them.
+        let mut state = state;
+        let triggers = strings(&state.config["config"]["OnBuild"]).unwrap_or_default();
+        if !triggers.is_empty() {
+            // Stored without them (no history entry): a `RUN` commits on the stored config.
+            state.runtime().remove("OnBuild");
+            state = b.store_image(state, None)?;
+            let n = triggers.len();
+            b.say(&format!(
+                "# Executing {n} build trigger{}",
+                if n == 1 { "" } else { "s" }
+            ))?;
+            state = b.triggers(state, &triggers, from.line, &automatic)?;
+        }
         b.done(&state, started)?;
         let env: Vec<(String, String)> = state
             .env()
@@ -1033,7 +1051,6 @@ pub fn build(store_root: &Path, opts: &BuildOptions, out: &mut dyn Write) -> Res
             .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
             .collect();
         let resolved = resolver.stage(i, &env)?;
-        let mut state = state;
         for (ins, parsed) in resolved.instructions.iter().zip(&from.instructions) {
             let started = Instant::now();
             b.begin(&ins.original)?;
@@ -1283,6 +1300,42 @@ impl Builder<'_> {
     fn nop(state: &State, text: &str, spaced: bool) -> String {
         let sep = if spaced { "#(nop)  " } else { "#(nop) " };
         format!("{} {sep}{text}", state.shell().join(" "))
+    }
+
+    /// Runs a base image's `ONBUILD` triggers (the `FROM` on `line`) on `s`, each parsed and
+    /// resolved as an instruction of its own with the image's environment in scope.
+    fn triggers(
+        &mut self,
+        mut s: State,
+        triggers: &[String],
+        line: usize,
+        automatic: &[(String, String)],
+    ) -> Result<State, BuildError> {
+        let bad = |m: String| step_err(line, format!("ONBUILD trigger of the base image: {m}"));
+        let text = format!("FROM scratch\n{}\n", triggers.join("\n"));
+        let df = crate::dockerfile::parse(&text).map_err(|e| bad(e.to_string()))?;
+        if df.stages.len() != 1 || df.stages[0].instructions.len() != triggers.len() {
+            return Err(bad("each trigger must be one instruction".into()));
+        }
+        let env: Vec<(String, String)> = s
+            .env()
+            .iter()
+            .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect();
+        let mut resolver =
+            Resolver::new(&df, &self.opts.build_args, automatic).map_err(|e| bad(e.to_string()))?;
+        let resolved = resolver.stage(0, &env).map_err(|e| bad(e.to_string()))?;
+        for (ins, parsed) in resolved.instructions.iter().zip(&df.stages[0].instructions) {
+            if ins.copy_from.is_some() {
+                return Err(bad(format!(
+                    "{}: COPY --from in a trigger is not supported",
+                    ins.original
+                )));
+            }
+            let ins = ResolvedInstruction { line, ..ins.clone() };
+            s = self.step(s, &ins, &parsed.command, None)?;
+        }
+        Ok(s)
     }
 
     /// Runs one instruction on `state` (or takes its result from the cache).

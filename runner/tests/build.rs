@@ -982,3 +982,64 @@ fn build_takes_the_hosts_platform_only() {
     .unwrap();
     refused(&[], "line 3: FROM --platform=linux/arm64");
 }
+
+/// `FROM` an image with `ONBUILD` triggers runs them first (a `RUN`, an `ENV`, a `COPY` of
+/// the new context) and the new image does not keep them, as the classic builder does.
+#[test]
+fn build_runs_onbuild_triggers_as_docker_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    let Some(d) = docker_with_busybox(tmp.path()) else {
+        return;
+    };
+    let ctx = tmp.path().join("onbuild");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("base.Dockerfile"),
+        "FROM bb:1\nONBUILD RUN echo trig > /trig.txt\nONBUILD ENV T=from-trigger\n\
+         ONBUILD COPY hello.txt /h.txt\nCMD [\"cat\", \"/trig.txt\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM onb:1\nRUN echo \"child $T\" > /child.txt\n\
+         CMD [\"/bin/sh\", \"-c\", \"cat /trig.txt /h.txt /child.txt\"]\n",
+    )
+    .unwrap();
+    std::fs::write(ctx.join("hello.txt"), "hello\n").unwrap();
+    let c = ctx.to_str().unwrap();
+    let base = ctx.join("base.Dockerfile");
+    let b = base.to_str().unwrap();
+    build(&root, &["-f", b, "-t", "onb:1", c]);
+    let base_triggers = inspect(&root, "onb:1")["config"]["config"]["OnBuild"].clone();
+    assert_eq!(base_triggers.as_array().map(Vec::len), Some(3), "{base_triggers}");
+    let out = build(&root, &["-t", "onc:1", c]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("# Executing 3 build triggers"),
+        "{}",
+        peers::format_output(&out)
+    );
+    assert!(
+        inspect(&root, "onc:1")["config"]["config"]["OnBuild"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+    );
+    for args in [
+        &["build", "-f", b, "-t", "onb:1", c][..],
+        &["build", "-t", "onc:1", c],
+    ] {
+        let out = peers::output(d.command(args).env("DOCKER_BUILDKIT", "0"));
+        assert!(out.status.success(), "{}", peers::format_output(&out));
+    }
+    let files = compare_with_docker(&root, d, "onc:1", "trig.txt h.txt child.txt");
+    assert!(files.contains("h.txt regular file"), "{files}");
+    let out = peers::output(runner(&root).args(["start", "--rm", "onc:1"]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "trig\nhello\nchild from-trigger\n",
+        "{}",
+        peers::format_output(&out)
+    );
+}
