@@ -257,3 +257,54 @@ fn a_killed_supervisors_address_and_port_are_reclaimed() {
     assert_eq!(curl(&format!("http://127.0.0.1:{port}/")), "second\n");
     peers::run_ok(runner(&root).args(["stop", "-t", "1", "k2"]));
 }
+
+/// `route_localnet` is on for the bridge (127.0.0.1 traffic to a published port leaves
+/// through it): a container that routes 127.0.0.1 through the gateway (privileged, so that
+/// it can turn `route_localnet` on inside and drop its own loopback address) still cannot
+/// reach a host service bound to 127.0.0.1 (kube-proxy's CVE-2020-8558): the table drops
+/// packets from the bridge to 127.0.0.0/8. (Without that rule this test reads the secret.)
+#[test]
+fn a_container_cannot_reach_the_hosts_loopback_services() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let served = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok((mut c, _)) = listener.accept() {
+                let _ = c.write_all(b"host-secret\n");
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    });
+    let script = format!(
+        "echo 1 > /proc/sys/net/ipv4/conf/all/route_localnet; \
+         echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet; \
+         gw=$(ip route | awk '/^default/ {{ print $3 }}'); \
+         ip addr del 127.0.0.1/8 dev lo && ip route add 127.0.0.1/32 via $gw dev eth0 && echo routed; \
+         echo hi | nc -w 2 127.0.0.1 {port}; true"
+    );
+    let out = peers::output(runner(&root).args([
+        "start",
+        "--rm",
+        "--privileged",
+        "bb:1",
+        "--",
+        "/bin/sh",
+        "-c",
+        &script,
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("routed"), "{}", peers::format_output(&out));
+    assert!(!text.contains("host-secret"), "{}", peers::format_output(&out));
+    // Unblock the accept loop's wait: a connection of the test's own.
+    let _ = std::net::TcpStream::connect(("127.0.0.1", port));
+    let _ = served.join();
+}
