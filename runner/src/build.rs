@@ -619,9 +619,9 @@ enum LayerKind {
 /// (sources from the context), files that are hard links of one another stay so (the
 /// later ones as links to the first), as the classic builder copies them; an image's
 /// unpacked layers share inodes of their own (the store's dedup pool) and never keep them.
-fn layer_tar(entries: &mut [LayerEntry], keep_links: bool) -> Result<Vec<u8>, BuildError> {
+fn layer_tar<W: Write>(entries: &mut [LayerEntry], keep_links: bool, out: W) -> Result<W, BuildError> {
     entries.sort_by(|a, b| a.path.cmp(&b.path));
-    let mut tar = tar::Builder::new(Vec::new());
+    let mut tar = tar::Builder::new(out);
     // The first path written of each linked file: context files by device and inode,
     // archive entries by their regular entry's path and content hash.
     let mut linked: std::collections::HashMap<(u64, u64, String, String), String> =
@@ -689,6 +689,45 @@ fn layer_tar(entries: &mut [LayerEntry], keep_links: bool) -> Result<Vec<u8>, Bu
         }
     }
     tar.into_inner().map_err(io_err("finish the layer"))
+}
+
+/// A layer written to a file of the store's (`cache/build/.layer-*`, removed when dropped)
+/// rather than held in memory, however large the files it copies.
+struct TempLayer {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl TempLayer {
+    /// `entries` as a layer tar (see [`layer_tar`]), ready to be read from its start.
+    fn write(
+        store_root: &Path,
+        entries: &mut [LayerEntry],
+        keep_links: bool,
+    ) -> Result<TempLayer, BuildError> {
+        use std::io::Seek;
+        let dir = store_root.join("cache").join("build");
+        std::fs::create_dir_all(&dir).map_err(io_err("make the build cache directory"))?;
+        let path = dir.join(format!(".layer-{}.tar", hex::encode(rand::random::<[u8; 8]>())));
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_err(format!("create {}", path.display())))?;
+        let mut layer = TempLayer { path, file };
+        let out = layer_tar(entries, keep_links, io::BufWriter::new(&layer.file))?;
+        out.into_inner()
+            .map_err(|e| io_err("write the layer")(e.into_error()))?;
+        layer.file.rewind().map_err(io_err("read the layer back"))?;
+        Ok(layer)
+    }
+}
+
+impl Drop for TempLayer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 fn sha256_file(path: &Path) -> Result<String, BuildError> {
@@ -1235,10 +1274,14 @@ impl Builder<'_> {
     }
 
     /// Stores `state`'s config (and `layer`, a tar, on top of its layers) as an image.
-    fn store_image(&self, mut state: State, layer: Option<Vec<u8>>) -> Result<State, BuildError> {
+    fn store_image(&self, mut state: State, layer: Option<TempLayer>) -> Result<State, BuildError> {
         let store = self.stores.write()?;
         if let Some(tar) = layer {
-            let blob = store.blobs().put_bytes(&tar).map_err(StoreError::from)?;
+            let mut staged = store.blobs().stage(&tar.file, None).map_err(StoreError::from)?;
+            let blob = store
+                .blobs()
+                .commit_staged(&mut staged)
+                .map_err(StoreError::from)?;
             store.record_blob(&blob.digest, blob.size)?;
             state.config["rootfs"]["diff_ids"]
                 .as_array_mut()
@@ -1280,7 +1323,7 @@ impl Builder<'_> {
         &self,
         mut state: State,
         created_by: String,
-        layer: Option<Vec<u8>>,
+        layer: Option<TempLayer>,
     ) -> Result<State, BuildError> {
         let now = created();
         state.config["created"] = now.clone().into();
@@ -1567,14 +1610,14 @@ impl Builder<'_> {
                 } else {
                     let mut entries = Vec::new();
                     self.parents(&layers, &dir, true, (0, 0), &mut entries);
-                    Some(layer_tar(&mut entries, false)?)
+                    Some(TempLayer::write(self.store_root, &mut entries, false)?)
                 };
                 let by = Self::nop(&s, &format!("WORKDIR {dir}"), false);
                 self.commit(s, by, layer)?
             }
             Command::Copy(_) | Command::Add(_) => {
                 let (mut entries, _, text) = copy.expect("computed above");
-                let tar = layer_tar(&mut entries, from.is_none())?;
+                let tar = TempLayer::write(self.store_root, &mut entries, from.is_none())?;
                 let by = Self::nop(&s, &text, false);
                 self.commit(s, by, Some(tar))?
             }
@@ -2317,8 +2360,8 @@ mod tests {
                 },
             ]
         };
-        let one = layer_tar(&mut mk(), true).unwrap();
-        let two = layer_tar(&mut mk(), true).unwrap();
+        let one = layer_tar(&mut mk(), true, Vec::new()).unwrap();
+        let two = layer_tar(&mut mk(), true, Vec::new()).unwrap();
         assert_eq!(one, two);
         let mut ar = tar::Archive::new(&one[..]);
         let paths: Vec<String> = ar
