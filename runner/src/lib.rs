@@ -57,8 +57,8 @@ pub use dockerignore::{DockerIgnore, DockerIgnoreError, Verdict as IgnoreVerdict
 pub use exec::{ExecOptions, exec};
 pub use lifecycle::{LifecycleError, kill, logs, parse_signal, stop, wait_exit};
 pub use network::{
-    BRIDGE, DEFAULT_SUBNET, NetworkError, NetworkMode, PortSpec, RECLAIM_COMMAND, Subnet, TABLE,
-    reclaim_network, state_dir as network_state_dir,
+    BRIDGE, DEFAULT_SUBNET, NetworkError, NetworkMode, PortSpec, RECLAIM_COMMAND, RECLAIM_GRACE, Subnet,
+    TABLE, reclaim_network, state_dir as network_state_dir,
 };
 pub use seccomp::{Profile as SeccompProfile, SeccompError};
 pub use start::{SecurityOptions, StartError, StartOptions, prepare, run_supervisor};

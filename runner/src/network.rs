@@ -632,8 +632,8 @@ impl Attached {
     /// Gives back the lease and what it holds on the host. The last container's detach
     /// has the bridge and the table removed by a process of its own
     /// ([`RECLAIM_COMMAND`], not waited for: deleting them takes the kernel ~50 ms, which
-    /// a container's exit need not wait for); it takes the lock and removes them only if
-    /// no lease was taken meanwhile. Best effort: what is not removed now, the next start
+    /// a container's exit need not wait for); [`RECLAIM_GRACE`] later it takes the lock
+    /// and removes them only if no lease was taken meanwhile. Best effort: what is not removed now, the next start
     /// or `runner rm` reclaims.
     pub(crate) fn detach(self) {
         let (Some(host), Some((ip, _))) = (self.host, self.address) else {
@@ -672,8 +672,12 @@ impl Attached {
 }
 
 /// The runner's hidden subcommand that runs [`reclaim_network`] (spawned by the last
-/// container's supervisor).
+/// container's supervisor), after [`RECLAIM_GRACE`].
 pub const RECLAIM_COMMAND: &str = "__reclaim-network";
+
+/// How long the bridge and the table outlive the last container: one started meanwhile
+/// uses them instead of waiting for their removal and making them again (~70 ms).
+pub const RECLAIM_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Releases the leases of killed supervisors (and the bridge with the last): what
 /// `runner rm` does before removing containers.

@@ -71,7 +71,8 @@ fn leases() -> Vec<String> {
 /// The bridge is there only while some container holds a lease (other tests start
 /// bridged containers meanwhile: checked a few times).
 fn assert_bridge_goes_with_the_last_lease() {
-    for _ in 0..20 {
+    // Removed a grace second after the last container stops.
+    for _ in 0..50 {
         let bridge = Path::new("/sys/class/net").join(strata_runner::BRIDGE).exists();
         if !bridge || !leases().is_empty() {
             return;

@@ -227,6 +227,9 @@ fn run(root: &Path, command: cli::Command) -> anyhow::Result<u8> {
             Ok(0)
         }
         cli::Command::ReclaimNetwork => {
+            // A grace second: a container started right after the last one stopped finds
+            // the bridge and the table still there (and this then removes nothing).
+            std::thread::sleep(strata_runner::RECLAIM_GRACE);
             strata_runner::reclaim_network().context("reclaim the network")?;
             Ok(0)
         }
