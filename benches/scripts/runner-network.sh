@@ -112,10 +112,11 @@ fi
 $R start --name b --network none bb:1 -- /bin/true
 $R export b "$W/bundle" >/dev/null
 CRUN="unshare -m sh -c 'umount /sys/fs/cgroup/unified 2>/dev/null; crun --root $W/crun run --bundle $W/bundle bench'"
-# Alone, each bridged start makes strata0 and the table and its exit removes them; with
-# another container on the bridge, a start adds a veth, a lease and its address only.
+# With another container on the bridge, a start adds a veth, a lease and its address
+# only; so does a start within the grace second after the last container stopped. A lone
+# start after that (cold, --prepare sleeps past the grace) makes strata0 and the table.
 hyperfine -N --warmup 3 --runs "$RUNS" --export-markdown "$W/start1.md" \
-  -n 'runner start --rm (bridge, the only container)' "$R start --rm bb:1 -- /bin/true" \
+  -n 'runner start --rm (bridge, the only container, back to back)' "$R start --rm bb:1 -- /bin/true" \
   -n 'runner start --rm --network none' "$R start --rm --network none bb:1 -- /bin/true" \
   -n 'crun run, fresh netns (in unshare -m)' "$CRUN" >/dev/null
 $R start -d --name keep bb:1 -- sleep 600 >/dev/null
@@ -123,4 +124,7 @@ hyperfine -N --warmup 3 --runs "$RUNS" --export-markdown "$W/start2.md" \
   -n 'runner start --rm (bridge, another container on it)' "$R start --rm bb:1 -- /bin/true" \
   -n 'runner start --rm -p 127.0.0.1:18404:80 (idem)' "$R start --rm -p 127.0.0.1:18404:80 bb:1 -- /bin/true" >/dev/null
 $R stop -t 0 keep >/dev/null
-cat "$W/start1.md" "$W/start2.md"
+hyperfine -N --runs 10 --prepare 'sleep 1.5' --export-markdown "$W/start3.md" \
+  -n 'runner start --rm (bridge, cold: makes the bridge and the table)' "$R start --rm bb:1 -- /bin/true" \
+  -n 'crun run, fresh netns (same prepare)' "$CRUN" >/dev/null
+cat "$W/start1.md" "$W/start2.md" "$W/start3.md"
