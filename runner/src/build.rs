@@ -609,9 +609,9 @@ enum LayerKind {
     Dir,
     /// A file of the context, by its path on the host, and its content's SHA-256.
     File(PathBuf, String),
-    /// A file extracted from an archive: its content, SHA-256 and, for a hard link, the
-    /// path in the image of the regular entry it links to.
-    Data(Vec<u8>, String, Option<String>),
+    /// A file `ADD` extracted from a local archive into the build's scratch directory, by
+    /// its path there (its hard links to other extracted files are kept).
+    Extracted(PathBuf),
     Symlink(String),
 }
 
@@ -622,10 +622,8 @@ enum LayerKind {
 fn layer_tar<W: Write>(entries: &mut [LayerEntry], keep_links: bool, out: W) -> Result<W, BuildError> {
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     let mut tar = tar::Builder::new(out);
-    // The first path written of each linked file: context files by device and inode,
-    // archive entries by their regular entry's path and content hash.
-    let mut linked: std::collections::HashMap<(u64, u64, String, String), String> =
-        std::collections::HashMap::new();
+    // The first path written of each linked file, by device and inode.
+    let mut linked: std::collections::HashMap<(u64, u64), String> = std::collections::HashMap::new();
     for e in entries.iter() {
         let mut h = tar::Header::new_gnu();
         h.set_mode(e.mode);
@@ -636,14 +634,12 @@ fn layer_tar<W: Write>(entries: &mut [LayerEntry], keep_links: bool, out: W) -> 
         let link_key = match &e.kind {
             LayerKind::File(src, _) if keep_links => {
                 let md = std::fs::symlink_metadata(src).map_err(io_err(format!("stat {}", src.display())))?;
-                (md.nlink() > 1).then(|| (md.dev(), md.ino(), String::new(), String::new()))
+                (md.nlink() > 1).then(|| (md.dev(), md.ino()))
             }
-            LayerKind::Data(_, hash, link_of) => Some((
-                0,
-                0,
-                link_of.clone().unwrap_or_else(|| e.path.clone()),
-                hash.clone(),
-            )),
+            LayerKind::Extracted(src) => {
+                let md = std::fs::symlink_metadata(src).map_err(io_err(format!("stat {}", src.display())))?;
+                (md.nlink() > 1).then(|| (md.dev(), md.ino()))
+            }
             _ => None,
         };
         if let Some(key) = link_key {
@@ -666,7 +662,7 @@ fn layer_tar<W: Write>(entries: &mut [LayerEntry], keep_links: bool, out: W) -> 
                 tar.append_data(&mut h, format!("{}/", e.path), io::empty())
                     .map_err(err)?;
             }
-            LayerKind::File(src, _) => {
+            LayerKind::File(src, _) | LayerKind::Extracted(src) => {
                 let f = std::fs::File::open(src).map_err(io_err(format!("open {}", src.display())))?;
                 let len = f
                     .metadata()
@@ -675,11 +671,6 @@ fn layer_tar<W: Write>(entries: &mut [LayerEntry], keep_links: bool, out: W) -> 
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(len);
                 tar.append_data(&mut h, &e.path, f.take(len)).map_err(err)?;
-            }
-            LayerKind::Data(bytes, _, _) => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_size(bytes.len() as u64);
-                tar.append_data(&mut h, &e.path, &bytes[..]).map_err(err)?;
             }
             LayerKind::Symlink(target) => {
                 h.set_entry_type(tar::EntryType::Symlink);
@@ -691,8 +682,74 @@ fn layer_tar<W: Write>(entries: &mut [LayerEntry], keep_links: bool, out: W) -> 
     tar.into_inner().map_err(io_err("finish the layer"))
 }
 
-/// A layer written to a file of the store's (`cache/build/.layer-*`, removed when dropped)
-/// rather than held in memory, however large the files it copies.
+/// A build's scratch directory in the store's cache, `cache/build/.work-<random>/`: the
+/// layers it writes and the archives `ADD` extracts. While the build runs it holds
+/// `cache/build/.work-<random>.lock` `flock`ed; dropped, it removes both. A build killed
+/// meanwhile leaves them unlocked, and the next build that needs scratch space removes them.
+struct Scratch {
+    dir: PathBuf,
+    lock_path: PathBuf,
+    _lock: std::fs::File,
+    next: std::cell::Cell<u64>,
+}
+
+impl Scratch {
+    fn open(store_root: &Path) -> Result<Scratch, BuildError> {
+        use rustix::fs::{FlockOperation, flock};
+        let cache = store_root.join("cache").join("build");
+        std::fs::create_dir_all(&cache).map_err(io_err("make the build cache directory"))?;
+        // What killed builds left: unlocked `.work-*.lock` files and their directories.
+        if let Ok(rd) = std::fs::read_dir(&cache) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(stem) = name.strip_suffix(".lock").filter(|n| n.starts_with(".work-")) else {
+                    continue;
+                };
+                let Ok(f) = std::fs::File::open(e.path()) else {
+                    continue;
+                };
+                if flock(&f, FlockOperation::NonBlockingLockExclusive).is_ok() {
+                    let _ = std::fs::remove_dir_all(cache.join(stem));
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let stem = format!(".work-{}", hex::encode(rand::random::<[u8; 8]>()));
+        let lock_path = cache.join(format!("{stem}.lock"));
+        let lock = std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .open(&lock_path)
+            .map_err(io_err(format!("create {}", lock_path.display())))?;
+        flock(&lock, FlockOperation::LockExclusive)
+            .map_err(|e| io_err("lock the build's scratch directory")(e.into()))?;
+        let dir = cache.join(&stem);
+        std::fs::create_dir(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        Ok(Scratch {
+            dir,
+            lock_path,
+            _lock: lock,
+            next: std::cell::Cell::new(0),
+        })
+    }
+
+    /// A new path in the scratch directory.
+    fn path(&self, what: &str) -> PathBuf {
+        let n = self.next.get();
+        self.next.set(n + 1);
+        self.dir.join(format!("{what}-{n}"))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(&self.lock_path);
+    }
+}
+
+/// A layer written to a file in the build's scratch directory rather than held in memory,
+/// however large the files it copies (removed when dropped).
 struct TempLayer {
     path: PathBuf,
     file: std::fs::File,
@@ -701,14 +758,12 @@ struct TempLayer {
 impl TempLayer {
     /// `entries` as a layer tar (see [`layer_tar`]), ready to be read from its start.
     fn write(
-        store_root: &Path,
+        scratch: &Scratch,
         entries: &mut [LayerEntry],
         keep_links: bool,
     ) -> Result<TempLayer, BuildError> {
         use std::io::Seek;
-        let dir = store_root.join("cache").join("build");
-        std::fs::create_dir_all(&dir).map_err(io_err("make the build cache directory"))?;
-        let path = dir.join(format!(".layer-{}.tar", hex::encode(rand::random::<[u8; 8]>())));
+        let path = scratch.path("layer");
         let file = std::fs::File::options()
             .read(true)
             .write(true)
@@ -1038,6 +1093,7 @@ pub fn build(store_root: &Path, opts: &BuildOptions, out: &mut dyn Write) -> Res
         total,
         cached: 0,
         runs: 0,
+        scratch: std::cell::OnceCell::new(),
     };
     let mut resolver = Resolver::new(&df, &opts.build_args, &automatic)?;
     let mut results: Vec<Option<State>> = Vec::new();
@@ -1197,9 +1253,19 @@ struct Builder<'a> {
     total: usize,
     cached: usize,
     runs: usize,
+    /// Made when a step first needs it (a no-op rebuild writes nothing).
+    scratch: std::cell::OnceCell<Scratch>,
 }
 
 impl Builder<'_> {
+    fn scratch(&self) -> Result<&Scratch, BuildError> {
+        if let Some(s) = self.scratch.get() {
+            return Ok(s);
+        }
+        let made = Scratch::open(self.store_root)?;
+        Ok(self.scratch.get_or_init(|| made))
+    }
+
     fn say(&mut self, s: &str) -> Result<(), BuildError> {
         writeln!(self.out, "{s}")
             .and_then(|_| self.out.flush())
@@ -1397,7 +1463,8 @@ impl Builder<'_> {
                     Some(f) => Some(merged_view(&self.layers(f)?)?),
                     None => None,
                 };
-                Some(self.copy_entries(&state, c, ins, view.as_ref().unwrap_or(&self.context))?)
+                let sources = view.as_ref().unwrap_or(&self.context);
+                Some(self.copy_entries(&state, c, ins, sources, None)?)
             }
             _ => None,
         };
@@ -1610,14 +1677,21 @@ impl Builder<'_> {
                 } else {
                     let mut entries = Vec::new();
                     self.parents(&layers, &dir, true, (0, 0), &mut entries);
-                    Some(TempLayer::write(self.store_root, &mut entries, false)?)
+                    Some(TempLayer::write(self.scratch()?, &mut entries, false)?)
                 };
                 let by = Self::nop(&s, &format!("WORKDIR {dir}"), false);
                 self.commit(s, by, layer)?
             }
-            Command::Copy(_) | Command::Add(_) => {
+            Command::Copy(c) | Command::Add(c) => {
                 let (mut entries, _, text) = copy.expect("computed above");
-                let tar = TempLayer::write(self.store_root, &mut entries, from.is_none())?;
+                if matches!(ins.command, Command::Add(_)) {
+                    // Local archives are extracted only now that the step runs (their
+                    // own hashes made the key).
+                    entries = self
+                        .copy_entries(&s, c, ins, &self.context, Some(self.scratch()?))?
+                        .0;
+                }
+                let tar = TempLayer::write(self.scratch()?, &mut entries, from.is_none())?;
                 let by = Self::nop(&s, &text, false);
                 self.commit(s, by, Some(tar))?
             }
@@ -1699,6 +1773,7 @@ impl Builder<'_> {
         c: &CopyArgs,
         ins: &ResolvedInstruction,
         sources: &BTreeMap<String, ContextEntry>,
+        extract: Option<&Scratch>,
     ) -> Result<(Vec<LayerEntry>, String, String), BuildError> {
         let line = ins.line;
         let is_add = matches!(ins.command, Command::Add(_));
@@ -1776,6 +1851,9 @@ impl Builder<'_> {
         let mut kinds = BTreeSet::new();
         // The one file source's own hash (an archive's, not its entries').
         let mut file_hash = None;
+        // Local archives `ADD` extracts, by their own hash and destination (their entries
+        // are only there when `extract` is given, and never part of the content hash).
+        let mut archives: Vec<String> = Vec::new();
         let join = |a: &str, b: &str| {
             if a.is_empty() {
                 b.to_string()
@@ -1817,11 +1895,15 @@ impl Builder<'_> {
                 if is_add
                     && let Some(e) = sources.get(src)
                     && e.kind == Kind::File
-                    && let Some(extracted) = archive_entries(&e.host, &dest_rel, line)?
+                    && is_archive(&e.host, line)?
                 {
                     self.parents(&layers, &dest, true, (0, 0), &mut entries);
-                    for x in extracted {
-                        upsert(&mut entries, &mut positions, x);
+                    let hash = self.hashes.hash(&e.host)?;
+                    archives.push(format!("{dest_rel}\0archive {hash}\n"));
+                    if let Some(scratch) = extract {
+                        for x in extract_archive(&e.host, scratch, &dest_rel, line)? {
+                            upsert(&mut entries, &mut positions, x);
+                        }
                     }
                     continue;
                 }
@@ -1861,16 +1943,19 @@ impl Builder<'_> {
         }
         entries.sort_by(|a, b| a.path.cmp(&b.path));
         let mut content = Sha256::new();
+        for a in &archives {
+            content.update(a.as_bytes());
+        }
         for e in &entries {
             let what = match &e.kind {
                 LayerKind::Dir => "dir".to_string(),
-                LayerKind::File(_, h) | LayerKind::Data(_, h, None) => format!("file {h}"),
-                LayerKind::Data(_, h, Some(first)) => format!("file {h} linked to {first}"),
+                LayerKind::File(_, h) => format!("file {h}"),
+                LayerKind::Extracted(_) => continue,
                 LayerKind::Symlink(t) => format!("link {t}"),
             };
             let rec = format!("{}\0{what}\0{:o}\0{}\0{}\n", e.path, e.mode, e.uid, e.gid);
             content.update(rec.as_bytes());
-            if let LayerKind::File(_, h) | LayerKind::Data(_, h, _) = &e.kind {
+            if let LayerKind::File(_, h) = &e.kind {
                 hashes.push(h.clone());
             }
         }
@@ -2028,18 +2113,14 @@ impl Drop for RemoveDir {
     }
 }
 
-/// The entries `ADD` extracts from a context file under `dest_rel`, when it is a tar
-/// archive (plain or gzip-compressed; bzip2 and xz are refused); `None` for any other file,
-/// which is copied as it is. Entries keep the archive's modes and owners; hard links
-/// become copies; devices and FIFOs are left out; `..` cannot leave the destination.
-fn archive_entries(host: &Path, dest_rel: &str, line: usize) -> Result<Option<Vec<LayerEntry>>, BuildError> {
-    let read_err = io_err(format!("read {}", host.display()));
+/// Whether `ADD` extracts this context file: a tar archive, plain or gzip-compressed
+/// (bzip2 and xz are refused); any other file is copied as it is.
+fn is_archive(host: &Path, line: usize) -> Result<bool, BuildError> {
     let mut head = Vec::new();
     std::fs::File::open(host)
         .and_then(|f| f.take(262).read_to_end(&mut head))
-        .map_err(read_err)?;
+        .map_err(io_err(format!("read {}", host.display())))?;
     let is_tar = |h: &[u8]| h.len() >= 262 && &h[257..262] == b"ustar";
-    let gzip = head.starts_with(&[0x1f, 0x8b]);
     if head.starts_with(b"BZh") || head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
         return Err(step_err(
             line,
@@ -2049,106 +2130,83 @@ fn archive_entries(host: &Path, dest_rel: &str, line: usize) -> Result<Option<Ve
             ),
         ));
     }
-    let open = || -> Result<Box<dyn Read>, BuildError> {
+    if head.starts_with(&[0x1f, 0x8b]) {
         let f = std::fs::File::open(host).map_err(io_err(format!("read {}", host.display())))?;
-        Ok(if gzip {
-            Box::new(flate2::read::GzDecoder::new(f))
-        } else {
-            Box::new(f)
-        })
-    };
-    if gzip {
         let mut inner = Vec::new();
-        if open()?.take(262).read_to_end(&mut inner).is_err() || !is_tar(&inner) {
-            return Ok(None);
-        }
-    } else if !is_tar(&head) {
-        return Ok(None);
+        let ok = flate2::read::GzDecoder::new(f)
+            .take(262)
+            .read_to_end(&mut inner)
+            .is_ok();
+        return Ok(ok && is_tar(&inner));
     }
+    Ok(is_tar(&head))
+}
+
+/// The entries `ADD` makes of a local archive under `dest_rel`: the archive is unpacked
+/// into the build's scratch directory by the store's layer unpacker (streamed, its caps on
+/// headers, names and sizes, nothing written outside its directory) and the tree read
+/// back. Entries keep the archive's modes and owners and its hard links; devices and
+/// FIFOs are left out; a `.wh.` name, which would be a whiteout in the image, fails the step.
+fn extract_archive(
+    host: &Path,
+    scratch: &Scratch,
+    dest_rel: &str,
+    line: usize,
+) -> Result<Vec<LayerEntry>, BuildError> {
     let bad = |m: String| step_err(line, format!("ADD {}: {m}", host.display()));
-    let mut archive = tar::Archive::new(open()?);
-    let mut out: Vec<LayerEntry> = Vec::new();
-    let mut positions = std::collections::HashMap::new();
-    // Regular entries by archive path: content, hash and path in the image (hard links
-    // stay links to it).
-    let mut data: BTreeMap<String, (Vec<u8>, String, String)> = BTreeMap::new();
-    for entry in archive.entries().map_err(|e| bad(e.to_string()))? {
-        let mut entry = entry.map_err(|e| bad(e.to_string()))?;
-        let raw = entry
+    let dir = scratch.path("add");
+    let f = std::fs::File::open(host).map_err(io_err(format!("read {}", host.display())))?;
+    let opts = strata_store::UnpackOptions {
+        allow_devices: false,
+        skip_devices: true,
+        ..Default::default()
+    };
+    let report =
+        strata_store::unpack_layer(io::BufReader::new(f), &dir, &opts).map_err(|e| bad(e.to_string()))?;
+    if report.whiteouts > 0 || report.opaque_dirs > 0 {
+        return Err(bad(
+            "the archive has a name starting with .wh., which would be a whiteout".to_string(),
+        ));
+    }
+    let mut out = Vec::new();
+    for e in walkdir::WalkDir::new(&dir).min_depth(1).sort_by_file_name() {
+        let e = e.map_err(|e| bad(e.to_string()))?;
+        let md = e.metadata().map_err(|e| bad(e.to_string()))?;
+        let rel = e
             .path()
-            .map_err(|e| bad(e.to_string()))?
+            .strip_prefix(&dir)
+            .map_err(|_| bad("a path outside the extraction".to_string()))?
             .to_string_lossy()
             .into_owned();
-        let rel = clean_rel(&raw);
-        if rel.is_empty() {
-            continue;
-        }
-        if rel.split('/').any(|c| c.starts_with(".wh.")) {
-            return Err(bad(format!(
-                "{raw}: a name starting with .wh. would be a whiteout"
-            )));
-        }
-        let path = if dest_rel.is_empty() {
-            rel.clone()
+        let kind = if md.is_dir() {
+            LayerKind::Dir
+        } else if md.is_file() {
+            LayerKind::Extracted(e.path().to_path_buf())
+        } else if md.file_type().is_symlink() {
+            let target = std::fs::read_link(e.path()).map_err(|e| bad(e.to_string()))?;
+            LayerKind::Symlink(target.to_string_lossy().into_owned())
         } else {
-            format!("{dest_rel}/{rel}")
+            continue;
         };
-        let h = entry.header();
-        let (mode, uid, gid) = (
-            h.mode().unwrap_or(0o644) & 0o7777,
-            h.uid().unwrap_or(0),
-            h.gid().unwrap_or(0),
-        );
-        let mtime = clamp(h.mtime().unwrap_or(0));
-        let kind = match h.entry_type() {
-            tar::EntryType::Directory => LayerKind::Dir,
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let mut bytes = Vec::new();
-                entry.read_to_end(&mut bytes).map_err(|e| bad(e.to_string()))?;
-                let hash = hex::encode(Sha256::digest(&bytes));
-                data.insert(rel.clone(), (bytes.clone(), hash.clone(), path.clone()));
-                LayerKind::Data(bytes, hash, None)
-            }
-            tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| bad(e.to_string()))?
-                    .map(|t| t.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                LayerKind::Symlink(target)
-            }
-            tar::EntryType::Link => {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| bad(e.to_string()))?
-                    .map(|t| clean_rel(&t.to_string_lossy()))
-                    .unwrap_or_default();
-                match data.get(&target).cloned() {
-                    Some((bytes, hash, first)) => {
-                        // Later links to this name reach the same regular entry.
-                        data.insert(rel.clone(), (bytes.clone(), hash.clone(), first.clone()));
-                        LayerKind::Data(bytes, hash, Some(first))
-                    }
-                    None => {
-                        return Err(bad(format!(
-                            "{raw}: a hard link to {target}, not in the archive before it"
-                        )));
-                    }
-                }
-            }
-            _ => continue,
+        let mode = if matches!(kind, LayerKind::Symlink(_)) {
+            0o777
+        } else {
+            md.mode() & 0o7777
         };
-        let entry = LayerEntry {
-            path,
+        out.push(LayerEntry {
+            path: if dest_rel.is_empty() {
+                rel
+            } else {
+                format!("{dest_rel}/{rel}")
+            },
             kind,
             mode,
-            uid,
-            gid,
-            mtime,
-        };
-        upsert(&mut out, &mut positions, entry);
+            uid: u64::from(md.uid()),
+            gid: u64::from(md.gid()),
+            mtime: clamp(md.mtime().max(0) as u64),
+        });
     }
-    Ok(Some(out))
+    Ok(out)
 }
 
 /// Adds `e` to `entries`, replacing the entry of the same path. `positions` indexes the
@@ -2169,21 +2227,6 @@ fn upsert(
             entries.push(e);
         }
     }
-}
-
-/// A path inside an archive, relative, cleaned, never above its root.
-fn clean_rel(p: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in p.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    parts.join("/")
 }
 
 /// `SOURCE_DATE_EPOCH`, when set.

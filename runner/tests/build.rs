@@ -352,6 +352,52 @@ fn build_of_a_malformed_dockerfile_fails_with_its_line_and_stores_nothing() {
     }
 }
 
+#[test]
+fn build_add_of_a_hostile_archive_fails_within_its_caps_and_leaves_no_scratch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    let ctx = tmp.path().join("hostile");
+    std::fs::create_dir_all(&ctx).unwrap();
+    // 8.6 MB of gzip: a GNU long-name header declaring an 8 GiB name, then the zeros.
+    std::fs::write(
+        ctx.join("bomb.tar.gz"),
+        strata_fixtures::hostile::gzip_long_name_bomb(8 << 30),
+    )
+    .unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM bb:1\nADD bomb.tar.gz /x/\n").unwrap();
+    // What a killed build leaves: an unlocked scratch directory and its lock file.
+    let cache = root.join("cache/build");
+    std::fs::create_dir_all(cache.join(".work-0123456789abcdef/add-0/usr")).unwrap();
+    std::fs::write(cache.join(".work-0123456789abcdef.lock"), "").unwrap();
+    let before = blobs(&root);
+    // RLIMIT_AS of 1 GiB: a reader that buffered the declared name would abort on its
+    // allocation instead of answering.
+    let out = peers::output(
+        Command::new("prlimit")
+            .arg("--as=1073741824")
+            .arg(peers::bin("runner"))
+            .arg("--root")
+            .arg(&root)
+            .args(["build", "-t", "bomb:1"])
+            .arg(&ctx),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", peers::format_output(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 2") && err.contains("bomb.tar.gz") && err.contains("longer than the limit"),
+        "{err}"
+    );
+    assert_eq!(blobs(&root), before, "something was stored");
+    let left: Vec<String> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".work-") || n.starts_with(".layer-"))
+        .collect();
+    assert!(left.is_empty(), "scratch left in cache/build: {left:?}");
+}
+
 /// The files under `dirs` of an image's container, as `find | stat` and `md5sum` see them
 /// (path, type, mode, owner, size, link target, content), run by `run` with `script`.
 const LISTING: &str = "cd / && find DIRS -xdev \
