@@ -5,8 +5,8 @@
 //! instruction with the classic builder's `created_by` text, metadata instructions as
 //! config changes with `empty_layer`, `COPY`/`ADD` of context files as a layer built here
 //! (entries sorted, owned by root unless `--chown`), `RUN` in a container confined as
-//! `runner start` confines it (no network), its changes committed as `runner commit`
-//! commits them.
+//! `runner start` confines it (on the bridge network unless `--network none|host`), its
+//! changes committed as `runner commit` commits them.
 //!
 //! The cache: each step's result is recorded under `<root>/cache/build/<key>` (the image
 //! ID it made), the key hashing the parent image's ID, the instruction after substitution
@@ -18,8 +18,11 @@
 //! (whiteouts and opaque directories applied), owned by root unless `--chown` as the
 //! classic builder makes them.
 //!
-//! `ADD` of a local tar (plain or gzip-compressed) extracts it: the archive's modes and
-//! owners, hard links kept (within the archive), `..` kept beneath the destination.
+//! `ADD` of a local tar (plain or gzip-compressed) extracts it when the step runs, through
+//! the store's layer unpacker (streamed, capped, nothing written outside its scratch
+//! directory): the archive's modes and owners, hard links kept (within the archive).
+//! Layers being written and extracted archives live in the build's scratch directory,
+//! `cache/build/.work-*/` (see [`Scratch`]).
 //!
 //! A base image's `ONBUILD` triggers run right after its `FROM`, each parsed and resolved
 //! as an instruction of the new stage; the new image does not keep them.
@@ -31,8 +34,8 @@
 //! automatic platform ARGs (`BUILDPLATFORM`, `TARGETARCH`, …) predefined.
 //!
 //! Not supported yet (clear errors): `ADD` of URLs and of bzip2 or xz archives, `FROM` an
-//! image that is not in the store and names no registry, `--network host`, another
-//! platform than the host's.
+//! image that is not in the store and names no registry, another platform than the
+//! host's, heredocs and `RUN --mount`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
@@ -522,12 +525,44 @@ fn merged_view(layers: &[PathBuf]) -> Result<BTreeMap<String, ContextEntry>, Bui
 /// Go's `filepath.Match` for one path component: `*`, `?`, `[...]` (`^` negates, ranges),
 /// `\` escaping.
 fn match_component(pattern: &[char], name: &[char]) -> bool {
-    match pattern.first() {
-        None => name.is_empty(),
-        Some('*') => (0..=name.len()).any(|i| match_component(&pattern[1..], &name[i..])),
-        Some('?') => !name.is_empty() && match_component(&pattern[1..], &name[1..]),
-        Some('[') => {
-            let Some(c) = name.first() else { return false };
+    // Two pointers and one backtracking point, the last `*`: on a mismatch that star takes
+    // one more character. At most len(pattern) × len(name) steps, whatever the pattern (a
+    // recursive matcher is exponential in the stars of `*a*a*a…b`, which a Dockerfile
+    // from anywhere may hold).
+    let (mut p, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        if pattern.get(p) == Some(&'*') {
+            p += 1;
+            star = Some((p, n));
+            continue;
+        }
+        if let Some(len) = match_one(&pattern[p..], name[n]) {
+            p += len;
+            n += 1;
+            continue;
+        }
+        match star {
+            Some((after, taken)) => {
+                p = after;
+                n = taken + 1;
+                star = Some((after, taken + 1));
+            }
+            None => return false,
+        }
+    }
+    pattern[p..].iter().all(|c| *c == '*')
+}
+
+/// How many pattern characters the element at the start of `pattern` spans if it matches
+/// `c`: `?`, a class (`[a-z]`, `[!x]`, `[^x]`), an escaped or a literal character. `None`
+/// when it does not match, when `pattern` is empty or starts with `*`, or for a class
+/// without its `]`.
+fn match_one(pattern: &[char], c: char) -> Option<usize> {
+    match pattern.first()? {
+        '*' => None,
+        '?' => Some(1),
+        '[' => {
             let mut i = 1;
             let negate = matches!(pattern.get(1), Some('^') | Some('!'));
             if negate {
@@ -539,26 +574,21 @@ fn match_component(pattern: &[char], name: &[char]) -> bool {
                 first = false;
                 let lo = pattern[i];
                 if pattern.get(i + 1) == Some(&'-') && pattern.get(i + 2).is_some_and(|h| *h != ']') {
-                    if lo <= *c && *c <= pattern[i + 2] {
+                    if lo <= c && c <= pattern[i + 2] {
                         matched = true;
                     }
                     i += 3;
                 } else {
-                    if lo == *c {
+                    if lo == c {
                         matched = true;
                     }
                     i += 1;
                 }
             }
-            if i >= pattern.len() {
-                return false;
-            }
-            matched != negate && match_component(&pattern[i + 1..], &name[1..])
+            (i < pattern.len() && matched != negate).then_some(i + 1)
         }
-        Some('\\') if pattern.len() > 1 => {
-            name.first() == Some(&pattern[1]) && match_component(&pattern[2..], &name[1..])
-        }
-        Some(p) => name.first() == Some(p) && match_component(&pattern[1..], &name[1..]),
+        '\\' if pattern.len() > 1 => (pattern[1] == c).then_some(2),
+        p => (*p == c).then_some(1),
     }
 }
 
@@ -2265,6 +2295,20 @@ mod tests {
         assert!(!match_path("[^ab]*", "beta"));
         assert!(match_path("f[0-9]", "f7"));
         assert!(!match_path("f[0-9]", "fx"));
+        assert!(match_path("*", ""));
+        assert!(match_path("a*b*c", "aXbYbZc"));
+        assert!(!match_path("a*b*c", "aXbYbZ"));
+        assert!(match_path("*.tar.*", "x.tar.gz"));
+        assert!(match_path("\\*x", "*x"));
+        assert!(!match_path("\\*x", "ax"));
+        assert!(!match_path("*[ab", "xa"));
+        assert!(match_path("**b", "aab"));
+        // Stars against a long name that almost matches: a recursive matcher takes
+        // C(60, 20) steps here; this one len(pattern) × len(name).
+        let name = "a".repeat(60);
+        let pattern = format!("{}b", "*a".repeat(20));
+        assert!(!match_path(&pattern, &name));
+        assert!(match_path(&pattern, &format!("{name}b")));
     }
 
     #[test]
