@@ -1302,7 +1302,13 @@ struct Lexer<'a, F: Fn(&str) -> Option<String>> {
     vars: &'a F,
     escape: char,
     raw_escapes: bool,
+    /// Substitutions open around the current position (`${A:-${B:-…}}`).
+    depth: usize,
 }
+
+/// Most substitutions nested in one another: a word nesting more is refused, not recursed
+/// into until the stack runs out.
+const MAX_NESTING: usize = 64;
 
 impl<F: Fn(&str) -> Option<String>> Lexer<'_, F> {
     fn peek(&self) -> Option<char> {
@@ -1319,9 +1325,14 @@ impl<F: Fn(&str) -> Option<String>> Lexer<'_, F> {
 
     /// Up to `stop` (consumed) or the end.
     fn process(&mut self, stop: Option<char>, raw_escapes: bool) -> Result<(String, Vec<String>), String> {
+        if self.depth > MAX_NESTING {
+            return Err(format!("substitutions nested more than {MAX_NESTING} deep"));
+        }
+        self.depth += 1;
         let saved = std::mem::replace(&mut self.raw_escapes, raw_escapes);
         let result = self.process_inner(stop);
         self.raw_escapes = saved;
+        self.depth -= 1;
         result
     }
 
@@ -1666,6 +1677,7 @@ fn lex<F: Fn(&str) -> Option<String>>(
         vars,
         escape,
         raw_escapes: false,
+        depth: 0,
     };
     lexer.process(None, false).map_err(|reason| ExpandError {
         word: word.to_string(),
@@ -2954,6 +2966,13 @@ mod tests {
         assert_eq!(ex_err("${}", &v), "syntax error: bad substitution");
         assert_eq!(ex_err("${:a}", &v), "syntax error: bad substitution");
         assert_eq!(ex_err("${A!x}", &v), "unsupported modifier (!) in substitution");
+        // Nesting is bounded, not recursed into until the stack overflows.
+        let deep = |n: usize| format!("{}x{}", "${U:-".repeat(n), "}".repeat(n));
+        assert_eq!(expand(&deep(60), &vars(&v), '\\').unwrap(), "x");
+        assert_eq!(
+            ex_err(&deep(100_000), &v),
+            "substitutions nested more than 64 deep"
+        );
         assert_eq!(
             ex_err("'abc", &v),
             "unexpected end of statement while looking for matching single-quote"
