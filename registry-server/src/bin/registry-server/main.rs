@@ -48,9 +48,30 @@ fn raise_fd_limit() {
     }
 }
 
+/// Blob bodies move through 1–2 MiB buffers, allocated on blocking threads and freed on
+/// the runtime's. glibc serves such sizes by `mmap` only until the first is freed, then
+/// raises its threshold and keeps them in its per-thread arenas, where fragmentation holds
+/// them: 500 clients left the server at 9× its idle RSS for good (`benches/scripts/load.sh`,
+/// RELIABILITY.md). A fixed threshold keeps every buffer of 256 KiB and more on its own
+/// mapping, returned to the system when freed.
+fn keep_large_buffers_mapped() {
+    const THRESHOLD: libc::c_int = 256 << 10;
+    #[allow(unsafe_code)]
+    // SAFETY: mallopt only sets allocator parameters (both are documented options with a
+    // value in range); it is called before the runtime starts any thread.
+    let ok = unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD) == 1
+            && libc::mallopt(libc::M_TRIM_THRESHOLD, THRESHOLD) == 1
+    };
+    if !ok {
+        tracing::debug!("mallopt refused the mmap threshold");
+    }
+}
+
 fn run(cli: cli::Cli) -> anyhow::Result<()> {
     let config = cli.into_config()?;
     init_logging(&config);
+    keep_large_buffers_mapped();
     raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
