@@ -40,5 +40,16 @@ kill -TERM "$PID"; wait "$PID" || true; PID=
 echo "server log: $(grep -c . "$W/server.log") lines, $(grep -ci 'error\|panic' "$W/server.log" || true) with error/panic"
 grep -i 'panic' "$W/server.log" | head -5 || true
 "$TARGET/release/store" --root "$W/store" fsck && echo "store fsck: clean" || { echo "store fsck: NOT clean"; status=1; }
+# What the store itself costs a server: a fresh one on the same store, after a catalog
+# and a tag list of every repository (the "after" RSS above, against this, is what the load left).
+RUST_LOG=warn "$TARGET/release/registry-server" --config "$W/config.toml" 2>>"$W/server.log" &
+PID=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/v2/" >/dev/null && break; sleep 0.1; done
+for r in $(curl -sf "http://127.0.0.1:$PORT/v2/_catalog?n=10000" | jq -r '.repositories[]'); do
+  curl -sf "http://127.0.0.1:$PORT/v2/$r/tags/list" >/dev/null
+done
+sleep 2
+echo "a fresh server on the same store: RSS $(awk '/VmRSS/{printf "%d MiB", $2/1024}' /proc/$PID/status), open fds $(ls /proc/$PID/fd | wc -l)"
+kill -TERM "$PID"; wait "$PID" || true; PID=
 cp "$W/load.json" "${LOAD_JSON:-/tmp/strata-load.json}" 2>/dev/null || true
 exit $status
