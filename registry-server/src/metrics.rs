@@ -51,6 +51,11 @@ impl Metrics {
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
     }
 
+    /// Requests answered so far.
+    pub fn requests_answered(&self) -> u64 {
+        self.latency_count.load(Ordering::Relaxed)
+    }
+
     pub fn add_bytes_in(&self, n: u64) {
         self.bytes_in.fetch_add(n, Ordering::Relaxed);
     }

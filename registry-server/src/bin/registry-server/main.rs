@@ -99,10 +99,34 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             tls = config.tls.is_some(),
             "registry-server ready"
         );
+        tokio::spawn(trim_when_idle(state.metrics().clone()));
         serve(listener, state, shutdown_signal()).await.context("serve")?;
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Once no request has been answered for 10 s after a busy spell, gives the memory the
+/// allocator holds free (in its arenas, between live objects) back to the system: after
+/// 500 clients that is ~40 MiB of the server's ~80 MiB (RELIABILITY.md, Load).
+async fn trim_when_idle(metrics: Arc<strata_registry::Metrics>) {
+    let mut seen = metrics.requests_answered();
+    let mut trimmed = true;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        let now = metrics.requests_answered();
+        if now != seen {
+            seen = now;
+            trimmed = false;
+        } else if !trimmed {
+            trimmed = true;
+            #[allow(unsafe_code)]
+            // SAFETY: malloc_trim only releases free memory; glibc takes its own arena
+            // locks, so it is safe beside other threads' allocations.
+            let trim = || unsafe { libc::malloc_trim(0) };
+            let _ = tokio::task::spawn_blocking(trim).await;
+        }
+    }
 }
 
 async fn shutdown_signal() {
