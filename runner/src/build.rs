@@ -622,6 +622,18 @@ fn context_path(src: &str, line: usize) -> Result<String, BuildError> {
     Ok(parts.join("/"))
 }
 
+/// What a `COPY`/`ADD` step writes, and what keys and names it.
+struct CopyPlan {
+    entries: Vec<LayerEntry>,
+    /// The sources' hash, part of the step's cache key.
+    content: String,
+    /// The step's history text.
+    text: String,
+    /// Local archives `ADD` extracts: their entries are in `entries` only when
+    /// `copy_entries` was given a scratch directory to extract them into.
+    archives: usize,
+}
+
 /// One entry of a layer made here.
 #[derive(Debug, Clone)]
 struct LayerEntry {
@@ -1498,7 +1510,7 @@ impl Builder<'_> {
             }
             _ => None,
         };
-        let content = copy.as_ref().map_or(String::new(), |(_, h, _)| h.clone());
+        let content = copy.as_ref().map_or(String::new(), |p| p.content.clone());
         let key = Cache::key(&[
             &state.parent_key(),
             &format!("{:?}", ins.command),
@@ -1713,13 +1725,18 @@ impl Builder<'_> {
                 self.commit(s, by, layer)?
             }
             Command::Copy(c) | Command::Add(c) => {
-                let (mut entries, _, text) = copy.expect("computed above");
-                if matches!(ins.command, Command::Add(_)) {
+                let CopyPlan {
+                    mut entries,
+                    text,
+                    archives,
+                    ..
+                } = copy.expect("computed above");
+                if archives > 0 {
                     // Local archives are extracted only now that the step runs (their
                     // own hashes made the key).
                     entries = self
                         .copy_entries(&s, c, ins, &self.context, Some(self.scratch()?))?
-                        .0;
+                        .entries;
                 }
                 let tar = TempLayer::write(self.scratch()?, &mut entries, from.is_none())?;
                 let by = Self::nop(&s, &text, false);
@@ -1804,7 +1821,7 @@ impl Builder<'_> {
         ins: &ResolvedInstruction,
         sources: &BTreeMap<String, ContextEntry>,
         extract: Option<&Scratch>,
-    ) -> Result<(Vec<LayerEntry>, String, String), BuildError> {
+    ) -> Result<CopyPlan, BuildError> {
         let line = ins.line;
         let is_add = matches!(ins.command, Command::Add(_));
         let layers = self.layers(s)?;
@@ -1919,23 +1936,19 @@ impl Builder<'_> {
                 if let Some(e) = sources.get(src)
                     && e.kind == Kind::File
                 {
-                    file_hash = Some(self.hashes.hash(&e.host)?);
-                }
-                // ADD of a local archive: its entries, in the destination directory.
-                if is_add
-                    && let Some(e) = sources.get(src)
-                    && e.kind == Kind::File
-                    && is_archive(&e.host, line)?
-                {
-                    self.parents(&layers, &dest, true, (0, 0), &mut entries);
                     let hash = self.hashes.hash(&e.host)?;
-                    archives.push(format!("{dest_rel}\0archive {hash}\n"));
-                    if let Some(scratch) = extract {
-                        for x in extract_archive(&e.host, scratch, &dest_rel, line)? {
-                            upsert(&mut entries, &mut positions, x);
+                    file_hash = Some(hash.clone());
+                    // ADD of a local archive: its entries, in the destination directory.
+                    if is_add && is_archive(&e.host, line)? {
+                        self.parents(&layers, &dest, true, (0, 0), &mut entries);
+                        archives.push(format!("{dest_rel}\0archive {hash}\n"));
+                        if let Some(scratch) = extract {
+                            for x in extract_archive(&e.host, scratch, &dest_rel, line)? {
+                                upsert(&mut entries, &mut positions, x);
+                            }
                         }
+                        continue;
                     }
-                    continue;
                 }
                 let name = src.rsplit('/').next().unwrap_or(src);
                 let target = if dest_is_dir {
@@ -2007,7 +2020,12 @@ impl Builder<'_> {
             .as_deref()
             .map_or(String::new(), |o| format!("--chown={o}"));
         let text = format!("{keyword} {chown}{source} in {} ", c.dest);
-        Ok((entries, content, text))
+        Ok(CopyPlan {
+            entries,
+            content,
+            text,
+            archives: archives.len(),
+        })
     }
 
     /// `RUN`: a container from the current image runs the command (through the `SHELL`
