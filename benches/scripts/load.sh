@@ -29,9 +29,12 @@ body_idle_timeout = 10
 min_body_rate = 1024
 send_timeout = 10
 TOML
-RUST_LOG=warn "$TARGET/release/registry-server" --config "$W/config.toml" 2>"$W/server.log" &
-PID=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/v2/" >/dev/null && break; sleep 0.1; done
+start_server() {
+  RUST_LOG=warn "$TARGET/release/registry-server" --config "$W/config.toml" 2>>"$W/server.log" &
+  PID=$!
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/v2/" >/dev/null && break; sleep 0.1; done
+}
+start_server
 echo "registry-server pid $PID, open-file limit $(awk '/Max open files/{print $4}' /proc/$PID/limits)"
 status=0
 "$TARGET/release/load" --base "http://127.0.0.1:$PORT" --pid "$PID" --clients "$CLIENTS" \
@@ -42,9 +45,7 @@ grep -i 'panic' "$W/server.log" | head -5 || true
 "$TARGET/release/store" --root "$W/store" fsck && echo "store fsck: clean" || { echo "store fsck: NOT clean"; status=1; }
 # What the store itself costs a server: a fresh one on the same store, after a catalog
 # and a tag list of every repository (the "after" RSS above, against this, is what the load left).
-RUST_LOG=warn "$TARGET/release/registry-server" --config "$W/config.toml" 2>>"$W/server.log" &
-PID=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/v2/" >/dev/null && break; sleep 0.1; done
+start_server
 for r in $(curl -sf "http://127.0.0.1:$PORT/v2/_catalog?n=10000" | jq -r '.repositories[]'); do
   curl -sf "http://127.0.0.1:$PORT/v2/$r/tags/list" >/dev/null
 done
